@@ -1,0 +1,282 @@
+"""The child side: bootstrap of every supervised process and the daemon runner.
+
+Order of the bootstrap matters and each step closes a hazard:
+
+1. ``PR_SET_PDEATHSIG(SIGKILL)``, then a check that the manager is still alive: if it died between
+   the fork and the ``prctl`` call the signal would never come, so the check closes that race.
+2. A process group of its own, so a stop signal reaches whatever the daemon spawned.
+3. stdout/stderr onto the log pipes (line-buffered), stdin from /dev/null, faulthandler on stderr
+   (a segfault and the watchdog's SIGUSR1 dump every thread's stack into the log).
+4. A reader thread on the control pipe: a ``stop`` frame asks for a graceful stop; end of file means
+   the manager is gone, and the whole process group is killed (the third orphan guard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import faulthandler
+import inspect
+import logging
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import _wire
+
+PR_SET_PDEATHSIG = 1
+
+_channel: Channel | None = None
+
+
+class Channel:
+    """The child's end of the control pipes. ``send`` is thread-safe."""
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self._lock = threading.Lock()
+        self.on_stop: Callable[[], None] = lambda: None
+        self.stop_requested = threading.Event()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        frame = _wire.encode_json(msg)
+        with self._lock:
+            _wire.write_all(self.wfd, frame)
+
+    def send_raw(self, frame: bytes) -> None:
+        with self._lock:
+            _wire.write_all(self.wfd, frame)
+
+
+def heartbeat() -> None:
+    """Tell the manager this daemon is alive (for the per-daemon watchdog).
+
+    Call it from the daemon's own work loop, not from a timer thread, so that it proves the work is
+    progressing. Outside a procman child it does nothing.
+    """
+    chan = _channel
+    if chan is not None:
+        chan.send({"t": "hb"})
+
+
+def in_child() -> bool:
+    """True inside a process that procman started."""
+    return _channel is not None
+
+
+def _set_pdeathsig() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pipe-EOF watcher still guards
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _flush_and_exit(code: int) -> None:
+    try:
+        logging.shutdown()
+    except Exception:  # noqa: BLE001 - exiting anyway
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(code)
+
+
+def _kill_group_and_exit() -> None:
+    # The manager is gone: take down everything this daemon started, then ourselves.
+    try:
+        os.killpg(0, signal.SIGKILL)
+    finally:
+        os._exit(137)
+
+
+def bootstrap(fds: tuple[int, int, int, int], manager_pid: int) -> Channel:
+    """Steps 1-4 above; returns the control channel. ``fds``: ctrl-in, ctrl-out, stdout, stderr."""
+    global _channel
+    _set_pdeathsig()
+    if not _alive(manager_pid) or os.getppid() == 1:
+        os._exit(137)
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # already a group leader (a session leader cannot move): keep going
+        pass
+    ctrl_in, ctrl_out, out_fd, err_fd = fds
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    os.close(out_fd)
+    os.close(err_fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
+    sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")  # noqa: SIM115
+    # A forked child inherits the parent's handlers; reset the ones that would surprise a daemon.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    # After fork the running-loop marker of the parent's I/O thread is still set in this thread.
+    asyncio.events._set_running_loop(None)
+    chan = Channel(ctrl_in, ctrl_out)
+    _channel = chan
+    threading.Thread(target=_control_reader, args=(chan,), name="procman-control", daemon=True).start()
+    return chan
+
+
+def _control_reader(chan: Channel) -> None:
+    reader = _wire.FrameReader()
+    pending: list[bytes] = []
+    while True:
+        try:
+            body = _wire.read_frame(chan.rfd, reader, pending)
+        except OSError:
+            body = None
+        if body is None:
+            _kill_group_and_exit()
+            return
+        if body[0] == _wire.KIND_JSON and _wire.decode_json(body).get("t") == "stop":
+            chan.stop_requested.set()
+            chan.on_stop()
+
+
+def child_main(entry: Callable[[Channel], int], fds: tuple[Any, ...], manager_pid: int) -> None:
+    """The target of every supervised process: bootstrap, run ``entry``, exit with its code."""
+    raw = tuple(f.fd if isinstance(f, FdBox) else int(f) for f in fds)
+    chan = bootstrap((raw[0], raw[1], raw[2], raw[3]), manager_pid)
+    code = 1
+    try:
+        code = entry(chan)
+    except BaseException as exc:  # noqa: BLE001 - report anything, then exit non-zero
+        report_error(chan, exc)
+        code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
+    _flush_and_exit(code)
+
+
+def report_error(chan: Channel, exc: BaseException) -> None:
+    """Print ``exc`` to the (captured) stderr and send it to the manager."""
+    traceback.print_exception(exc, file=sys.stderr)
+    try:
+        chan.send(_wire.error_record(exc))
+    except OSError:
+        pass
+
+
+class FdBox:
+    """A file descriptor handed to a child: survives fork as is and spawn/forkserver by SCM_RIGHTS."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocess import reduction  # type: ignore[import-untyped]
+
+        return (_rebuild_fd, (reduction.DupFd(self.fd),))
+
+
+def _rebuild_fd(dup: Any) -> FdBox:
+    return FdBox(dup.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon runner
+
+
+def run_daemon(blob: bytes, chan: Channel) -> int:
+    """Unpickle the daemon, start it, report ready, wait for a stop request, stop it."""
+    daemon = loads_daemon(blob)
+    if _is_async(daemon.start) or _is_async(daemon.stop):
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(_run_async(daemon, chan))
+    return _run_sync(daemon, chan)
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
+def _crash(chan: Channel, exc: BaseException) -> None:
+    report_error(chan, exc)
+    _flush_and_exit(1)
+
+
+def _run_sync(daemon: Any, chan: Channel) -> int:
+    # An exception escaping any thread of the daemon is a crash of the daemon: the supervisor then
+    # restarts it under its policy instead of leaving a half-dead process "running".
+    threading.excepthook = lambda args: _crash(chan, args.exc_value or RuntimeError("thread died"))
+    daemon.start()
+    chan.send({"t": "ready"})
+    chan.stop_requested.wait()
+    chan.send({"t": "stopping"})
+    daemon.stop()
+    return 0
+
+
+async def _run_async(daemon: Any, chan: Channel) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    chan.on_stop = lambda: loop.call_soon_threadsafe(stop.set)
+    if chan.stop_requested.is_set():
+        stop.set()
+
+    def on_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if not isinstance(exc, BaseException):
+            exc = RuntimeError(str(context.get("message", "error in the daemon's event loop")))
+        _crash(chan, exc)
+
+    loop.set_exception_handler(on_error)
+    threading.excepthook = lambda args: _crash(chan, args.exc_value or RuntimeError("thread died"))
+    await _maybe_await(daemon.start())
+    chan.send({"t": "ready"})
+    await stop.wait()
+    chan.send({"t": "stopping"})
+    await _maybe_await(daemon.stop())
+    return 0
+
+
+async def _maybe_await(value: Any) -> Any:
+    if isinstance(value, Awaitable):
+        return await value
+    return value
+
+
+def dumps_daemon(obj: object) -> bytes:
+    """Serialize a daemon for its child: pickle when it can, dill when pickle refuses."""
+    if type(obj).__module__ != "__main__":  # a script's __main__ may not be importable in the child
+        try:
+            return b"p" + pickle.dumps(obj, protocol=5)
+        except Exception:  # noqa: BLE001 - pickle refuses lambdas, closures, local classes
+            pass
+    import dill  # type: ignore[import-untyped]
+
+    return b"d" + dill.dumps(obj, protocol=5, recurse=True)
+
+
+def loads_daemon(blob: bytes) -> Any:
+    if blob[:1] == b"p":
+        return pickle.loads(blob[1:])
+    import dill
+
+    return dill.loads(blob[1:])

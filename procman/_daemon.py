@@ -1,0 +1,97 @@
+"""The daemon contract and the checks a daemon passes before it is registered.
+
+A daemon is any object with a ``name`` and ``start()`` / ``stop()`` methods, either of which may be
+``async def``. It is pickled into its own child process, where ``start()`` is called and must return
+once the service is ready (its work going on in threads or tasks), and ``stop()`` is called on a
+stop request and must shut it down gracefully. An exception escaping any of its threads or tasks is
+a crash of the daemon: the process exits and the restart policy decides what follows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ._child import dumps_daemon
+from ._errors import DaemonError
+from ._names import check_name
+from ._policy import Restart, RestartPolicy
+
+
+@runtime_checkable
+class Daemon(Protocol):
+    """What procman runs: ``name`` plus ``start()`` and ``stop()`` (sync or ``async def``)."""
+
+    name: str
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    """A validated daemon, serialized once, with its supervision options."""
+
+    name: str
+    blob: bytes
+    policy: RestartPolicy
+    start_timeout: float
+    stop_timeout: float
+    term_timeout: float
+    watchdog: float | None
+
+
+def check_timeout(what: str, value: object, *, allow_none: bool = False) -> float | None:
+    """A non-negative finite number of seconds, or a DaemonError naming ``what``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise DaemonError(f"{what}={value!r} must be a number of seconds")
+    if value < 0:
+        raise DaemonError(f"{what}={value!r} must not be negative (seconds)")
+    return float(value)
+
+
+def make_spec(
+    daemon: object,
+    *,
+    restart: RestartPolicy | Restart | str,
+    start_timeout: float,
+    stop_timeout: float,
+    term_timeout: float,
+    watchdog: float | None,
+) -> DaemonSpec:
+    """Validate ``daemon`` and its options and serialize it for its child, or raise DaemonError."""
+    if isinstance(daemon, type):
+        raise DaemonError(
+            f"register() got the class {daemon.__qualname__}, not a daemon object; "
+            f"pass an instance, e.g. {daemon.__qualname__}(...)"
+        )
+    name = getattr(daemon, "name", None)
+    missing = [m for m in ("start", "stop") if not callable(getattr(daemon, m, None))]
+    if missing or name is None:
+        what = ", ".join([*(f"{m}()" for m in missing), *(["name"] if name is None else [])])
+        raise DaemonError(
+            f"{type(daemon).__name__} object is not a daemon: it lacks {what}. A daemon has a "
+            "`name` and `start()`/`stop()` methods (see procman.Daemon)"
+        )
+    check_name(name)
+    policy = restart if isinstance(restart, RestartPolicy) else RestartPolicy(restart=restart)
+    start_t = check_timeout("start_timeout", start_timeout)
+    stop_t = check_timeout("stop_timeout", stop_timeout)
+    term_t = check_timeout("term_timeout", term_timeout)
+    dog = check_timeout("watchdog", watchdog, allow_none=True)
+    if dog is not None and dog <= 0:
+        raise DaemonError(f"watchdog={watchdog!r} must be > 0 seconds, or None to disable it")
+    try:
+        blob = dumps_daemon(daemon)
+    except Exception as exc:
+        raise DaemonError(
+            f"daemon {name!r} cannot be sent to its child process: {type(exc).__name__}: {exc}. "
+            "Keep unpicklable resources (sockets, locks, open files, clients) out of __init__ and "
+            "create them in start()"
+        ) from exc
+    assert start_t is not None and stop_t is not None and term_t is not None
+    return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog)

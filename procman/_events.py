@@ -1,0 +1,83 @@
+"""Lifecycle events: typed records delivered, in order, to one hook.
+
+The hook runs on the manager's event thread, never on its I/O thread, so a slow hook delays other
+hooks but never supervision, and a hook may call the manager (for example ``remove`` a daemon that
+gave up).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+log = logging.getLogger("procman")
+
+
+class EventKind(str, Enum):
+    STARTED = "started"  # a child process was spawned for the daemon
+    READY = "ready"  # the daemon's start() returned
+    EXITED = "exited"  # the daemon's process ended
+    BACKING_OFF = "backing-off"  # a restart is scheduled after a delay
+    GAVE_UP = "gave-up"  # the restart intensity was exceeded; no more restarts
+    STOP_TIMED_OUT = "stop-timed-out"  # stop() did not finish in time; SIGTERM sent
+    KILLED = "killed"  # SIGKILL sent (stop escalation, watchdog, or a second stop request)
+    WATCHDOG = "watchdog"  # no heartbeat within the watchdog interval
+    STOPPED = "stopped"  # the daemon was stopped on request
+
+
+@dataclass(frozen=True)
+class Event:
+    """One lifecycle event of one daemon.
+
+    Attributes:
+        kind: what happened.
+        name: the daemon's name.
+        pid: its process id, when it had one.
+        exit_code: for EXITED, multiprocessing-style (negative: killed by that signal).
+        reason: a human-readable detail (decoded exit status, backoff reason, ...).
+        error: the daemon's own exception when it raised (traceback as ``__cause__``).
+        delay: for BACKING_OFF, seconds until the restart.
+        restarts: how many times the daemon has been restarted so far.
+        time: wall-clock time of the event.
+    """
+
+    kind: EventKind
+    name: str
+    pid: int | None = None
+    exit_code: int | None = None
+    reason: str = ""
+    error: BaseException | None = None
+    delay: float | None = None
+    restarts: int = 0
+    time: float = field(default_factory=time.time)
+
+
+EventHook = Callable[[Event], None]
+
+_LEVELS = {
+    EventKind.EXITED: logging.WARNING,
+    EventKind.GAVE_UP: logging.ERROR,
+    EventKind.STOP_TIMED_OUT: logging.WARNING,
+    EventKind.KILLED: logging.WARNING,
+    EventKind.WATCHDOG: logging.ERROR,
+}
+
+
+def log_event(event: Event) -> None:
+    """The default hook: one log line per event on the ``procman`` logger."""
+    level = _LEVELS.get(event.kind, logging.INFO)
+    if event.kind is EventKind.EXITED and event.exit_code == 0 and event.error is None:
+        level = logging.INFO
+    parts = [f"[{event.name}] {event.kind.value}"]
+    if event.pid is not None:
+        parts.append(f"pid={event.pid}")
+    if event.reason:
+        parts.append(event.reason)
+    if event.delay is not None:
+        parts.append(f"in {event.delay:.3f}s")
+    if event.error is not None:
+        parts.append(f"error={type(event.error).__name__}: {event.error}")
+    log.log(level, " ".join(parts))

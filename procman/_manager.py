@@ -1,0 +1,318 @@
+"""Manager (sync, thread-safe) and AsyncManager (its asyncio twin) over one Supervisor.
+
+Both own an I/O thread running the Supervisor on uvloop; the twins differ only in how a caller
+waits. Every wait is bounded: each call's own timeout plus a small margin for bookkeeping.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import weakref
+from typing import Any
+
+from ._daemon import make_spec
+from ._errors import ManagerClosed
+from ._events import Event, EventHook, log_event
+from ._loop import IOThread
+from ._policy import Restart, RestartPolicy
+from ._process import START_METHODS
+from ._supervisor import DaemonStatus, StopOutcome, StopReport, Supervisor
+
+log = logging.getLogger("procman")
+
+MARGIN = 10.0  # seconds allowed beyond a call's own timeout for cleanup and reaping
+DEFAULT_START_TIMEOUT = 30.0
+DEFAULT_STOP_TIMEOUT = 30.0
+
+_live: weakref.WeakSet[_Base] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    # multiprocessing joins its children at exit, which would hang on running daemons; stop ours
+    # first (registered after multiprocessing's hook, so it runs before it).
+    for manager in list(_live):
+        try:
+            manager._shutdown(timeout=5.0)
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            log.exception("procman: error while stopping daemons at exit")
+
+
+atexit.register(_close_all_at_exit)
+
+
+class _EventThread:
+    """Delivers events, in order, to the hook on a thread of its own."""
+
+    def __init__(self, hook: EventHook | None, name: str) -> None:
+        self.hook = hook
+        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def emit(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            if self.hook is None:
+                continue
+            try:
+                self.hook(event)
+            except Exception:  # noqa: BLE001 - a broken hook must not stop supervision
+                log.exception("procman: the event hook raised on %s", event)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+
+class _Base:
+    def __init__(
+        self, *, start_method: str = "forkserver", on_event: EventHook | None = log_event
+    ) -> None:
+        if start_method not in START_METHODS:
+            raise ValueError(
+                f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
+            )
+        self.start_method = start_method
+        self._events = _EventThread(on_event, "procman-events")
+        self._io = IOThread("procman-io")
+        self._sup = Supervisor(self._io.loop, start_method, self._events.emit)
+        self._closed = False
+        _live.add(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ManagerClosed("this manager was closed; create a new one")
+
+    def _shutdown(self, timeout: float) -> StopReport | None:
+        if self._closed:
+            return None
+        self._closed = True
+        report: StopReport | None = None
+        try:
+            report = self._io.call(self._sup.close(timeout), timeout + MARGIN, "close()")
+        finally:
+            self._io.close()
+            self._events.close()
+            _live.discard(self)
+        return report
+
+
+def _spec_kwargs(
+    restart: RestartPolicy | Restart | str,
+    start_timeout: float,
+    stop_timeout: float,
+    term_timeout: float,
+    watchdog: float | None,
+) -> dict[str, Any]:
+    return {
+        "restart": restart,
+        "start_timeout": start_timeout,
+        "stop_timeout": stop_timeout,
+        "term_timeout": term_timeout,
+        "watchdog": watchdog,
+    }
+
+
+def _check_call_timeout(what: str, timeout: float) -> float:
+    from ._daemon import check_timeout
+
+    value = check_timeout(f"{what}(timeout)", timeout)
+    assert value is not None
+    return value
+
+
+class Manager(_Base):
+    """Runs daemons in supervised child processes. Thread-safe; every call is bounded.
+
+    Args:
+        start_method: ``forkserver`` (default; safe when the host has threads), ``fork`` (fastest;
+            the child inherits the host's memory) or ``spawn`` (a fresh interpreter).
+        on_event: the hook that receives every lifecycle :class:`Event` (default: log them).
+
+    Example::
+
+        with Manager() as manager:
+            manager.register(HttpServer("http-server"), restart="always")
+            manager.start(timeout=10)
+            ...
+        # leaving the block stops every daemon (30 s deadline)
+    """
+
+    def register(
+        self,
+        daemon: object,
+        *,
+        restart: RestartPolicy | Restart | str = Restart.ON_FAILURE,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_timeout: float = 10.0,
+        term_timeout: float = 5.0,
+        watchdog: float | None = None,
+    ) -> None:
+        """Add a daemon. While the manager runs, the daemon starts at once and this waits for it.
+
+        Args:
+            daemon: an object with ``name``, ``start()`` and ``stop()`` (see :class:`Daemon`).
+            restart: a restart type (``always``, ``on-failure``, ``never``) or a RestartPolicy.
+            start_timeout: seconds a (re)start may take before it counts as failed.
+            stop_timeout: seconds ``stop()`` may take before SIGTERM goes to the process group.
+            term_timeout: seconds after SIGTERM before SIGKILL.
+            watchdog: if set, seconds without a :func:`heartbeat` after which the daemon's stacks
+                are dumped to the log and it is killed (then restarted under its policy).
+
+        Raises:
+            DaemonError: invalid daemon or option, duplicate name, or not picklable.
+            StartError: the manager is running and the daemon failed to start.
+        """
+        self._check_open()
+        spec = make_spec(
+            daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog)
+        )
+        self._io.call(self._sup.register(spec), spec.start_timeout + MARGIN, "register()")
+
+    def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
+        """Stop the daemon ``name`` if it runs and unregister it."""
+        self._check_open()
+        timeout = _check_call_timeout("remove", timeout)
+        return self._io.call(self._sup.remove(name, timeout), timeout + MARGIN, "remove()")
+
+    def start(self, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        """Start every registered daemon concurrently; all or nothing.
+
+        Raises:
+            StartError: some daemon failed or missed the deadline; those this call started were
+                stopped again, and the error names every failure with the child's traceback.
+        """
+        self._check_open()
+        timeout = _check_call_timeout("start", timeout)
+        self._io.call(self._sup.start(timeout), timeout + MARGIN, "start()")
+
+    def stop(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopReport:
+        """Stop every daemon concurrently within ``timeout`` seconds; see :class:`StopReport`.
+
+        A second call while a stop is under way kills the remaining daemons at once.
+        """
+        self._check_open()
+        timeout = _check_call_timeout("stop", timeout)
+        return self._io.call(self._sup.stop(timeout), timeout + MARGIN, "stop()")
+
+    def kill(self) -> None:
+        """SIGKILL every daemon's process group now, without waiting (safe in a signal handler)."""
+        if not self._closed:
+            self._io.loop.call_soon_threadsafe(self._sup.kill_all)
+
+    def status(self) -> dict[str, DaemonStatus]:
+        """Each daemon's state, pid, restart count, uptime and last exit."""
+        self._check_open()
+        return self._io.call(self._sup.status_async(), MARGIN, "status()")
+
+    @property
+    def running(self) -> bool:
+        return self._sup.running and not self._closed
+
+    def close(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopReport | None:
+        """Stop everything and release the manager's threads; idempotent."""
+        return self._shutdown(_check_call_timeout("close", timeout))
+
+    def __enter__(self) -> Manager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(
+        self,
+        *,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+    ) -> StopReport:
+        """Start, run until SIGINT or SIGTERM, stop gracefully; see :func:`procman.run_until_signal`."""
+        from ._signals import run_until_signal
+
+        return run_until_signal(self, start_timeout=start_timeout, stop_timeout=stop_timeout)
+
+
+class AsyncManager(_Base):
+    """The asyncio twin of :class:`Manager`: the same operations, awaited.
+
+    The supervision itself runs on procman's own I/O thread, so a busy host loop never delays a
+    restart or a stop escalation.
+    """
+
+    async def register(
+        self,
+        daemon: object,
+        *,
+        restart: RestartPolicy | Restart | str = Restart.ON_FAILURE,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        stop_timeout: float = 10.0,
+        term_timeout: float = 5.0,
+        watchdog: float | None = None,
+    ) -> None:
+        """See :meth:`Manager.register`."""
+        self._check_open()
+        spec = make_spec(
+            daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog)
+        )
+        await self._io.call_async(self._sup.register(spec))
+
+    async def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
+        """See :meth:`Manager.remove`."""
+        self._check_open()
+        timeout = _check_call_timeout("remove", timeout)
+        return await self._io.call_async(self._sup.remove(name, timeout))
+
+    async def start(self, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        """See :meth:`Manager.start`."""
+        self._check_open()
+        timeout = _check_call_timeout("start", timeout)
+        await self._io.call_async(self._sup.start(timeout))
+
+    async def stop(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopReport:
+        """See :meth:`Manager.stop`."""
+        self._check_open()
+        timeout = _check_call_timeout("stop", timeout)
+        return await self._io.call_async(self._sup.stop(timeout))
+
+    def kill(self) -> None:
+        """See :meth:`Manager.kill`."""
+        if not self._closed:
+            self._io.loop.call_soon_threadsafe(self._sup.kill_all)
+
+    async def status(self) -> dict[str, DaemonStatus]:
+        """See :meth:`Manager.status`."""
+        self._check_open()
+        return await self._io.call_async(self._sup.status_async())
+
+    @property
+    def running(self) -> bool:
+        return self._sup.running and not self._closed
+
+    async def aclose(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopReport | None:
+        """Stop everything and release the manager's threads; idempotent."""
+        if self._closed:
+            return None
+        timeout = _check_call_timeout("aclose", timeout)
+        self._closed = True
+        try:
+            return await self._io.call_async(self._sup.close(timeout))
+        finally:
+            self._io.close()
+            self._events.close()
+            _live.discard(self)
+
+    async def __aenter__(self) -> AsyncManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+

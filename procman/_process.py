@@ -1,0 +1,288 @@
+"""The parent side of one supervised child process. Everything here runs on the I/O loop.
+
+Data flow for one child::
+
+    manager I/O loop                                   child process
+    ----------------                                   -------------
+    send(frame) --> ctrl pipe (parent -> child) -----> control reader thread
+    on_frame(body) <-- ctrl pipe (child -> parent) <-- Channel.send (ready, hb, error, results)
+    on_line(stream, line) <-- stdout / stderr pipes <- the daemon's prints, logging, tracebacks
+    on_exit(code) <-- pidfd (fork/spawn) or the forkserver's status socket
+
+Exit is reported only after the pipes were drained: everything the process wrote before it died
+is already in the pipe buffers, so non-blocking reads until EAGAIN/EOF get the last lines and the
+last control frames (a crash's traceback) in order, without waiting on grandchildren that may
+still hold the write ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import multiprocess  # type: ignore[import-untyped]
+from multiprocess import process as mp_process
+
+from . import _wire
+from ._child import FdBox, child_main
+
+START_METHODS = ("forkserver", "fork", "spawn")
+
+_contexts: dict[str, Any] = {}
+
+
+def get_context(method: str) -> Any:
+    """The multiprocess context for ``method``; the forkserver preloads procman's child code."""
+    ctx = _contexts.get(method)
+    if ctx is None:
+        ctx = multiprocess.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(["procman._child", "orjson", "uvloop", "dill"])
+        _contexts[method] = ctx
+    return ctx
+
+
+class Child:
+    """One child process with its control and log pipes, driven by the I/O loop's callbacks."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        method: str,
+        entry: Callable[..., int],
+        *,
+        name: str,
+        on_frame: Callable[[bytes], None],
+        on_line: Callable[[str, str], None],
+        on_exit: Callable[[int], None],
+    ) -> None:
+        self.loop = loop
+        self.method = method
+        self.entry = entry
+        self.name = name
+        self.on_frame = on_frame
+        self.on_line = on_line
+        self.on_exit = on_exit
+        self.pid: int | None = None
+        self.exitcode: int | None = None
+        self._proc: Any = None
+        self._ctrl_w = -1
+        self._ctrl_r = -1
+        self._logs: dict[int, tuple[str, bytearray]] = {}
+        self._exit_fd = -1
+        self._reader = _wire.FrameReader()
+        self._outbuf = bytearray()
+        self._writing = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the process (blocks for the fork; the forkserver answers with the pid)."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        child_ends = (to_child_r, from_child_w, out_w, err_w)
+        parent_ends = (to_child_w, from_child_r, out_r, err_r)
+        try:
+            ctx = get_context(self.method)
+            fds = tuple(FdBox(fd) for fd in child_ends)
+            proc = ctx.Process(
+                target=child_main,
+                args=(self.entry, fds, os.getpid()),
+                name=f"procman:{self.name}",
+                daemon=False,
+            )
+            proc.start()
+        except BaseException:
+            for fd in child_ends + parent_ends:
+                os.close(fd)
+            raise
+        for fd in child_ends:
+            os.close(fd)
+        # multiprocessing would join this process at interpreter exit and hang the host if it is
+        # still running; procman's own atexit hook stops children instead.
+        mp_process._children.discard(proc)
+        self._proc = proc
+        self.pid = proc.pid
+        self._ctrl_w, self._ctrl_r = to_child_w, from_child_r
+        for fd in parent_ends:
+            os.set_blocking(fd, False)
+        loop = self.loop
+        loop.add_reader(from_child_r, self._on_ctrl_readable)
+        self._logs = {out_r: ("stdout", bytearray()), err_r: ("stderr", bytearray())}
+        for fd in (out_r, err_r):
+            loop.add_reader(fd, self._on_log_readable, fd)
+        if self.method == "forkserver":
+            # Not our child (the forkserver forked it): the forkserver reports its exit status.
+            self._exit_fd = proc.sentinel
+        else:
+            self._exit_fd = os.pidfd_open(proc.pid)
+        loop.add_reader(self._exit_fd, self._on_exit_readable)
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None and self.exitcode is None
+
+    def send(self, frame: bytes) -> bool:
+        """Queue one frame to the child; False if the pipe is already closed."""
+        if self._ctrl_w < 0:
+            return False
+        if self._writing:
+            self._outbuf += frame
+            return True
+        try:
+            n = os.write(self._ctrl_w, frame)
+        except BlockingIOError:
+            n = 0
+        except OSError:  # EPIPE: the child is gone; its exit is reported separately
+            return False
+        if n < len(frame):
+            self._outbuf += frame[n:]
+            self._writing = True
+            self.loop.add_writer(self._ctrl_w, self._on_writable)
+        return True
+
+    def _on_writable(self) -> None:
+        try:
+            n = os.write(self._ctrl_w, self._outbuf)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._outbuf.clear()
+            n = 0
+        del self._outbuf[:n]
+        if not self._outbuf:
+            self._writing = False
+            self.loop.remove_writer(self._ctrl_w)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the child's process group (to the child alone before it made one)."""
+        pid = self.pid
+        if pid is None or self.exitcode is not None:
+            return
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    # -- readers -------------------------------------------------------------------------------
+
+    def _on_ctrl_readable(self) -> None:
+        self._drain_ctrl()
+
+    def _drain_ctrl(self) -> None:
+        fd = self._ctrl_r
+        while fd >= 0:
+            try:
+                data = os.read(fd, 262144)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.loop.remove_reader(fd)
+                os.close(fd)
+                self._ctrl_r = fd = -1
+                return
+            for body in self._reader.feed(data):
+                self.on_frame(body)
+
+    def _on_log_readable(self, fd: int) -> None:
+        self._drain_log(fd)
+
+    def _drain_log(self, fd: int) -> None:
+        stream, buf = self._logs[fd]
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                if buf:
+                    self.on_line(stream, buf.decode("utf-8", "replace"))
+                    buf.clear()
+                self.loop.remove_reader(fd)
+                os.close(fd)
+                del self._logs[fd]
+                return
+            buf += data
+            if b"\n" in data:
+                *lines, rest = bytes(buf).split(b"\n")
+                buf[:] = rest
+                for line in lines:
+                    self.on_line(stream, line.decode("utf-8", "replace").rstrip("\r"))
+            if len(data) < 65536:
+                break
+
+    def _on_exit_readable(self) -> None:
+        code = self._proc.exitcode
+        if code is None:  # spurious wake-up
+            return
+        self.exitcode = code
+        self.loop.remove_reader(self._exit_fd)
+        if self.method != "forkserver":
+            os.close(self._exit_fd)
+        self._exit_fd = -1
+        self._close_pipes()
+        self.on_exit(code)
+
+    def _close_pipes(self) -> None:
+        """Drain what the dead process left in its pipes, then close the parent's ends."""
+        self._drain_ctrl()
+        for fd in list(self._logs):
+            self._drain_log(fd)
+            if fd in self._logs:
+                stream, buf = self._logs.pop(fd)
+                if buf:
+                    self.on_line(stream, buf.decode("utf-8", "replace"))
+                self.loop.remove_reader(fd)
+                os.close(fd)
+        if self._ctrl_r >= 0:
+            self.loop.remove_reader(self._ctrl_r)
+            os.close(self._ctrl_r)
+            self._ctrl_r = -1
+        if self._ctrl_w >= 0:
+            if self._writing:
+                self.loop.remove_writer(self._ctrl_w)
+                self._writing = False
+            os.close(self._ctrl_w)
+            self._ctrl_w = -1
+        if self._proc is not None:
+            try:
+                self._proc.close()
+            except ValueError:
+                pass
+
+    def force_close(self) -> None:
+        """Kill the process and release everything without waiting (loop shutting down)."""
+        if self.exitcode is None and self.pid is not None:
+            self.kill()
+            try:
+                self._proc.join(1.0)
+            except (AssertionError, ValueError, OSError):
+                pass
+            code = self._proc.exitcode if self._proc is not None else None
+            self.exitcode = code if code is not None else -signal.SIGKILL
+        if self._exit_fd >= 0:
+            self.loop.remove_reader(self._exit_fd)
+            if self.method != "forkserver":
+                os.close(self._exit_fd)
+            self._exit_fd = -1
+        self._close_pipes()
+
+
+def is_epipe(exc: OSError) -> bool:
+    return exc.errno in (errno.EPIPE, errno.EBADF)

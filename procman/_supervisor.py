@@ -1,0 +1,556 @@
+"""The supervisor: every daemon's state machine, run on the I/O loop (no locks needed there).
+
+::
+
+    register -> STOPPED --start--> STARTING --ready--> RUNNING --stop--> STOPPING --> STOPPED
+                               |                 |
+                               +----exit---------+--> policy: restart now / BACKOFF -> STARTING
+                                                           or EXITED, or GAVE_UP
+
+Stop escalation for one daemon, all inside the caller's deadline: a ``stop`` frame (the daemon's
+own ``stop()`` runs) -> after ``stop_timeout`` SIGTERM to its process group -> after
+``term_timeout`` SIGKILL. A second stop request while one is under way goes straight to SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from . import _wire
+from ._child import run_daemon
+from ._daemon import DaemonSpec
+from ._errors import DaemonError, DaemonExited, OperationTimeout, StartError, StateError
+from ._events import Event, EventKind
+from ._policy import RestartTracker, Verdict
+from ._process import Child
+
+WATCHDOG_DUMP_GRACE = 0.2  # seconds between the stack dump (SIGUSR1) and SIGKILL
+REAP_BOUND = 5.0  # seconds to wait for a SIGKILLed process to be reported dead
+
+
+class DaemonState(str, Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    BACKOFF = "backoff"
+    EXITED = "exited"
+    GAVE_UP = "gave-up"
+
+
+class StopOutcome(str, Enum):
+    STOPPED = "stopped"  # stop() returned and the process exited 0
+    ERROR = "error"  # the process exited on its own terms but not cleanly (stop() raised, ...)
+    TERMINATED = "terminated"  # needed SIGTERM
+    KILLED = "killed"  # needed SIGKILL
+    NOT_RUNNING = "not-running"
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    """How a daemon's process ended.
+
+    Attributes:
+        code: multiprocessing-style exit code (negative: the signal that killed it).
+        reason: decoded, e.g. ``EXIT(1)`` or ``SIGSEGV(-11)``.
+        signal: the signal's name when a signal ended it.
+        error: the daemon's own exception (child traceback as ``__cause__``) when it raised.
+        time: wall-clock time of the exit.
+    """
+
+    code: int | None
+    reason: str
+    signal: str | None
+    error: BaseException | None
+    time: float
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    name: str
+    state: DaemonState
+    pid: int | None
+    restarts: int
+    uptime: float | None
+    last_exit: ExitInfo | None
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """Who stopped cleanly and who had to be terminated or killed."""
+
+    outcomes: dict[str, StopOutcome]
+    errors: dict[str, BaseException] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        ok = (StopOutcome.STOPPED, StopOutcome.NOT_RUNNING)
+        return all(o in ok for o in self.outcomes.values())
+
+    def names(self, outcome: StopOutcome) -> list[str]:
+        return [n for n, o in self.outcomes.items() if o is outcome]
+
+
+class _Slot:
+    def __init__(self, spec: DaemonSpec, tracker: RestartTracker) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.tracker = tracker
+        self.state = DaemonState.STOPPED
+        self.child: Child | None = None
+        self.ready_at: float | None = None
+        self.last_exit: ExitInfo | None = None
+        self.pending_error: BaseException | None = None
+        self.ready_fut: asyncio.Future[None] | None = None
+        self.exit_fut: asyncio.Future[int] | None = None
+        self.supervised = False  # restart policy applies once start()/register() saw it ready
+        self.stopping = False
+        self.stop_task: asyncio.Task[StopOutcome] | None = None
+        self.restart_timer: asyncio.TimerHandle | None = None
+        self.watchdog_timer: asyncio.TimerHandle | None = None
+        self.start_timer: asyncio.TimerHandle | None = None
+        self.log = logging.getLogger(f"procman.daemon.{spec.name}")
+
+
+class Supervisor:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        method: str,
+        emit: Callable[[Event], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.loop = loop
+        self.method = method
+        self.emit = emit
+        self.clock = clock
+        self.slots: dict[str, _Slot] = {}
+        self.running = False
+        self.closed = False
+
+    # -- registry ----------------------------------------------------------------------------
+
+    async def register(self, spec: DaemonSpec) -> None:
+        if self.closed:
+            raise StateError("the manager is closed")
+        if spec.name in self.slots:
+            raise DaemonError(
+                f"a daemon named {spec.name!r} is already registered; daemon names must be unique "
+                "within a manager (remove() the old one first, or choose another name)"
+            )
+        slot = _Slot(spec, RestartTracker(spec.policy, clock=self.clock))
+        self.slots[spec.name] = slot
+        if not self.running:
+            return
+        failures = await self._start_slots([slot], self.loop.time() + spec.start_timeout)
+        if failures:
+            del self.slots[spec.name]
+            raise StartError(failures)
+
+    async def remove(self, name: str, timeout: float) -> StopOutcome:
+        slot = self._slot(name)
+        outcome = await self._stop_slot(slot, self.loop.time() + timeout)
+        if self.slots.get(name) is slot:
+            del self.slots[name]
+        return outcome
+
+    def _slot(self, name: str) -> _Slot:
+        slot = self.slots.get(name)
+        if slot is None:
+            known = ", ".join(sorted(self.slots)) or "none"
+            raise DaemonError(f"no daemon named {name!r} is registered (registered: {known})")
+        return slot
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def start(self, timeout: float) -> None:
+        if self.closed:
+            raise StateError("the manager is closed")
+        if self.running:
+            raise StateError("the manager is already running; stop() it before start() again")
+        self.running = True
+        slots = [s for s in self.slots.values() if s.child is None]
+        try:
+            failures = await self._start_slots(slots, self.loop.time() + timeout)
+        except BaseException:
+            self.running = False
+            raise
+        if failures:
+            self.running = False
+            raise StartError(failures)
+
+    async def _start_slots(self, slots: list[_Slot], deadline: float) -> dict[str, BaseException]:
+        """Start ``slots`` concurrently; all or nothing. Returns the failures (empty: all ready)."""
+        failures: dict[str, BaseException] = {}
+        for slot in slots:
+            slot.supervised = False
+            slot.tracker.streak = 0
+            try:
+                self._spawn(slot)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors
+                failures[slot.name] = exc
+                break
+        pending = {s.ready_fut for s in slots if s.ready_fut is not None and not failures}
+        while pending and not failures:
+            done, pending = await asyncio.wait(
+                pending,
+                timeout=max(0.0, deadline - self.loop.time()),
+                return_when=asyncio.FIRST_EXCEPTION,
+            )
+            if not done:
+                break
+            for slot in slots:
+                fut = slot.ready_fut
+                if fut is not None and fut in done and fut.exception() is not None:
+                    failures[slot.name] = fut.exception()  # type: ignore[assignment]
+        if not failures:
+            for slot in slots:
+                fut = slot.ready_fut
+                if fut is not None and not fut.done():
+                    failures[slot.name] = OperationTimeout(
+                        f"daemon {slot.name!r} was not ready before the start deadline; "
+                        "start() must return once the service is ready (run long work in a thread "
+                        "or task), or raise start_timeout/start(timeout=...)"
+                    )
+        if not failures:
+            for slot in slots:
+                slot.supervised = True
+            return failures
+        # All or nothing: take down what this call started.
+        cleanup = self.loop.time() + max((s.spec.stop_timeout for s in slots), default=0) + 5
+        await asyncio.gather(*(self._abort_start(s, cleanup) for s in slots))
+        for slot in slots:
+            if slot.ready_fut is not None and slot.ready_fut.done() and not slot.ready_fut.cancelled():
+                slot.ready_fut.exception()  # mark retrieved
+        return failures
+
+    async def _abort_start(self, slot: _Slot, deadline: float) -> None:
+        child = slot.child
+        if child is None or not child.alive:
+            return
+        if slot.state is DaemonState.STARTING:
+            slot.stopping = True
+            child.kill()
+            await self._wait_exit(slot, self.loop.time() + REAP_BOUND)
+        else:
+            await self._stop_slot(slot, deadline)
+
+    def _spawn(self, slot: _Slot) -> None:
+        slot.restart_timer = None
+        slot.pending_error = None
+        slot.stopping = False
+        slot.ready_fut = self.loop.create_future()
+        slot.exit_fut = self.loop.create_future()
+        slot.state = DaemonState.STARTING
+        child = Child(
+            self.loop,
+            self.method,
+            functools.partial(run_daemon, slot.spec.blob),
+            name=slot.name,
+            on_frame=lambda body: None,
+            on_line=functools.partial(self._on_line, slot),
+            on_exit=lambda code: None,
+        )
+        child.on_frame = functools.partial(self._on_frame, slot, child)
+        child.on_exit = functools.partial(self._on_exit, slot, child)
+        try:
+            child.start()
+        except BaseException:
+            slot.state = DaemonState.EXITED
+            slot.ready_fut.cancel()
+            slot.exit_fut.cancel()
+            raise
+        slot.child = child
+        if slot.supervised:
+            slot.start_timer = self.loop.call_later(
+                slot.spec.start_timeout, self._start_timed_out, slot, child
+            )
+        self.emit(
+            Event(EventKind.STARTED, slot.name, pid=child.pid, restarts=slot.tracker.restarts)
+        )
+
+    def _start_timed_out(self, slot: _Slot, child: Child) -> None:
+        if slot.child is child and slot.state is DaemonState.STARTING:
+            slot.pending_error = OperationTimeout(
+                f"daemon {slot.name!r} was not ready within start_timeout={slot.spec.start_timeout}s"
+            )
+            self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="start timed out"))
+            child.kill()
+
+    # -- messages from children ------------------------------------------------------------------
+
+    def _on_frame(self, slot: _Slot, child: Child, body: bytes) -> None:
+        if slot.child is not child or body[0] != _wire.KIND_JSON:
+            return
+        msg = _wire.decode_json(body)
+        kind = msg.get("t")
+        if kind == "hb":
+            self._arm_watchdog(slot, child)
+        elif kind == "ready":
+            if slot.state is not DaemonState.STARTING:
+                return
+            slot.state = DaemonState.RUNNING
+            slot.ready_at = self.clock()
+            if slot.start_timer is not None:
+                slot.start_timer.cancel()
+                slot.start_timer = None
+            self._arm_watchdog(slot, child)
+            if slot.ready_fut is not None and not slot.ready_fut.done():
+                slot.ready_fut.set_result(None)
+            self.emit(
+                Event(EventKind.READY, slot.name, pid=child.pid, restarts=slot.tracker.restarts)
+            )
+        elif kind == "error":
+            slot.pending_error = _wire.rebuild_error(msg)
+
+    def _on_line(self, slot: _Slot, stream: str, line: str) -> None:
+        slot.log.info("%s", line, extra={"daemon": slot.name, "stream": stream})
+
+    def _arm_watchdog(self, slot: _Slot, child: Child) -> None:
+        if slot.spec.watchdog is None:
+            return
+        if slot.watchdog_timer is not None:
+            slot.watchdog_timer.cancel()
+        slot.watchdog_timer = self.loop.call_later(
+            slot.spec.watchdog, self._watchdog_fired, slot, child
+        )
+
+    def _watchdog_fired(self, slot: _Slot, child: Child) -> None:
+        slot.watchdog_timer = None
+        if slot.child is not child or not child.alive or slot.stopping:
+            return
+        self.emit(
+            Event(
+                EventKind.WATCHDOG,
+                slot.name,
+                pid=child.pid,
+                reason=f"no heartbeat for {slot.spec.watchdog}s; dumping stacks, then SIGKILL",
+            )
+        )
+        slot.pending_error = OperationTimeout(
+            f"daemon {slot.name!r} sent no heartbeat for {slot.spec.watchdog}s (watchdog)"
+        )
+        try:
+            if child.pid is not None:
+                import os
+
+                os.kill(child.pid, signal.SIGUSR1)  # faulthandler in the child dumps every stack
+        except ProcessLookupError:
+            return
+        self.loop.call_later(WATCHDOG_DUMP_GRACE, self._kill_if_current, slot, child)
+
+    def _kill_if_current(self, slot: _Slot, child: Child) -> None:
+        if slot.child is child and child.alive:
+            self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="watchdog"))
+            child.kill()
+
+    def _on_exit(self, slot: _Slot, child: Child, code: int) -> None:
+        if slot.child is not child:
+            return
+        for timer in (slot.watchdog_timer, slot.start_timer):
+            if timer is not None:
+                timer.cancel()
+        slot.watchdog_timer = slot.start_timer = None
+        error = slot.pending_error
+        info = ExitInfo(code, _wire.describe_exit(code), _wire.exit_signal(code), error, time.time())
+        slot.last_exit = info
+        uptime = self.clock() - slot.ready_at if slot.ready_at is not None else 0.0
+        slot.ready_at = None
+        slot.child = None
+        self.emit(
+            Event(
+                EventKind.EXITED,
+                slot.name,
+                pid=child.pid,
+                exit_code=code,
+                reason=info.reason,
+                error=error,
+                restarts=slot.tracker.restarts,
+            )
+        )
+        if slot.ready_fut is not None and not slot.ready_fut.done():
+            slot.ready_fut.set_exception(
+                error
+                if error is not None
+                else DaemonExited(f"daemon {slot.name!r} exited before it was ready: {info.reason}")
+            )
+        if slot.exit_fut is not None and not slot.exit_fut.done():
+            slot.exit_fut.set_result(code)
+        if slot.stopping:
+            slot.state = DaemonState.STOPPED
+            return
+        if not slot.supervised:
+            slot.state = DaemonState.EXITED
+            return
+        decision = slot.tracker.on_exit(failed=code != 0 or error is not None, uptime=uptime)
+        if decision.verdict is Verdict.RESTART:
+            self._schedule_restart(slot, decision.delay)
+        elif decision.verdict is Verdict.GIVE_UP:
+            slot.state = DaemonState.GAVE_UP
+            self.emit(
+                Event(
+                    EventKind.GAVE_UP,
+                    slot.name,
+                    reason=decision.reason,
+                    error=error,
+                    restarts=slot.tracker.restarts,
+                )
+            )
+        else:
+            slot.state = DaemonState.EXITED
+
+    def _schedule_restart(self, slot: _Slot, delay: float) -> None:
+        if delay <= 0:
+            self._restart(slot)
+            return
+        slot.state = DaemonState.BACKOFF
+        self.emit(
+            Event(EventKind.BACKING_OFF, slot.name, delay=delay, restarts=slot.tracker.restarts)
+        )
+        slot.restart_timer = self.loop.call_later(delay, self._restart, slot)
+
+    def _restart(self, slot: _Slot) -> None:
+        slot.restart_timer = None
+        if self.slots.get(slot.name) is not slot or slot.stopping or self.closed:
+            return
+        try:
+            self._spawn(slot)
+        except Exception as exc:  # noqa: BLE001 - a failed spawn is a failed start: apply policy
+            slot.log.error("could not spawn a process for %s: %r", slot.name, exc)
+            slot.last_exit = ExitInfo(None, "spawn failed", None, exc, time.time())
+            decision = slot.tracker.on_exit(failed=True, uptime=0.0)
+            if decision.verdict is Verdict.RESTART:
+                self._schedule_restart(slot, max(decision.delay, slot.spec.policy.backoff_initial))
+            else:
+                slot.state = DaemonState.GAVE_UP
+                self.emit(Event(EventKind.GAVE_UP, slot.name, reason=decision.reason, error=exc))
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    async def stop(self, timeout: float) -> StopReport:
+        deadline = self.loop.time() + timeout
+        self.running = False
+        slots = list(self.slots.values())
+        results = await asyncio.gather(*(self._stop_slot(s, deadline) for s in slots))
+        outcomes = {s.name: o for s, o in zip(slots, results, strict=True)}
+        errors = {
+            s.name: s.last_exit.error
+            for s in slots
+            if outcomes[s.name] is not StopOutcome.NOT_RUNNING
+            and s.last_exit is not None
+            and s.last_exit.error is not None
+        }
+        return StopReport(outcomes, errors)
+
+    async def _stop_slot(self, slot: _Slot, deadline: float) -> StopOutcome:
+        running = slot.stop_task
+        if running is not None and not running.done():
+            # A second stop request while one is under way: escalate at once.
+            child = slot.child
+            if child is not None and child.alive:
+                self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="second stop request"))
+                child.kill()
+            return await asyncio.shield(running)
+        if slot.restart_timer is not None:
+            slot.restart_timer.cancel()
+            slot.restart_timer = None
+        child = slot.child
+        if child is None or not child.alive:
+            if slot.state in (DaemonState.BACKOFF, DaemonState.RUNNING, DaemonState.STARTING):
+                slot.state = DaemonState.STOPPED
+            return StopOutcome.NOT_RUNNING
+        slot.stopping = True
+        slot.state = DaemonState.STOPPING
+        task = self.loop.create_task(self._stop_sequence(slot, child, deadline))
+        slot.stop_task = task
+        return await asyncio.shield(task)
+
+    async def _stop_sequence(self, slot: _Slot, child: Child, deadline: float) -> StopOutcome:
+        now = self.loop.time()
+        budget = max(0.0, deadline - now)
+        spec = slot.spec
+        term_at = min(now + spec.stop_timeout, deadline - min(spec.term_timeout, budget / 2))
+        kill_at = min(term_at + spec.term_timeout, deadline)
+        child.send(_wire.encode_json({"t": "stop"}))
+        outcome = StopOutcome.STOPPED
+        if not await self._wait_exit(slot, term_at):
+            outcome = StopOutcome.TERMINATED
+            self.emit(
+                Event(
+                    EventKind.STOP_TIMED_OUT,
+                    slot.name,
+                    pid=child.pid,
+                    reason=f"stop() did not finish in {term_at - now:.3g}s; SIGTERM to its group",
+                )
+            )
+            child.signal(signal.SIGTERM)
+            if not await self._wait_exit(slot, kill_at):
+                outcome = StopOutcome.KILLED
+                self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="stop deadline"))
+                child.kill()
+                await self._wait_exit(slot, self.loop.time() + REAP_BOUND)
+        code = child.exitcode
+        if outcome is StopOutcome.STOPPED and code != 0:
+            outcome = StopOutcome.ERROR
+        if code == -signal.SIGKILL and outcome is not StopOutcome.KILLED:
+            outcome = StopOutcome.KILLED  # escalated by a second stop request
+        self.emit(Event(EventKind.STOPPED, slot.name, pid=child.pid, exit_code=code, reason=outcome.value))
+        return outcome
+
+    async def _wait_exit(self, slot: _Slot, until: float) -> bool:
+        fut = slot.exit_fut
+        if fut is None or fut.done():
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), max(0.0, until - self.loop.time()))
+        except TimeoutError:
+            return False
+        return True
+
+    # -- status / close ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, DaemonStatus]:
+        now = self.clock()
+        return {
+            name: DaemonStatus(
+                name=name,
+                state=slot.state,
+                pid=slot.child.pid if slot.child is not None else None,
+                restarts=slot.tracker.restarts,
+                uptime=now - slot.ready_at if slot.ready_at is not None else None,
+                last_exit=slot.last_exit,
+            )
+            for name, slot in self.slots.items()
+        }
+
+    async def status_async(self) -> dict[str, DaemonStatus]:
+        return self.status()
+
+    def kill_all(self) -> None:
+        """SIGKILL every child at once (the escalation of a second signal)."""
+        for slot in self.slots.values():
+            if slot.child is not None and slot.child.alive:
+                slot.stopping = True
+                slot.child.kill()
+
+    async def close(self, timeout: float) -> StopReport:
+        report = await self.stop(timeout)
+        self.closed = True
+        self.force_close(self.slots.values())
+        return report
+
+    def force_close(self, slots: Iterable[_Slot]) -> None:
+        for slot in slots:
+            if slot.restart_timer is not None:
+                slot.restart_timer.cancel()
+            if slot.child is not None:
+                slot.stopping = True
+                slot.child.force_close()
+                slot.child = None

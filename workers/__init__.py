@@ -1,0 +1,3 @@
+"""workers: a timed job queue on a fixed pool of worker processes (see issue: not built yet)."""
+
+__all__: tuple[str, ...] = ()
