@@ -247,6 +247,28 @@ async def _run_async(daemon: Any, chan: Channel) -> int:
         _crash(chan, exc)
 
     loop.set_exception_handler(on_error)
+
+    # A background task that dies with an exception nobody retrieves is a crash of the daemon.
+    # Waiting for the garbage collector to report it would never happen while the daemon keeps a
+    # reference to the task, so check shortly after it ends whether anyone awaited its outcome.
+    def check_task(task: asyncio.Task[Any]) -> None:
+        # _log_traceback stays True until someone calls result()/exception() on the task.
+        if task._log_traceback:  # type: ignore[attr-defined]
+            exc = task.exception()
+            _crash(chan, exc if exc is not None else RuntimeError("task failed"))
+
+    def on_done(task: asyncio.Task[Any]) -> None:
+        if task._log_traceback:  # type: ignore[attr-defined] - it ended with an exception
+            loop.call_later(0.05, check_task, task)
+
+    def task_factory(
+        loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
+    ) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+        task.add_done_callback(on_done)
+        return task
+
+    loop.set_task_factory(task_factory)  # type: ignore[arg-type]
     threading.excepthook = lambda args: _crash(chan, args.exc_value or RuntimeError("thread died"))
     await _maybe_await(daemon.start())
     chan.send({"t": "ready"})

@@ -97,9 +97,15 @@ class CommandDaemon:
         sys.stdout.flush()
         sys.stderr.flush()
         if code < 0:
-            signal.signal(-code, signal.SIG_DFL)
-            os.kill(os.getpid(), -code)
-        os._exit(code if code >= 0 else 1)
+            # Die by the same signal. signal.signal() only works on the main thread, so reset the
+            # disposition through libc (faulthandler and Python's SIG_IGN of SIGPIPE included).
+            import faulthandler
+
+            faulthandler.disable()
+            ctypes.CDLL(None).signal(-code, 0)  # SIG_DFL
+            # Directed at this thread, so it is delivered before pthread_kill returns.
+            signal.pthread_kill(threading.get_ident(), -code)
+        os._exit(code if code >= 0 else 128 - code)
 
     def stop(self) -> None:
         self._stopping = True

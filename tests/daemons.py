@@ -1,0 +1,182 @@
+"""Daemons the tests run in real child processes (module-level so they pickle by reference)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import threading
+import time
+
+import procman
+
+
+class Quick:
+    """Starts and stops at once; prints a line on each."""
+
+    def __init__(self, name: str, delay: float = 0.0) -> None:
+        self.name = name
+        self.delay = delay
+
+    def start(self) -> None:
+        print(f"start-begin {self.name} {time.time():.6f}", flush=True)
+        time.sleep(self.delay)
+        print(f"start-end {self.name} {time.time():.6f}", flush=True)
+
+    def stop(self) -> None:
+        print(f"stopping {self.name}", flush=True)
+
+
+class FailStart:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        raise ValueError(f"bad config for {self.name}")
+
+    def stop(self) -> None:
+        pass
+
+
+def _crash(mode: str) -> None:
+    if mode == "exception":
+        raise RuntimeError("consumer blew up")
+    if mode == "exit":
+        os._exit(3)
+    if mode == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "segfault":
+        ctypes.string_at(0)
+    raise AssertionError(mode)
+
+
+class Crasher:
+    """Crashes ``after`` seconds after start, in a background thread, by ``mode``.
+
+    With ``marker`` set, crashes only while that file does not exist (creating it first), so the
+    replacement process stays up: one crash, one restart.
+    """
+
+    def __init__(self, name: str, mode: str, after: float = 0.05, marker: str | None = None) -> None:
+        self.name = name
+        self.mode = mode
+        self.after = after
+        self.marker = marker
+
+    def start(self) -> None:
+        if self.marker is not None and os.path.exists(self.marker):
+            print(f"{self.name} healthy now", flush=True)
+            return
+        if self.marker is not None:
+            open(self.marker, "w").close()
+        threading.Thread(target=self._later, daemon=True).start()
+
+    def _later(self) -> None:
+        time.sleep(self.after)
+        _crash(self.mode)
+
+    def stop(self) -> None:
+        pass
+
+
+class Stubborn:
+    """Ignores both stop() and SIGTERM."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def stop(self) -> None:
+        time.sleep(3600)
+
+
+class LastWords:
+    """Prints a line, then dies at once."""
+
+    def __init__(self, name: str, line: str) -> None:
+        self.name = name
+        self.line = line
+
+    def start(self) -> None:
+        threading.Thread(target=self._die, daemon=True).start()
+
+    def _die(self) -> None:
+        time.sleep(0.05)
+        print(self.line, flush=True)
+        os._exit(7)
+
+    def stop(self) -> None:
+        pass
+
+
+class AsyncTicker:
+    """An asyncio daemon: a task ticks; optional crash of that task."""
+
+    def __init__(self, name: str, crash_after: float | None = None, marker: str | None = None) -> None:
+        self.name = name
+        self.crash_after = crash_after
+        self.marker = marker
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        print(f"async started on {type(loop).__module__}", flush=True)
+        crash = self.crash_after is not None
+        if self.marker is not None:
+            crash = crash and not os.path.exists(self.marker)
+            if crash:
+                open(self.marker, "w").close()
+        self._task = loop.create_task(self._tick(crash))
+
+    async def _tick(self, crash: bool) -> None:
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            if crash and self.crash_after is not None and time.monotonic() - started > self.crash_after:
+                raise RuntimeError("async consumer failed")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        print("async stopped", flush=True)
+
+
+class Beating:
+    """Sends heartbeats from its work loop while ``beat`` is True, then hangs in that loop."""
+
+    def __init__(self, name: str, beats: int) -> None:
+        self.name = name
+        self.beats = beats
+
+    def start(self) -> None:
+        threading.Thread(target=self._work, name="work-loop", daemon=True).start()
+
+    def _work(self) -> None:
+        for _ in range(self.beats):
+            procman.heartbeat()
+            time.sleep(0.02)
+        while True:  # hung: no more heartbeats
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        pass
+
+
+class WithSocket:
+    """Holds an open socket: neither pickle nor dill can send it to a child."""
+
+    def __init__(self, name: str) -> None:
+        import socket
+
+        self.name = name
+        self.sock = socket.socket()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
