@@ -7,8 +7,12 @@ Order of the bootstrap matters and each step closes a hazard:
 2. A process group of its own, so a stop signal reaches whatever the daemon spawned.
 3. stdout/stderr onto the log pipes (line-buffered), stdin from /dev/null, faulthandler on stderr
    (a segfault and the watchdog's SIGUSR1 dump every thread's stack into the log).
-4. A reader thread on the control pipe: a ``stop`` frame asks for a graceful stop; end of file means
-   the manager is gone, and the whole process group is killed (the third orphan guard).
+4. A guard process, forked while the child is still single-threaded: it blocks on a pipe that
+   only the child holds open and, when the child is gone (crash, stop, or its parent-death
+   SIGKILL), SIGKILLs the child's whole process group. Without it, whatever the daemon spawned
+   would outlive a crash (still holding its ports when the replacement starts) or the manager.
+5. A reader thread on the control pipe: a ``stop`` frame asks for a graceful stop; end of file means
+   the manager is gone, and the whole process group is killed.
 """
 
 from __future__ import annotations
@@ -109,8 +113,36 @@ def _kill_group_and_exit() -> None:
         os._exit(137)
 
 
-def bootstrap(fds: tuple[int, int, int, int], manager_pid: int) -> Channel:
-    """Steps 1-4 above; returns the control channel. ``fds``: ctrl-in, ctrl-out, stdout, stderr."""
+def _start_guard() -> None:
+    r, w = os.pipe()  # close-on-exec: programs the daemon execs never hold ``w``
+    if os.fork() != 0:
+        os.close(r)
+        return  # ``w`` stays open, unused, until this process is gone
+    # The guard: single-threaded, touching nothing but the pipe and the group.
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # outlive a SIGTERM to the group
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd != r:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        group = os.getpgid(0)
+        while True:
+            try:
+                if not os.read(r, 1):
+                    break
+            except InterruptedError:
+                continue
+        os.killpg(group, signal.SIGKILL)
+    finally:
+        os._exit(0)
+
+
+def bootstrap(fds: tuple[int, int, int, int], manager_pid: int, guard: bool = True) -> Channel:
+    """Steps 1-5 above; returns the control channel. ``fds``: ctrl-in, ctrl-out, stdout, stderr."""
     global _channel
     _set_pdeathsig()
     if not _alive(manager_pid) or os.getppid() == 1:
@@ -119,6 +151,8 @@ def bootstrap(fds: tuple[int, int, int, int], manager_pid: int) -> Channel:
         os.setpgid(0, 0)
     except OSError:  # already a group leader (a session leader cannot move): keep going
         pass
+    if guard and os.getpgid(0) == os.getpid():
+        _start_guard()
     ctrl_in, ctrl_out, out_fd, err_fd = fds
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
