@@ -114,10 +114,10 @@ def _kill_group_and_exit() -> None:
 
 
 def _start_guard() -> None:
-    r, w = os.pipe()  # close-on-exec: programs the daemon execs never hold ``w``
+    r, _w = os.pipe()  # close-on-exec: programs the daemon execs never hold ``_w``
     if os.fork() != 0:
         os.close(r)
-        return  # ``w`` stays open, unused, until this process is gone
+        return  # ``_w`` stays open, unused, until this process is gone
     # The guard: single-threaded, touching nothing but the pipe and the group.
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # outlive a SIGTERM to the group
@@ -222,7 +222,7 @@ class FdBox:
         self.fd = fd
 
     def __reduce__(self) -> tuple[Any, ...]:
-        from multiprocess import reduction  # type: ignore[import-untyped]
+        from multiprocess import reduction
 
         return (_rebuild_fd, (reduction.DupFd(self.fd),))
 
@@ -270,7 +270,11 @@ def _run_sync(daemon: Any, chan: Channel) -> int:
 async def _run_async(daemon: Any, chan: Channel) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    chan.on_stop = lambda: loop.call_soon_threadsafe(stop.set)
+
+    def request_stop() -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    chan.on_stop = request_stop
     if chan.stop_requested.is_set():
         stop.set()
 
@@ -287,22 +291,21 @@ async def _run_async(daemon: Any, chan: Channel) -> int:
     # reference to the task, so check shortly after it ends whether anyone awaited its outcome.
     def check_task(task: asyncio.Task[Any]) -> None:
         # _log_traceback stays True until someone calls result()/exception() on the task.
-        if task._log_traceback:  # type: ignore[attr-defined]
+        if task._log_traceback:
             exc = task.exception()
             _crash(chan, exc if exc is not None else RuntimeError("task failed"))
 
     def on_done(task: asyncio.Task[Any]) -> None:
-        if task._log_traceback:  # type: ignore[attr-defined] - it ended with an exception
+        # it ended with an exception nobody has retrieved yet
+        if task._log_traceback:
             loop.call_later(0.05, check_task, task)
 
-    def task_factory(
-        loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any
-    ) -> asyncio.Task[Any]:
+    def task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
         task.add_done_callback(on_done)
         return task
 
-    loop.set_task_factory(task_factory)  # type: ignore[arg-type]
+    loop.set_task_factory(task_factory)
     threading.excepthook = lambda args: _crash(chan, args.exc_value or RuntimeError("thread died"))
     await _maybe_await(daemon.start())
     chan.send({"t": "ready"})
@@ -325,9 +328,10 @@ def dumps_daemon(obj: object) -> bytes:
             return b"p" + pickle.dumps(obj, protocol=5)
         except Exception:  # noqa: BLE001 - pickle refuses lambdas, closures, local classes
             pass
-    import dill  # type: ignore[import-untyped]
+    import dill
 
-    return b"d" + dill.dumps(obj, protocol=5, recurse=True)
+    blob: bytes = dill.dumps(obj, protocol=5, recurse=True)
+    return b"d" + blob
 
 
 def loads_daemon(blob: bytes) -> Any:

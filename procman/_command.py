@@ -55,9 +55,7 @@ class CommandDaemon:
                 f"['python', '-m', 'http.server'], got {argv!r}"
             )
         self.argv = list(argv)
-        if env is not None and not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
+        if env is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise DaemonError(f"command daemon {name!r}: env must map str to str, got {env!r}")
         self.env = dict(env) if env is not None else None
         self.cwd = os.fspath(cwd) if cwd is not None else None
@@ -76,7 +74,7 @@ class CommandDaemon:
         env = dict(os.environ) if self.inherit_env else {}
         if self.env:
             env.update(self.env)
-        self._proc = subprocess.Popen(  # noqa: S603 - argv given by the user, no shell
+        self._proc = subprocess.Popen(
             self.argv,
             cwd=self.cwd,
             env=env,

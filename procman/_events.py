@@ -11,12 +11,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 log = logging.getLogger("procman")
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     STARTED = "started"  # a child process was spawned for the daemon
     READY = "ready"  # the daemon's start() returned
     EXITED = "exited"  # the daemon's process ended

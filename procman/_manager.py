@@ -36,7 +36,7 @@ def _close_all_at_exit() -> None:
     for manager in list(_live):
         try:
             manager._shutdown(timeout=5.0)
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        except Exception:
             log.exception("procman: error while stopping daemons at exit")
 
 
@@ -64,7 +64,7 @@ class _EventThread:
                 continue
             try:
                 self.hook(event)
-            except Exception:  # noqa: BLE001 - a broken hook must not stop supervision
+            except Exception:
                 log.exception("procman: the event hook raised on %s", event)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -74,9 +74,7 @@ class _EventThread:
 
 
 class _Base:
-    def __init__(
-        self, *, start_method: str = "forkserver", on_event: EventHook | None = log_event
-    ) -> None:
+    def __init__(self, *, start_method: str = "forkserver", on_event: EventHook | None = log_event) -> None:
         if start_method not in START_METHODS:
             raise ValueError(
                 f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
@@ -173,9 +171,7 @@ class Manager(_Base):
             StartError: the manager is running and the daemon failed to start.
         """
         self._check_open()
-        spec = make_spec(
-            daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog)
-        )
+        spec = make_spec(daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog))
         self._io.call(self._sup.register(spec), spec.start_timeout + MARGIN, "register()")
 
     def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
@@ -259,9 +255,7 @@ class AsyncManager(_Base):
     ) -> None:
         """See :meth:`Manager.register`."""
         self._check_open()
-        spec = make_spec(
-            daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog)
-        )
+        spec = make_spec(daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog))
         await self._io.call_async(self._sup.register(spec))
 
     async def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
@@ -314,5 +308,3 @@ class AsyncManager(_Base):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-

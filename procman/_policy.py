@@ -19,12 +19,12 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from ._errors import DaemonError
 
 
-class Restart(str, Enum):
+class Restart(StrEnum):
     """When a daemon is restarted after its process ends on its own."""
 
     ALWAYS = "always"
@@ -76,7 +76,7 @@ class RestartPolicy:
             raise DaemonError(f"RestartPolicy max_restarts={self.max_restarts!r} must be an int >= 0")
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     """What the tracker decided after an exit."""
 
     RESTART = "restart"

@@ -18,13 +18,12 @@ still hold the write ends.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import signal
 from collections.abc import Callable
 from typing import Any
 
-import multiprocess  # type: ignore[import-untyped]
+import multiprocess
 from multiprocess import process as mp_process
 
 from . import _wire
@@ -282,7 +281,3 @@ class Child:
                 os.close(self._exit_fd)
             self._exit_fd = -1
         self._close_pipes()
-
-
-def is_epipe(exc: OSError) -> bool:
-    return exc.errno in (errno.EPIPE, errno.EBADF)

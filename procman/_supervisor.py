@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from . import _wire
 from ._child import run_daemon
@@ -35,7 +35,7 @@ WATCHDOG_DUMP_GRACE = 0.2  # seconds between the stack dump (SIGUSR1) and SIGKIL
 REAP_BOUND = 5.0  # seconds to wait for a SIGKILLed process to be reported dead
 
 
-class DaemonState(str, Enum):
+class DaemonState(StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     RUNNING = "running"
@@ -45,7 +45,7 @@ class DaemonState(str, Enum):
     GAVE_UP = "gave-up"
 
 
-class StopOutcome(str, Enum):
+class StopOutcome(StrEnum):
     STOPPED = "stopped"  # stop() returned and the process exited 0
     ERROR = "error"  # the process exited on its own terms but not cleanly (stop() raised, ...)
     TERMINATED = "terminated"  # needed SIGTERM
@@ -272,9 +272,7 @@ class Supervisor:
             slot.start_timer = self.loop.call_later(
                 slot.spec.start_timeout, self._start_timed_out, slot, child
             )
-        self.emit(
-            Event(EventKind.STARTED, slot.name, pid=child.pid, restarts=slot.tracker.restarts)
-        )
+        self.emit(Event(EventKind.STARTED, slot.name, pid=child.pid, restarts=slot.tracker.restarts))
 
     def _start_timed_out(self, slot: _Slot, child: Child) -> None:
         if slot.child is child and slot.state is DaemonState.STARTING:
@@ -304,9 +302,7 @@ class Supervisor:
             self._arm_watchdog(slot, child)
             if slot.ready_fut is not None and not slot.ready_fut.done():
                 slot.ready_fut.set_result(None)
-            self.emit(
-                Event(EventKind.READY, slot.name, pid=child.pid, restarts=slot.tracker.restarts)
-            )
+            self.emit(Event(EventKind.READY, slot.name, pid=child.pid, restarts=slot.tracker.restarts))
         elif kind == "error":
             slot.pending_error = _wire.rebuild_error(msg)
 
@@ -318,9 +314,7 @@ class Supervisor:
             return
         if slot.watchdog_timer is not None:
             slot.watchdog_timer.cancel()
-        slot.watchdog_timer = self.loop.call_later(
-            slot.spec.watchdog, self._watchdog_fired, slot, child
-        )
+        slot.watchdog_timer = self.loop.call_later(slot.spec.watchdog, self._watchdog_fired, slot, child)
 
     def _watchdog_fired(self, slot: _Slot, child: Child) -> None:
         slot.watchdog_timer = None
@@ -411,9 +405,7 @@ class Supervisor:
             self._restart(slot)
             return
         slot.state = DaemonState.BACKOFF
-        self.emit(
-            Event(EventKind.BACKING_OFF, slot.name, delay=delay, restarts=slot.tracker.restarts)
-        )
+        self.emit(Event(EventKind.BACKING_OFF, slot.name, delay=delay, restarts=slot.tracker.restarts))
         slot.restart_timer = self.loop.call_later(delay, self._restart, slot)
 
     def _restart(self, slot: _Slot) -> None:

@@ -6,12 +6,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
+from helpers import Recorder
 
 import procman
-from helpers import Recorder
 from procman._process import get_context
 
 
@@ -119,5 +119,3 @@ def recorder() -> Recorder:
 def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO)
     return caplog
-
-

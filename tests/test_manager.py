@@ -228,9 +228,7 @@ def test_last_line_before_crash_is_logged_before_the_exit(caplog_all: pytest.Log
 
     def hook(event: procman.Event) -> None:
         if event.kind is EventKind.EXITED:
-            seen_at_exit.append(
-                any("famous last words" in r.getMessage() for r in caplog_all.records)
-            )
+            seen_at_exit.append(any("famous last words" in r.getMessage() for r in caplog_all.records))
         rec(event)
 
     with procman.Manager(on_event=hook) as m:
@@ -248,9 +246,7 @@ def test_async_daemon_runs_on_uvloop_and_is_restarted(
     tmp_path: Path, caplog_all: pytest.LogCaptureFixture, recorder: Recorder
 ) -> None:
     with procman.Manager(on_event=recorder) as m:
-        m.register(
-            AsyncTicker("ticker", crash_after=0.05, marker=str(tmp_path / "m")), restart=FAST
-        )
+        m.register(AsyncTicker("ticker", crash_after=0.05, marker=str(tmp_path / "m")), restart=FAST)
         m.start(timeout=30)
         recorder.wait_kind(EventKind.READY, "ticker", count=2)
         st = m.status()["ticker"]
@@ -263,7 +259,9 @@ def test_async_daemon_runs_on_uvloop_and_is_restarted(
     assert "async stopped" in messages
 
 
-def test_command_daemon_logs_restarts_and_stops(caplog_all: pytest.LogCaptureFixture, recorder: Recorder) -> None:
+def test_command_daemon_logs_restarts_and_stops(
+    caplog_all: pytest.LogCaptureFixture, recorder: Recorder
+) -> None:
     script = "import sys, time; print('hello from cmd', flush=True); time.sleep(0.1); sys.exit(4)"
     serve = "import time; print('serving', flush=True); time.sleep(3600)"
     with procman.Manager(on_event=recorder) as m:
@@ -359,7 +357,7 @@ def _close_sockets() -> object:
 
 BAD_INPUT = [
     ("invalid-name", lambda: Quick("Bad_Name"), {}, "invalid daemon name 'Bad_Name'"),
-    ("not-a-daemon", lambda: object(), {}, "is not a daemon"),
+    ("not-a-daemon", object, {}, "is not a daemon"),
     ("a-class", lambda: Quick, {}, "not a daemon object"),
     ("unpicklable", _with_socket, {}, "cannot be sent to its child process"),
     ("negative-stop", lambda: Quick("neg"), {"stop_timeout": -1}, "stop_timeout=-1 must not be negative"),

@@ -1,0 +1,99 @@
+"""The demo's daemons: an HTTP server on uvloop, a flaky queue consumer, and a health prober."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+import time
+import urllib.request
+
+import procman
+
+
+class HealthServer:
+    """A tiny asyncio HTTP server (uvloop in its child) answering ``GET /health``."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.name = name
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._requests = 0
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        print(f"listening on http://127.0.0.1:{self.port}/health (pid {os.getpid()})", flush=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readline()
+        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass
+        self._requests += 1
+        ok = request.startswith(b"GET /health ")
+        body = b'{"status": "ok", "requests": %d}' % self._requests if ok else b'{"error": "not found"}'
+        status = b"200 OK" if ok else b"404 Not Found"
+        writer.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        writer.close()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        print(f"served {self._requests} requests; bye", flush=True)
+
+
+class FlakyConsumer:
+    """Consumes a (simulated) queue and crashes now and then, as real consumers do."""
+
+    def __init__(self, name: str, crash_every: float = 2.5) -> None:
+        self.name = name
+        self.crash_every = crash_every
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._stop = threading.Event()
+        threading.Thread(target=self._consume, name="consume", daemon=True).start()
+        print(f"consumer up (pid {os.getpid()})", flush=True)
+
+    def _consume(self) -> None:
+        started = time.monotonic()
+        n = 0
+        while not self._stop.wait(0.4):
+            n += 1
+            print(f"handled message {n}", flush=True)
+            procman.heartbeat()
+            if time.monotonic() - started > self.crash_every * random.uniform(0.8, 1.2):
+                raise ConnectionError("broker connection reset (simulated crash)")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class HealthProber:
+    """Polls the HTTP daemon's health endpoint from its own process."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.name = name
+        self.port = port
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._stop = threading.Event()
+        threading.Thread(target=self._probe, name="probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        url = f"http://127.0.0.1:{self.port}/health"
+        while not self._stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    print(f"GET /health -> {resp.status} {resp.read().decode()}", flush=True)
+            except OSError as exc:
+                print(f"GET /health failed: {exc}", flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
