@@ -20,8 +20,9 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import procman
 from demo_daemons import FlakyConsumer, HealthProber, HealthServer
+
+import procman
 
 
 def free_port() -> int:
@@ -32,7 +33,9 @@ def free_port() -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--start-method", default="forkserver", choices=["forkserver", "fork", "spawn"])
     args = parser.parse_args()
