@@ -105,6 +105,11 @@ def _flush_and_exit(code: int) -> None:
     os._exit(code)
 
 
+def manager_gone() -> None:
+    """The manager is gone: kill this process group (this process included)."""
+    _kill_group_and_exit()
+
+
 def _kill_group_and_exit() -> None:
     # The manager is gone: take down everything this daemon started, then ourselves.
     try:
@@ -141,8 +146,14 @@ def _start_guard() -> None:
         os._exit(0)
 
 
-def bootstrap(fds: tuple[int, int, int, int], manager_pid: int, guard: bool = True) -> Channel:
-    """Steps 1-5 above; returns the control channel. ``fds``: ctrl-in, ctrl-out, stdout, stderr."""
+def bootstrap(
+    fds: tuple[int, int, int, int], manager_pid: int, *, guard: bool = True, reader: bool = True
+) -> Channel:
+    """Steps 1-5 above; returns the control channel. ``fds``: ctrl-in, ctrl-out, stdout, stderr.
+
+    With ``reader=False`` the caller reads the control pipe itself (a worker's main loop does) and
+    must treat its end of file as the manager's death (:func:`manager_gone`).
+    """
     global _channel
     _set_pdeathsig()
     if not _alive(manager_pid) or os.getppid() == 1:
@@ -173,7 +184,8 @@ def bootstrap(fds: tuple[int, int, int, int], manager_pid: int, guard: bool = Tr
     asyncio.events._set_running_loop(None)
     chan = Channel(ctrl_in, ctrl_out)
     _channel = chan
-    threading.Thread(target=_control_reader, args=(chan,), name="procman-control", daemon=True).start()
+    if reader:
+        threading.Thread(target=_control_reader, args=(chan,), name="procman-control", daemon=True).start()
     return chan
 
 
@@ -193,10 +205,15 @@ def _control_reader(chan: Channel) -> None:
             chan.on_stop()
 
 
-def child_main(entry: Callable[[Channel], int], fds: tuple[Any, ...], manager_pid: int) -> None:
+def child_main(
+    entry: Callable[[Channel], int],
+    fds: tuple[Any, ...],
+    manager_pid: int,
+    options: dict[str, bool] | None = None,
+) -> None:
     """The target of every supervised process: bootstrap, run ``entry``, exit with its code."""
     raw = tuple(f.fd if isinstance(f, FdBox) else int(f) for f in fds)
-    chan = bootstrap((raw[0], raw[1], raw[2], raw[3]), manager_pid)
+    chan = bootstrap((raw[0], raw[1], raw[2], raw[3]), manager_pid, **(options or {}))
     code = 1
     try:
         code = entry(chan)

@@ -8,10 +8,13 @@ gave up).
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 log = logging.getLogger("procman")
 
@@ -81,3 +84,33 @@ def log_event(event: Event) -> None:
     if event.error is not None:
         parts.append(f"error={type(event.error).__name__}: {event.error}")
     log.log(level, " ".join(parts))
+
+
+class EventDispatcher:
+    """Delivers events, in order, to one hook on a thread of its own (shared with :mod:`workers`)."""
+
+    def __init__(self, hook: Callable[[Any], None] | None, name: str) -> None:
+        self.hook = hook
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def emit(self, event: Any) -> None:
+        self._queue.put(event)
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            if self.hook is None:
+                continue
+            try:
+                self.hook(event)
+            except Exception:  # a broken hook must not stop supervision
+                log.exception("the event hook raised on %s", event)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)

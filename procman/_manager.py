@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import atexit
 import logging
-import queue
-import threading
 import weakref
 from typing import Any
 
 from ._daemon import make_spec
 from ._errors import ManagerClosed
-from ._events import Event, EventHook, log_event
+from ._events import EventDispatcher, EventHook, log_event
 from ._loop import IOThread
 from ._policy import Restart, RestartPolicy
 from ._process import START_METHODS
@@ -43,36 +41,6 @@ def _close_all_at_exit() -> None:
 atexit.register(_close_all_at_exit)
 
 
-class _EventThread:
-    """Delivers events, in order, to the hook on a thread of its own."""
-
-    def __init__(self, hook: EventHook | None, name: str) -> None:
-        self.hook = hook
-        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def emit(self, event: Event) -> None:
-        self._queue.put(event)
-
-    def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
-                return
-            if self.hook is None:
-                continue
-            try:
-                self.hook(event)
-            except Exception:
-                log.exception("procman: the event hook raised on %s", event)
-
-    def close(self, timeout: float = 5.0) -> None:
-        self._queue.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-
 class _Base:
     def __init__(self, *, start_method: str = "forkserver", on_event: EventHook | None = log_event) -> None:
         if start_method not in START_METHODS:
@@ -80,7 +48,7 @@ class _Base:
                 f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
             )
         self.start_method = start_method
-        self._events = _EventThread(on_event, "procman-events")
+        self._events = EventDispatcher(on_event, "procman-events")
         self._io = IOThread("procman-io")
         self._sup = Supervisor(self._io.loop, start_method, self._events.emit)
         self._closed = False

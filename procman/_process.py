@@ -58,8 +58,10 @@ class Child:
         on_frame: Callable[[bytes], None],
         on_line: Callable[[str, str], None],
         on_exit: Callable[[int], None],
+        options: dict[str, bool] | None = None,
     ) -> None:
         self.loop = loop
+        self.options = options
         self.method = method
         self.entry = entry
         self.name = name
@@ -92,7 +94,7 @@ class Child:
             fds = tuple(FdBox(fd) for fd in child_ends)
             proc = ctx.Process(
                 target=child_main,
-                args=(self.entry, fds, os.getpid()),
+                args=(self.entry, fds, os.getpid(), self.options),
                 name=f"procman:{self.name}",
                 daemon=False,
             )
