@@ -1,0 +1,63 @@
+"""JobFuture: a concurrent.futures.Future that can cancel a running job and can be awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import (  # the states are not public; Future itself uses them
+    CANCELLED_AND_NOTIFIED,
+    PENDING,
+    RUNNING,
+)
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class JobFuture(Future[T]):
+    """The future of one job.
+
+    Unlike the standard library's, ``cancel()`` also works on a running job: its worker is killed
+    and replaced (the job cannot be interrupted any other way), and the future ends cancelled. It
+    is awaitable from asyncio: ``result = await pool.submit(fn)``.
+    """
+
+    _kill_running: Callable[[], None] | None = None
+
+    def cancel(self) -> bool:
+        with self._condition:
+            state = self._state
+            if state == PENDING or (state == RUNNING and self._kill_running is not None):
+                self._state = CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+                self._condition.notify_all()
+                kill = self._kill_running if state == RUNNING else None
+            else:
+                return super().cancel()
+        if kill is not None:
+            kill()
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+        return True
+
+    def _try_start(self) -> bool:
+        """PENDING -> RUNNING; False if it was cancelled meanwhile (never raises)."""
+        with self._condition:
+            if self._state == PENDING:
+                self._state = RUNNING
+                return True
+            return False
+
+    def _resolve(self, value: Any = None, exc: BaseException | None = None) -> None:
+        """Set the outcome unless the future was cancelled (or resolved) meanwhile."""
+        try:
+            if exc is not None:
+                self.set_exception(exc)
+            else:
+                self.set_result(value)
+        except InvalidStateError:
+            pass
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.wrap_future(self).__await__()

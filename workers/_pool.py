@@ -1,0 +1,1137 @@
+"""The pool: a timed job queue dispatching pickled jobs to a fixed set of worker processes.
+
+Data flow::
+
+    submit / submit_at / schedule            (caller's thread: validate, serialize, make the future)
+        |  call_soon_threadsafe
+        v
+    I/O loop (procman's IOThread, uvloop)
+        timed heap  --due-->  ready queue  --dispatch-->  idle worker's pipe  (job frame)
+        ^  (retries, schedules re-armed)                          |
+        |                                                         v
+        +-- results / crashes / timeouts  <--  worker's pipe  (result frame) or its exit
+                     |
+                     v
+               JobFuture.set_result / set_exception   (wakes the caller's thread or loop)
+
+Everything that mutates the queue, the heap or a worker runs on the I/O loop, so none of it
+needs a lock. Workers are procman children (same bootstrap: parent-death signal, process group,
+log capture, pipe-EOF exit); a worker that dies fails only the job it was running and is
+replaced. A worker is retired after ``max_tasks_per_worker`` jobs or above ``max_memory_mb``:
+it finishes its job, exits on a stop message, and its replacement is spawned at once, so a full
+queue never waits on a retiring worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import functools
+import heapq
+import itertools
+import logging
+import math
+import os
+import pickle
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from procman import _wire
+from procman._events import EventDispatcher
+from procman._loop import IOThread
+from procman._process import START_METHODS, Child
+
+from ._errors import (
+    JobTimeout,
+    PoolBroken,
+    PoolClosed,
+    PoolFull,
+    ScheduleError,
+    SerializationError,
+    WorkerCrashed,
+)
+from ._futures import JobFuture
+from ._serialize import callable_ref, dumps_job, loads
+from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
+from ._worker import ERROR, KIND_RESULT, RESULT_HEAD, job_frame, worker_main
+
+T = TypeVar("T")
+log = logging.getLogger("workers")
+
+DEFAULT_MISFIRE_GRACE = 300.0  # seconds; APScheduler's 1 s silently drops runs on a busy host
+INIT_FAILURE_LIMIT = 3  # consecutive worker start failures before the pool is broken
+STOP_GRACE = 5.0  # seconds a retiring worker has to exit after its stop message
+LATENCY_SAMPLES = 10_000
+
+
+class PoolEventKind(StrEnum):
+    WORKER_STARTED = "worker-started"
+    WORKER_CRASHED = "worker-crashed"  # died while running a job
+    WORKER_EXITED = "worker-exited"  # died while idle or starting
+    WORKER_RECYCLED = "worker-recycled"  # retired after max_tasks / max_memory
+    JOB_TIMED_OUT = "job-timed-out"
+    JOB_RETRY = "job-retry"
+    RUN_SKIPPED = "run-skipped"  # a schedule's run overlapped a running instance
+    RUN_QUEUED = "run-queued"  # ... and was queued behind it
+    RUN_MISSED = "run-missed"  # later than the misfire grace
+    RUN_FAILED = "run-failed"  # a schedule's run raised or crashed (the schedule goes on)
+    POOL_BROKEN = "pool-broken"
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    kind: PoolEventKind
+    name: str = ""  # the job's or schedule's name
+    pid: int | None = None
+    reason: str = ""
+    error: BaseException | None = None
+    time: float = field(default_factory=time.time)
+
+
+def log_pool_event(event: PoolEvent) -> None:
+    """The default hook: one log line per event on the ``workers`` logger."""
+    level = (
+        logging.INFO
+        if event.kind in (PoolEventKind.WORKER_STARTED, PoolEventKind.WORKER_RECYCLED)
+        else logging.WARNING
+    )
+    if event.kind is PoolEventKind.POOL_BROKEN:
+        level = logging.ERROR
+    parts = [event.kind.value]
+    if event.name:
+        parts.append(f"[{event.name}]")
+    if event.pid is not None:
+        parts.append(f"pid={event.pid}")
+    if event.reason:
+        parts.append(event.reason)
+    if event.error is not None:
+        parts.append(f"error={type(event.error).__name__}: {event.error}")
+    log.log(level, " ".join(parts))
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Counters since the pool started, and dispatch lateness (due time -> start in the worker)."""
+
+    workers: int
+    idle_workers: int
+    queued: int  # due, waiting for a worker
+    scheduled: int  # timed one-shot jobs not yet due
+    running: int
+    done: int
+    failed: int  # raised, timed out or crashed (after retries)
+    crashed: int  # of those, the worker died
+    timed_out: int
+    cancelled: int
+    retried: int
+    worker_restarts: int
+    lateness_p50: float | None  # seconds
+    lateness_p99: float | None
+    lateness_max: float | None
+
+
+# ------------------------------------------------------------------------------------------------
+# Jobs and schedules (loop-side records)
+
+
+@dataclass(eq=False)
+class _Job:
+    id: int
+    name: str
+    blob: bytes
+    due: float  # monotonic
+    timeout: float | None
+    retries_left: int
+    retry_backoff: float
+    future: JobFuture[Any] | None = None
+    schedule: _Schedule | None = None
+    attempt: int = 0
+    timed_out: bool = False
+    cancelled_running: bool = False
+
+
+class ScheduleState(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"  # the trigger has no more times (end reached)
+
+
+class _Schedule:
+    def __init__(self, pool: Pool, name: str, trigger: Trigger, blob: bytes, opts: dict[str, Any]) -> None:
+        self.pool = pool
+        self.name = name
+        self.trigger = trigger
+        self.blob = blob  # the job, callable included, serialized once for every run
+        self.max_instances: int = opts["max_instances"]
+        self.overlap: str = opts["overlap"]
+        self.grace: float | None = opts["misfire_grace"]
+        self.coalesce: bool = opts["coalesce"]
+        self.timeout: float | None = opts["timeout"]
+        self.retries: int = opts["retries"]
+        self.retry_backoff: float = opts["retry_backoff"]
+        self.state = ScheduleState.ACTIVE
+        self.next_time: float | None = None  # epoch
+        self.generation = 0  # invalidates heap entries after pause/resume/cancel
+        self.in_flight = 0
+        self.queued_runs = 0
+        self.runs = 0
+        self.failures = 0
+        self.skipped = 0
+        self.missed = 0
+        self.last_result: Any = None
+        self.last_error: BaseException | None = None
+        self.last_run: float | None = None  # epoch of the last completed run
+        self.cond = threading.Condition()
+
+
+class Schedule:
+    """The handle of a recurring job: cancel, pause/resume, and what it did so far."""
+
+    def __init__(self, record: _Schedule) -> None:
+        self._r = record
+
+    @property
+    def name(self) -> str:
+        return self._r.name
+
+    @property
+    def state(self) -> ScheduleState:
+        return self._r.state
+
+    @property
+    def next_run_time(self) -> datetime | None:
+        """The next scheduled time (aware, local time zone), or None when paused or ended."""
+        t = self._r.next_time
+        if t is None or self._r.state is not ScheduleState.ACTIVE:
+            return None
+        return datetime.fromtimestamp(t).astimezone()
+
+    @property
+    def runs(self) -> int:
+        """Completed runs, failed ones included."""
+        return self._r.runs
+
+    @property
+    def failures(self) -> int:
+        return self._r.failures
+
+    @property
+    def skipped(self) -> int:
+        """Runs skipped because ``max_instances`` were already running (overlap='skip')."""
+        return self._r.skipped
+
+    @property
+    def missed(self) -> int:
+        """Scheduled times dropped for being later than the misfire grace."""
+        return self._r.missed
+
+    @property
+    def last_result(self) -> Any:
+        return self._r.last_result
+
+    @property
+    def last_error(self) -> BaseException | None:
+        return self._r.last_error
+
+    def cancel(self) -> None:
+        """No more runs; a run under way finishes."""
+        self._r.pool._call(self._r.pool._core.schedule_cancel, self._r)
+
+    def pause(self) -> None:
+        self._r.pool._call(self._r.pool._core.schedule_pause, self._r)
+
+    def resume(self) -> None:
+        """Resume from the next scheduled time after now (runs missed while paused are not made up)."""
+        self._r.pool._call(self._r.pool._core.schedule_resume, self._r)
+
+    def wait(self, runs: int, timeout: float) -> bool:
+        """Block until at least ``runs`` runs completed; False if ``timeout`` ran out first."""
+        with self._r.cond:
+            return self._r.cond.wait_for(lambda: self._r.runs >= runs, timeout)
+
+    def __repr__(self) -> str:
+        return f"<Schedule {self.name!r} {self.state.value} runs={self.runs} next={self.next_run_time}>"
+
+
+# ------------------------------------------------------------------------------------------------
+# Workers (loop-side)
+
+
+class _WState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RETIRING = "retiring"
+
+
+class _Worker:
+    __slots__ = ("child", "job", "pending_error", "state", "stop_timer", "tasks", "timer")
+
+    def __init__(self) -> None:
+        self.child: Child | None = None
+        self.state = _WState.STARTING
+        self.job: _Job | None = None
+        self.tasks = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.stop_timer: asyncio.TimerHandle | None = None
+        self.pending_error: BaseException | None = None
+
+
+class _Core:
+    """The pool's state, touched only on the I/O loop."""
+
+    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.queue: deque[_Job] = deque()
+        self.heap: list[tuple[float, int, Any]] = []
+        self.seq = itertools.count()
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+        self.workers: set[_Worker] = set()
+        self.idle: deque[_Worker] = deque()
+        self.retiring: set[_Worker] = set()
+        self.init_failures = 0
+        self.broken: BaseException | None = None
+        self.closing = False
+        self.counts = dict.fromkeys(
+            ("done", "failed", "crashed", "timed_out", "cancelled", "retried", "worker_restarts"), 0
+        )
+        self.lateness: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.idle_waiters: list[asyncio.Future[None]] = []
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def spawn_workers(self, n: int) -> None:
+        for _ in range(n):
+            self.spawn_worker()
+
+    def spawn_worker(self) -> None:
+        if self.closing or self.broken is not None:
+            return
+        pool = self.pool
+        w = _Worker()
+        child = Child(
+            self.loop,
+            pool.start_method,
+            functools.partial(worker_main, pool._init_blob, pool.max_memory_mb is not None),
+            name="worker",
+            on_frame=lambda body: None,
+            on_line=functools.partial(self.on_line, w),
+            on_exit=lambda code: None,
+            options={"reader": False},
+        )
+        child.on_frame = functools.partial(self.on_frame, w, child)
+        child.on_exit = functools.partial(self.on_exit, w, child)
+        try:
+            child.start()
+        except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: retry shortly
+            log.error("workers: could not start a worker process: %r", exc)
+            self.loop.call_later(0.5, self.spawn_worker)
+            return
+        w.child = child
+        self.workers.add(w)
+        self.pool._events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=child.pid))
+
+    def on_line(self, w: _Worker, stream: str, line: str) -> None:
+        pid = w.child.pid if w.child is not None else None
+        logging.getLogger("workers.worker").info("%s", line, extra={"worker_pid": pid, "stream": stream})
+
+    def on_frame(self, w: _Worker, child: Child, body: bytes) -> None:
+        kind = body[0]
+        if kind == KIND_RESULT:
+            self.on_result(w, body)
+        elif kind == _wire.KIND_JSON:
+            msg = _wire.decode_json(body)
+            t = msg.get("t")
+            if t == "ready" and w.state is _WState.STARTING:
+                self.init_failures = 0
+                w.state = _WState.IDLE
+                self.idle.append(w)
+                self.dispatch()
+            elif t == "error":
+                w.pending_error = _wire.rebuild_error(msg)
+
+    def on_result(self, w: _Worker, body: bytes) -> None:
+        job_id, started, _finished, rss, status = RESULT_HEAD.unpack_from(body, 1)
+        job = w.job
+        if job is None or job.id != job_id:
+            return
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+        w.job = None
+        w.tasks += 1
+        self.lateness.append(started - job.due)
+        payload = memoryview(body)[1 + RESULT_HEAD.size :]
+        if status == ERROR:
+            self.job_failed(job, _wire.rebuild_error(pickle.loads(payload)))
+        else:
+            try:
+                value = loads(payload)
+            except BaseException as exc:  # noqa: BLE001 - unpickling the result failed here
+                err = SerializationError(f"the result of job {job.name!r} could not be unpickled: {exc!r}")
+                err.__cause__ = exc
+                self.job_failed(job, err, retry=False)
+            else:
+                self.job_done(job, value)
+        pool = self.pool
+        if (pool.max_tasks_per_worker is not None and w.tasks >= pool.max_tasks_per_worker) or (
+            pool.max_memory_mb is not None and rss > pool.max_memory_mb * 1024
+        ):
+            self.retire(w, f"after {w.tasks} jobs, rss {rss // 1024} MB")
+        elif w.state is _WState.BUSY:
+            w.state = _WState.IDLE
+            self.idle.append(w)
+        self.dispatch()
+
+    def retire(self, w: _Worker, reason: str) -> None:
+        w.state = _WState.RETIRING
+        self.workers.discard(w)
+        self.retiring.add(w)
+        child = w.child
+        assert child is not None
+        child.send(_wire.encode_json({"t": "stop"}))
+        w.stop_timer = self.loop.call_later(STOP_GRACE, child.kill)
+        self.pool._events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=child.pid, reason=reason))
+        self.spawn_worker()
+
+    def on_exit(self, w: _Worker, child: Child, code: int) -> None:
+        for timer in (w.timer, w.stop_timer):
+            if timer is not None:
+                timer.cancel()
+        was = w.state
+        self.workers.discard(w)
+        self.retiring.discard(w)
+        if w in self.idle:
+            self.idle.remove(w)
+        job, w.job = w.job, None
+        reason = _wire.describe_exit(code)
+        if was is _WState.RETIRING or (self.closing and job is None):
+            self.check_idle()
+            return
+        if was is _WState.STARTING:
+            self.init_failures += 1
+            error = w.pending_error
+            self.pool._events.emit(
+                PoolEvent(
+                    PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"before ready: {reason}", error=error
+                )
+            )
+            if self.init_failures >= INIT_FAILURE_LIMIT and not self.closing:
+                broken = PoolBroken(
+                    f"{self.init_failures} worker processes in a row died before they were ready "
+                    f"(last: {reason}); the initializer keeps failing"
+                    + (f" with {type(error).__name__}: {error}" if error is not None else "")
+                )
+                broken.__cause__ = error
+                self.break_pool(broken)
+                return
+        elif job is not None:
+            if job.cancelled_running:
+                self.counts["cancelled"] += 1
+                self.finish_schedule_run(job, None, None)
+            elif job.timed_out:
+                self.counts["timed_out"] += 1
+                err: BaseException = JobTimeout(f"job {job.name!r} ran past its timeout of {job.timeout}s")
+                self.pool._events.emit(PoolEvent(PoolEventKind.JOB_TIMED_OUT, job.name, child.pid, str(err)))
+                self.job_failed(job, err)
+            else:
+                self.counts["crashed"] += 1
+                err = WorkerCrashed(
+                    f"the worker (pid {child.pid}) running job {job.name!r} died: {reason}"
+                    + _crash_hint(code),
+                    code,
+                )
+                self.pool._events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, child.pid, reason))
+                self.job_failed(job, err)
+        else:
+            self.pool._events.emit(
+                PoolEvent(PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"idle: {reason}")
+            )
+        if not self.closing:
+            self.counts["worker_restarts"] += 1
+            self.spawn_worker()
+        self.dispatch()
+        self.check_idle()
+
+    def break_pool(self, error: BaseException) -> None:
+        self.broken = error
+        self.pool._events.emit(PoolEvent(PoolEventKind.POOL_BROKEN, reason=str(error), error=error.__cause__))
+        while self.queue:
+            self.fail_final(self.queue.popleft(), error)
+        for _, _, item in self.heap:
+            if isinstance(item, _Job):
+                self.fail_final(item, error)
+        self.heap.clear()
+        self.check_idle()
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def enqueue(self, job: _Job) -> None:
+        if self.broken is not None:
+            self.fail_final(job, self.broken)
+            return
+        if job.due > self.loop.time() + 0.0005:
+            self.push(job.due, job)
+        else:
+            self.queue.append(job)
+            self.dispatch()
+
+    def push(self, due: float, item: Any) -> None:
+        heapq.heappush(self.heap, (due, next(self.seq), item))
+        if due < self.timer_at:
+            self.arm_timer()
+
+    def arm_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_at = math.inf
+        if self.heap:
+            self.timer_at = self.heap[0][0]
+            self.timer = self.loop.call_at(self.timer_at, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        heap = self.heap
+        while heap and heap[0][0] <= now + 0.0005:
+            _, _, item = heapq.heappop(heap)
+            if isinstance(item, _Job):
+                if item.future is None or not item.future.done():
+                    self.queue.append(item)
+            else:
+                sched, generation = item
+                if generation == sched.generation:
+                    self.fire_schedule(sched)
+        self.arm_timer()
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        queue, idle = self.queue, self.idle
+        while queue and idle:
+            job = queue.popleft()
+            fut = job.future
+            if fut is not None and job.attempt == 0 and not fut._try_start():
+                self.counts["cancelled"] += 1
+                continue
+            if fut is not None and fut.done():
+                continue
+            w = idle.popleft()
+            assert w.child is not None
+            w.state = _WState.BUSY
+            w.job = job
+            if fut is not None and fut._kill_running is None:
+                fut._kill_running = functools.partial(self.pool._cancel_running, job)
+            if job.timeout is not None:
+                w.timer = self.loop.call_later(job.timeout, self.on_job_timeout, w, job)
+            w.child.send(job_frame(job.id, job.due, job.blob))
+        self.check_idle()
+
+    def on_job_timeout(self, w: _Worker, job: _Job) -> None:
+        w.timer = None
+        if w.job is job and w.child is not None:
+            job.timed_out = True
+            w.child.kill()
+
+    def cancel_running(self, job: _Job) -> None:
+        for w in self.workers:
+            if w.job is job and w.child is not None:
+                job.cancelled_running = True
+                w.child.kill()
+                return
+
+    def job_done(self, job: _Job, value: Any) -> None:
+        self.counts["done"] += 1
+        if job.future is not None:
+            job.future._resolve(value)
+        self.finish_schedule_run(job, value, None)
+
+    def job_failed(self, job: _Job, error: BaseException, *, retry: bool = True) -> None:
+        if retry and job.retries_left > 0 and not self.closing and not (job.future and job.future.done()):
+            job.retries_left -= 1
+            job.attempt += 1
+            job.timed_out = False
+            delay = job.retry_backoff * (2 ** (job.attempt - 1))
+            self.counts["retried"] += 1
+            self.pool._events.emit(
+                PoolEvent(
+                    PoolEventKind.JOB_RETRY,
+                    job.name,
+                    reason=f"attempt {job.attempt + 1} in {delay:.3g}s",
+                    error=error,
+                )
+            )
+            job.due = self.loop.time() + delay
+            self.enqueue(job)
+            return
+        self.fail_final(job, error)
+
+    def fail_final(self, job: _Job, error: BaseException) -> None:
+        self.counts["failed"] += 1
+        if job.future is not None:
+            job.future._resolve(exc=error)
+        self.finish_schedule_run(job, None, error)
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    def schedule_add(self, sched: _Schedule) -> None:
+        first = sched.trigger.first(time.time())
+        self.arm_schedule(sched, first)
+
+    def arm_schedule(self, sched: _Schedule, at: float | None) -> None:
+        sched.next_time = at
+        if at is None:
+            if sched.state is ScheduleState.ACTIVE:
+                sched.state = ScheduleState.FINISHED
+            with sched.cond:
+                sched.cond.notify_all()
+            return
+        due = self.loop.time() + (at - time.time())
+        self.push(due, (sched, sched.generation))
+
+    def fire_schedule(self, sched: _Schedule) -> None:
+        if sched.state is not ScheduleState.ACTIVE or sched.next_time is None:
+            return
+        now = time.time()
+        p = plan(sched.trigger, sched.next_time, now, sched.grace, sched.coalesce)
+        if p.missed:
+            sched.missed += p.missed
+            self.pool._events.emit(
+                PoolEvent(
+                    PoolEventKind.RUN_MISSED,
+                    sched.name,
+                    reason=f"{p.missed} run(s) later than the misfire grace of {sched.grace}s",
+                )
+            )
+        for scheduled in p.run:
+            self.start_run(sched, self.loop.time() - (now - scheduled))
+        self.arm_schedule(sched, p.next)
+
+    def start_run(self, sched: _Schedule, due: float) -> None:
+        if sched.in_flight >= sched.max_instances:
+            if sched.overlap == "queue":
+                sched.queued_runs += 1
+                self.pool._events.emit(
+                    PoolEvent(PoolEventKind.RUN_QUEUED, sched.name, reason="an earlier run is still going")
+                )
+            else:
+                sched.skipped += 1
+                self.pool._events.emit(
+                    PoolEvent(
+                        PoolEventKind.RUN_SKIPPED,
+                        sched.name,
+                        reason=f"max_instances={sched.max_instances} already running",
+                    )
+                )
+            return
+        sched.in_flight += 1
+        job = _Job(
+            id=next(self.pool._ids),
+            name=sched.name,
+            blob=sched.blob,
+            due=due,
+            timeout=sched.timeout,
+            retries_left=sched.retries,
+            retry_backoff=sched.retry_backoff,
+            schedule=sched,
+        )
+        self.queue.append(job)
+
+    def finish_schedule_run(self, job: _Job, value: Any, error: BaseException | None) -> None:
+        sched = job.schedule
+        if sched is None:
+            return
+        sched.in_flight -= 1
+        sched.runs += 1
+        sched.last_run = time.time()
+        if error is not None:
+            sched.failures += 1
+            sched.last_error = error
+            self.pool._events.emit(
+                PoolEvent(PoolEventKind.RUN_FAILED, sched.name, reason=str(error), error=error)
+            )
+        else:
+            sched.last_result = value
+        with sched.cond:
+            sched.cond.notify_all()
+        if sched.queued_runs and sched.state is ScheduleState.ACTIVE:
+            sched.queued_runs -= 1
+            self.start_run(sched, self.loop.time())
+            self.dispatch()
+
+    def schedule_cancel(self, sched: _Schedule) -> None:
+        sched.state = ScheduleState.CANCELLED
+        sched.generation += 1
+        sched.queued_runs = 0
+        with sched.cond:
+            sched.cond.notify_all()
+
+    def schedule_pause(self, sched: _Schedule) -> None:
+        if sched.state is ScheduleState.ACTIVE:
+            sched.state = ScheduleState.PAUSED
+            sched.generation += 1
+
+    def schedule_resume(self, sched: _Schedule) -> None:
+        if sched.state is ScheduleState.PAUSED:
+            sched.state = ScheduleState.ACTIVE
+            sched.generation += 1
+            now = time.time()
+            t = sched.next_time
+            while t is not None and t <= now:
+                t = sched.trigger.next_after(t)
+            self.arm_schedule(sched, t)
+
+    # -- shutdown / stats -----------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        return bool(self.queue) or any(w.job is not None for w in self.workers)
+
+    def check_idle(self) -> None:
+        if self.idle_waiters and not self.busy():
+            for fut in self.idle_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self.idle_waiters.clear()
+
+    async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float) -> None:
+        deadline = self.loop.time() + timeout
+        # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
+        for _, _, item in self.heap:
+            if isinstance(item, _Job):
+                if item.future is not None and item.attempt == 0:
+                    item.future.cancel()
+                    self.counts["cancelled"] += 1
+                else:
+                    self.fail_final(item, PoolClosed("the pool was shut down before this job's retry"))
+            else:
+                self.schedule_cancel(item[0])
+        self.heap.clear()
+        self.arm_timer()
+        if cancel_futures:
+            while self.queue:
+                job = self.queue.popleft()
+                if job.future is not None:
+                    job.future.cancel()
+                self.counts["cancelled"] += 1
+        if wait and self.busy() and self.broken is None:
+            fut = self.loop.create_future()
+            self.idle_waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, max(0.0, deadline - self.loop.time()))
+            except TimeoutError:
+                pass
+        self.closing = True
+        abandoned = PoolClosed("the pool was shut down before this job finished")
+        while self.queue:
+            self.fail_final(self.queue.popleft(), abandoned)
+        exits = []
+        for w in list(self.workers) + list(self.retiring):
+            child = w.child
+            if child is None or not child.alive:
+                continue
+            unfinished = w.job
+            if unfinished is not None:
+                w.job = None
+                self.fail_final(unfinished, abandoned)
+                child.kill()
+            else:
+                child.send(_wire.encode_json({"t": "stop"}))
+            exits.append(child)
+        end = self.loop.time() + 2.0
+        while any(c.alive for c in exits) and self.loop.time() < end:
+            await asyncio.sleep(0.005)
+        for c in exits:
+            if c.alive:
+                c.force_close()
+        self.workers.clear()
+        self.idle.clear()
+        self.retiring.clear()
+
+    def stats(self) -> PoolStats:
+        lat = sorted(self.lateness)
+
+        def pct(q: float) -> float | None:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+
+        return PoolStats(
+            workers=len(self.workers),
+            idle_workers=len(self.idle),
+            queued=len(self.queue),
+            scheduled=sum(1 for _, _, item in self.heap if isinstance(item, _Job)),
+            running=sum(1 for w in self.workers if w.job is not None),
+            lateness_p50=pct(0.5),
+            lateness_p99=pct(0.99),
+            lateness_max=lat[-1] if lat else None,
+            **self.counts,
+        )
+
+
+def _crash_hint(code: int) -> str:
+    if code == -signal.SIGKILL:
+        return " (SIGKILL: killed from outside, or by the kernel's out-of-memory killer)"
+    if code == -signal.SIGSEGV:
+        return " (a segmentation fault in native code)"
+    if code > 0:
+        return " (the job called os._exit or the interpreter aborted)"
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------
+# The public Pool
+
+_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_pools_at_exit() -> None:
+    for pool in list(_pools):
+        try:
+            pool.shutdown(wait=True, cancel_futures=True, timeout=2.0)
+        except Exception:
+            log.exception("workers: error while shutting a pool down at exit")
+
+
+def _check_count(what: str, value: object, *, minimum: int, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what}={value!r} must be an int >= {minimum}" + (" or None" if allow_none else ""))
+    return value
+
+
+def _check_seconds(what: str, value: object, *, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"{what}={value!r} must be a number of seconds >= 0" + (" or None" if allow_none else "")
+        )
+    return float(value)
+
+
+def _job_name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+class Pool(concurrent.futures.Executor):
+    """A fixed pool of worker processes with a timed job queue.
+
+    It is a :class:`concurrent.futures.Executor`: ``submit``, ``map``, ``shutdown`` and the context
+    manager behave as users of ProcessPoolExecutor expect, except that a job that kills its worker
+    fails only itself, ``cancel()`` works on running jobs, and futures are awaitable.
+
+    Args:
+        max_workers: number of worker processes (default: the machine's cores).
+        start_method: ``forkserver`` (default), ``fork`` or ``spawn``.
+        initializer, initargs: run in each worker before its first job; a worker whose initializer
+            raises is replaced, and after 3 such failures in a row the pool is broken (PoolBroken).
+        max_tasks_per_worker: retire a worker after this many jobs (a replacement starts at once).
+        max_memory_mb: retire a worker whose resident memory exceeds this after a job.
+        max_pending: bound on jobs submitted but not finished; then ``submit`` blocks (``on_full=
+            "block"``, for at most ``full_timeout`` seconds) or raises PoolFull (``on_full="raise"``).
+        job_timeout: default per-job timeout in seconds (None: no timeout).
+        retries, retry_backoff: default retries per job (0: a job runs at most once) and the first
+            retry's delay (doubling after each).
+        on_event: hook receiving every :class:`PoolEvent` (default: log them).
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str = "forkserver",
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        max_memory_mb: float | None = None,
+        max_pending: int | None = None,
+        on_full: str = "block",
+        full_timeout: float = 60.0,
+        job_timeout: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.1,
+        on_event: Callable[[PoolEvent], None] | None = log_pool_event,
+    ) -> None:
+        if max_workers is None:
+            max_workers = len(os.sched_getaffinity(0)) or 1
+        _check_count("max_workers", max_workers, minimum=1, allow_none=False)
+        self.max_workers: int = max_workers
+        if start_method not in START_METHODS:
+            raise ValueError(
+                f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
+            )
+        self.start_method = start_method
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer={initializer!r} is not callable")
+        self._init_blob = (
+            dumps_job(callable_ref(initializer), tuple(initargs), {}) if initializer is not None else None
+        )
+        self.max_tasks_per_worker = _check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1)
+        mem = _check_seconds("max_memory_mb", max_memory_mb)
+        self.max_memory_mb = mem
+        self.max_pending = _check_count("max_pending", max_pending, minimum=1)
+        if on_full not in ("block", "raise"):
+            raise ValueError(f"on_full={on_full!r} must be 'block' or 'raise'")
+        self.on_full = on_full
+        self.full_timeout = _check_seconds("full_timeout", full_timeout, allow_none=False)
+        self.job_timeout = _check_seconds("job_timeout", job_timeout)
+        self.retries = _check_count("retries", retries, minimum=0, allow_none=False) or 0
+        self.retry_backoff = _check_seconds("retry_backoff", retry_backoff, allow_none=False) or 0.0
+        self._slots = threading.BoundedSemaphore(max_pending) if max_pending is not None else None
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._shutdown_lock = threading.Lock()
+        self._events = EventDispatcher(on_event, "workers-events")
+        self._io = IOThread("workers-io")
+        self._core = _Core(self, self._io.loop)
+        self._io.loop.call_soon_threadsafe(self._core.spawn_workers, max_workers)
+        _pools.add(self)
+
+    # -- submitting ------------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> JobFuture[T]:
+        """Run ``fn(*args, **kwargs)`` in a worker as soon as one is free."""
+        return self.submit_job(fn, args, kwargs)
+
+    def submit_at(
+        self, when: datetime | float, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> JobFuture[T]:
+        """Run ``fn`` at ``when`` (a datetime, naive meaning local time, or epoch seconds)."""
+        return self.submit_job(fn, args, kwargs, at=when)
+
+    def submit_after(
+        self, delay: float | timedelta, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> JobFuture[T]:
+        """Run ``fn`` after ``delay`` seconds."""
+        return self.submit_job(fn, args, kwargs, after=delay)
+
+    def submit_job(
+        self,
+        fn: Callable[..., T],
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        at: datetime | float | None = None,
+        after: float | timedelta | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_backoff: float | None = None,
+        name: str | None = None,
+    ) -> JobFuture[T]:
+        """The general form of submit: per-job timeout, retries, and an optional due time.
+
+        Raises:
+            SerializationError: the job cannot be pickled (the message names the argument).
+            PoolClosed / PoolBroken / PoolFull: see the error tree.
+        """
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        if at is not None and after is not None:
+            raise ScheduleError("give either at= or after=, not both")
+        timeout = _check_seconds("timeout", timeout) if timeout is not None else self.job_timeout
+        retries = _check_count("retries", retries, minimum=0) if retries is not None else self.retries
+        backoff = (
+            _check_seconds("retry_backoff", retry_backoff)
+            if retry_backoff is not None
+            else self.retry_backoff
+        )
+        loop_now = self._io.loop.time()
+        if at is not None:
+            due = loop_now + (to_epoch(at, "at") - time.time())
+        elif after is not None:
+            due = loop_now + to_seconds(after, "after", positive=False)
+        else:
+            due = loop_now
+        self._check_usable()
+        blob = dumps_job(callable_ref(fn), tuple(args), dict(kwargs or {}))
+        self._acquire_slot()
+        fut: JobFuture[T] = JobFuture()
+        if self._slots is not None:
+            fut.add_done_callback(self._release_slot)
+        job = _Job(
+            id=next(self._ids),
+            name=name or _job_name(fn),
+            blob=blob,
+            due=due,
+            timeout=timeout,
+            retries_left=retries or 0,
+            retry_backoff=backoff or 0.0,
+            future=fut,
+        )
+        try:
+            self._io.loop.call_soon_threadsafe(self._core.enqueue, job)
+        except RuntimeError:
+            fut.cancel()
+            raise PoolClosed("the pool is shut down") from None
+        return fut
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        /,
+        *,
+        every: float | timedelta | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        start: datetime | float | None = None,
+        end: datetime | float | None = None,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        name: str | None = None,
+        max_instances: int = 1,
+        overlap: str = "skip",
+        misfire_grace: float | None = DEFAULT_MISFIRE_GRACE,
+        coalesce: bool = True,
+        timeout: float | None = None,
+        retries: int = 0,
+        retry_backoff: float = 0.1,
+    ) -> Schedule:
+        """Run ``fn`` on a recurring schedule: ``every`` an interval or on a ``cron`` expression.
+
+        Args:
+            every: seconds or a timedelta; runs are anchored at ``start + k * every`` (no drift).
+            cron: a cron expression, evaluated in ``tz`` (default: the local time zone).
+            start, end: the schedule's window (datetime or epoch seconds).
+            max_instances: runs of this schedule allowed at once; a run due while that many are
+                going is skipped (``overlap="skip"``) or queued behind them (``overlap="queue"``),
+                with an event either way.
+            misfire_grace: a run that could not start within this many seconds of its time (the
+                host was suspended, the pool saturated) is counted missed, with an event. None:
+                never missed.
+            coalesce: when several times came due at once, run once rather than once each.
+            timeout, retries, retry_backoff: per run, as in :meth:`submit_job`.
+
+        A failed or crashed run is recorded (``failures``, ``last_error``, an event) and never stops
+        the schedule.
+        """
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        if (every is None) == (cron is None):
+            raise ScheduleError("give exactly one of every= (an interval) or cron= (an expression)")
+        start_t = to_epoch(start, "start") if start is not None else None
+        end_t = to_epoch(end, "end") if end is not None else None
+        if start_t is not None and end_t is not None and end_t < start_t:
+            raise ScheduleError(f"end={end!r} is before start={start!r}")
+        trigger: Trigger
+        if every is not None:
+            if tz is not None:
+                raise ScheduleError("tz= applies to cron= schedules only")
+            trigger = Every(to_seconds(every, "every"), start_t, end_t)
+        else:
+            assert cron is not None
+            trigger = Cron(cron, tz, start_t, end_t)
+        if overlap not in ("skip", "queue"):
+            raise ScheduleError(f"overlap={overlap!r} must be 'skip' or 'queue'")
+        opts = {
+            "max_instances": _check_count("max_instances", max_instances, minimum=1, allow_none=False),
+            "overlap": overlap,
+            "misfire_grace": _check_seconds("misfire_grace", misfire_grace),
+            "coalesce": bool(coalesce),
+            "timeout": _check_seconds("timeout", timeout),
+            "retries": _check_count("retries", retries, minimum=0, allow_none=False),
+            "retry_backoff": _check_seconds("retry_backoff", retry_backoff, allow_none=False),
+        }
+        self._check_usable()
+        blob = dumps_job(callable_ref(fn), tuple(args), dict(kwargs or {}))
+        record = _Schedule(self, name or _job_name(fn), trigger, blob, opts)
+        self._call(self._core.schedule_add, record)
+        return Schedule(record)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """As :meth:`concurrent.futures.Executor.map` (``chunksize`` is accepted and ignored)."""
+        return super().map(fn, *iterables, timeout=timeout)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float = 60.0) -> None:
+        """Stop accepting jobs, cancel timed jobs not yet due and every schedule, stop the workers.
+
+        Args:
+            wait: wait for queued and running jobs to finish (at most ``timeout`` seconds; jobs
+                still unfinished then fail with PoolClosed and their workers are killed).
+            cancel_futures: cancel the queued jobs instead of running them.
+            timeout: the bound on the whole shutdown, in seconds.
+        """
+        timeout = _check_seconds("timeout", timeout, allow_none=False) or 0.0
+        with self._shutdown_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _pools.discard(self)
+        fut = self._io.submit(self._core.shutdown(wait, cancel_futures, timeout))
+
+        def release(_f: object = None) -> None:
+            self._io.close()
+            self._events.close()
+
+        if not wait:  # like concurrent.futures: queued jobs still run, the cleanup goes on behind
+            fut.add_done_callback(release)
+            return
+        try:
+            fut.result(timeout + 10.0)
+        finally:
+            release()
+
+    def stats(self) -> PoolStats:
+        """Counters and dispatch-lateness percentiles."""
+        return self._call(self._core.stats)
+
+    @property
+    def broken(self) -> bool:
+        return self._core.broken is not None
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise PoolClosed("the pool is shut down; create a new Pool")
+        if self._core.broken is not None:
+            raise PoolBroken(str(self._core.broken)) from self._core.broken.__cause__
+
+    def _acquire_slot(self) -> None:
+        slots = self._slots
+        if slots is None:
+            return
+        if self.on_full == "raise":
+            if not slots.acquire(blocking=False):
+                raise PoolFull(f"max_pending={self.max_pending} jobs are already pending")
+        elif not slots.acquire(timeout=self.full_timeout):
+            raise PoolFull(
+                f"no room among max_pending={self.max_pending} jobs within full_timeout={self.full_timeout}s"
+            )
+
+    def _release_slot(self, _fut: concurrent.futures.Future[Any]) -> None:
+        assert self._slots is not None
+        self._slots.release()
+
+    def _cancel_running(self, job: _Job) -> None:
+        self._io.loop.call_soon_threadsafe(self._core.cancel_running, job)
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        async def run() -> T:
+            return fn(*args)
+
+        return self._io.call(run(), 30.0, getattr(fn, "__name__", "pool call"))
