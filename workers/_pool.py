@@ -15,7 +15,9 @@ Data flow::
                JobFuture.set_result / set_exception   (wakes the caller's thread or loop)
 
 Everything that mutates the queue, the heap or a worker runs on the I/O loop, so none of it
-needs a lock. Workers are procman children (same bootstrap: parent-death signal, process group,
+needs a lock. Due times are ``time.monotonic()`` (CLOCK_MONOTONIC, the clock the workers stamp
+their start with), never ``loop.time()``: uvloop's clock has millisecond resolution and is cached
+per loop iteration, so read from a submitting thread it can be stale by milliseconds. Workers are procman children (same bootstrap: parent-death signal, process group,
 log capture, pipe-EOF exit); a worker that dies fails only the job it was running and is
 replaced. A worker is retired after ``max_tasks_per_worker`` jobs or above ``max_memory_mb``:
 it finishes its job, exits on a stop message, and its replacement is spawned at once, so a full
@@ -71,6 +73,7 @@ DEFAULT_MISFIRE_GRACE = 300.0  # seconds; APScheduler's 1 s silently drops runs 
 INIT_FAILURE_LIMIT = 3  # consecutive worker start failures before the pool is broken
 STOP_GRACE = 5.0  # seconds a retiring worker has to exit after its stop message
 LATENCY_SAMPLES = 10_000
+SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on a timer
 
 
 class PoolEventKind(StrEnum):
@@ -296,7 +299,7 @@ class _Core:
         self.queue: deque[_Job] = deque()
         self.heap: list[tuple[float, int, Any]] = []
         self.seq = itertools.count()
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
         self.timer_at = math.inf
         self.workers: set[_Worker] = set()
         self.idle: deque[_Worker] = deque()
@@ -428,7 +431,7 @@ class _Core:
                     PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"before ready: {reason}", error=error
                 )
             )
-            if self.init_failures >= INIT_FAILURE_LIMIT and not self.closing:
+            if self.init_failures >= INIT_FAILURE_LIMIT and not self.closing and self.broken is None:
                 broken = PoolBroken(
                     f"{self.init_failures} worker processes in a row died before they were ready "
                     f"(last: {reason}); the initializer keeps failing"
@@ -482,7 +485,7 @@ class _Core:
         if self.broken is not None:
             self.fail_final(job, self.broken)
             return
-        if job.due > self.loop.time() + 0.0005:
+        if job.due > time.monotonic():
             self.push(job.due, job)
         else:
             self.queue.append(job)
@@ -499,14 +502,21 @@ class _Core:
             self.timer = None
         self.timer_at = math.inf
         if self.heap:
-            self.timer_at = self.heap[0][0]
-            self.timer = self.loop.call_at(self.timer_at, self.on_timer)
+            self.timer_at = due = self.heap[0][0]
+            # uvloop's timers have millisecond resolution and may fire up to 1 ms early or late:
+            # aim 1.5 ms ahead, then spin through the loop (I/O still served) until due, so a job
+            # never starts early and rarely starts late.
+            wait = due - time.monotonic()
+            if wait > SPIN:
+                self.timer = self.loop.call_later(wait - SPIN, self.on_timer)
+            else:
+                self.timer = self.loop.call_soon(self.on_timer)
 
     def on_timer(self) -> None:
         self.timer = None
-        now = self.loop.time()
+        now = time.monotonic()
         heap = self.heap
-        while heap and heap[0][0] <= now + 0.0005:
+        while heap and heap[0][0] <= now:
             _, _, item = heapq.heappop(heap)
             if isinstance(item, _Job):
                 if item.future is None or not item.future.done():
@@ -528,6 +538,18 @@ class _Core:
                 continue
             if fut is not None and fut.done():
                 continue
+            sched = job.schedule
+            if sched is not None and sched.grace is not None and job.attempt == 0:
+                late = time.monotonic() - job.due
+                if late > sched.grace:  # waited for a worker beyond the misfire grace
+                    sched.missed += 1
+                    sched.in_flight -= 1
+                    self.pool._events.emit(
+                        PoolEvent(
+                            PoolEventKind.RUN_MISSED, sched.name, reason=f"no worker free for {late:.3g}s"
+                        )
+                    )
+                    continue
             w = idle.popleft()
             assert w.child is not None
             w.state = _WState.BUSY
@@ -573,7 +595,7 @@ class _Core:
                     error=error,
                 )
             )
-            job.due = self.loop.time() + delay
+            job.due = time.monotonic() + delay
             self.enqueue(job)
             return
         self.fail_final(job, error)
@@ -598,7 +620,7 @@ class _Core:
             with sched.cond:
                 sched.cond.notify_all()
             return
-        due = self.loop.time() + (at - time.time())
+        due = time.monotonic() + (at - time.time())
         self.push(due, (sched, sched.generation))
 
     def fire_schedule(self, sched: _Schedule) -> None:
@@ -616,7 +638,7 @@ class _Core:
                 )
             )
         for scheduled in p.run:
-            self.start_run(sched, self.loop.time() - (now - scheduled))
+            self.start_run(sched, time.monotonic() - (now - scheduled))
         self.arm_schedule(sched, p.next)
 
     def start_run(self, sched: _Schedule, due: float) -> None:
@@ -668,7 +690,7 @@ class _Core:
             sched.cond.notify_all()
         if sched.queued_runs and sched.state is ScheduleState.ACTIVE:
             sched.queued_runs -= 1
-            self.start_run(sched, self.loop.time())
+            self.start_run(sched, time.monotonic())
             self.dispatch()
 
     def schedule_cancel(self, sched: _Schedule) -> None:
@@ -706,7 +728,7 @@ class _Core:
             self.idle_waiters.clear()
 
     async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float) -> None:
-        deadline = self.loop.time() + timeout
+        deadline = time.monotonic() + timeout
         # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
         for _, _, item in self.heap:
             if isinstance(item, _Job):
@@ -729,7 +751,7 @@ class _Core:
             fut = self.loop.create_future()
             self.idle_waiters.append(fut)
             try:
-                await asyncio.wait_for(fut, max(0.0, deadline - self.loop.time()))
+                await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 pass
         self.closing = True
@@ -749,8 +771,8 @@ class _Core:
             else:
                 child.send(_wire.encode_json({"t": "stop"}))
             exits.append(child)
-        end = self.loop.time() + 2.0
-        while any(c.alive for c in exits) and self.loop.time() < end:
+        end = time.monotonic() + 2.0
+        while any(c.alive for c in exits) and time.monotonic() < end:
             await asyncio.sleep(0.005)
         for c in exits:
             if c.alive:
@@ -952,7 +974,7 @@ class Pool(concurrent.futures.Executor):
             if retry_backoff is not None
             else self.retry_backoff
         )
-        loop_now = self._io.loop.time()
+        loop_now = time.monotonic()
         if at is not None:
             due = loop_now + (to_epoch(at, "at") - time.time())
         elif after is not None:

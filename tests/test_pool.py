@@ -1,0 +1,450 @@
+"""Contract tests of workers.Pool on real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
+from pathlib import Path
+from typing import Any
+
+import jobs
+import pytest
+
+import procman
+import workers
+from workers import PoolEvent, PoolEventKind
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[PoolEvent] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, event: PoolEvent) -> None:
+        with self.cond:
+            self.items.append(event)
+            self.cond.notify_all()
+
+    def wait(self, pred: Callable[[list[PoolEvent]], bool], timeout: float = 15.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: pred(self.items), timeout), [e.kind for e in self.items]
+
+    def of(self, kind: PoolEventKind) -> list[PoolEvent]:
+        with self.cond:
+            return [e for e in self.items if e.kind is kind]
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+@pytest.fixture
+def pool(events: Events) -> Iterator[workers.Pool]:
+    p = workers.Pool(2, on_event=events)
+    try:
+        yield p
+    finally:
+        p.shutdown(wait=True, cancel_futures=True, timeout=10)
+
+
+# -- the fault table: every row also checks that the next job succeeds ------------------------
+
+
+def _kill_busy(pool: workers.Pool, tmp: Path) -> Any:
+    path = tmp / "pid"
+    fut = pool.submit(jobs.write_pid_then_sleep, str(path), 30)
+    deadline = time.monotonic() + 15
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(int(path.read_text()), signal.SIGKILL)
+    return fut
+
+
+def _cancel_running(pool: workers.Pool, tmp: Path) -> Any:
+    path = tmp / "pid"
+    fut = pool.submit(jobs.write_pid_then_sleep, str(path), 30)
+    deadline = time.monotonic() + 15
+    while not path.exists() or not path.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert fut.running()
+    assert fut.cancel()
+    pid = int(path.read_text())
+    end = time.monotonic() + 10
+    while time.monotonic() < end and procman_alive(pid):
+        time.sleep(0.01)
+    assert not procman_alive(pid), "the cancelled job's worker was not killed"
+    return fut
+
+
+def procman_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
+FAULTS: list[tuple[str, Callable[[workers.Pool, Path], Any], type[BaseException], str]] = [
+    ("exception", lambda p, t: p.submit(jobs.boom), KeyError, "no such thing"),
+    ("sys-exit", lambda p, t: p.submit(jobs.call_sys_exit), SystemExit, "4"),
+    ("os-exit", lambda p, t: p.submit(jobs.call_os_exit), workers.WorkerCrashed, "EXIT(3)"),
+    ("segfault", lambda p, t: p.submit(jobs.segfault), workers.WorkerCrashed, "SIGSEGV(-11)"),
+    ("sigkill-busy", _kill_busy, workers.WorkerCrashed, "SIGKILL(-9)"),
+    ("unpickle-error", lambda p, t: p.submit(jobs.take, jobs.RaisesOnLoad()), ValueError, "cannot rebuild"),
+    ("unpickle-sys-exit", lambda p, t: p.submit(jobs.take, jobs.ExitsOnLoad()), SystemExit, "5"),
+    (
+        "unpickle-segfault",
+        lambda p, t: p.submit(jobs.take, jobs.SegfaultsOnLoad()),
+        workers.WorkerCrashed,
+        "SIGSEGV",
+    ),
+    (
+        "result-unpicklable",
+        lambda p, t: p.submit(jobs.returns_unpicklable),
+        workers.SerializationError,
+        "generator",
+    ),
+    (
+        "result-unpickle-error",
+        lambda p, t: p.submit(jobs.returns_raises_on_load),
+        workers.SerializationError,
+        "could not be unpickled",
+    ),
+    (
+        "timeout",
+        lambda p, t: p.submit_job(jobs.sleep, (30,), timeout=0.3),
+        workers.JobTimeout,
+        "timeout of 0.3s",
+    ),
+    ("cancel-running", _cancel_running, CancelledError, ""),
+]
+
+
+@pytest.mark.parametrize(("case", "make", "exc_type", "text"), FAULTS, ids=[f[0] for f in FAULTS])
+def test_fault_fails_only_its_job(
+    case: str,
+    make: Callable[[workers.Pool, Path], Any],
+    exc_type: type[BaseException],
+    text: str,
+    pool: workers.Pool,
+    tmp_path: Path,
+) -> None:
+    assert pool.submit(jobs.add, 1, 1).result(30) == 2
+    fut = make(pool, tmp_path)
+    with pytest.raises(exc_type) as info:
+        fut.result(30)
+    assert text in str(info.value)
+    if exc_type is KeyError:
+        assert isinstance(info.value.__cause__, procman.RemoteTraceback)
+        assert "def boom" in info.value.__cause__.tb or "boom" in info.value.__cause__.tb
+    # the pool keeps serving: the next jobs (on both workers) succeed
+    assert [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(4)]] == [1, 2, 3, 4]
+    assert not pool.broken
+
+
+def test_sigkill_of_an_idle_worker_is_replaced(pool: workers.Pool, events: Events) -> None:
+    events.wait(lambda evs: sum(e.kind is PoolEventKind.WORKER_STARTED for e in evs) >= 2)
+    assert pool.submit(jobs.add, 1, 2).result(30) == 3
+    victim = events.of(PoolEventKind.WORKER_STARTED)[0].pid
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    events.wait(lambda evs: any(e.kind is PoolEventKind.WORKER_EXITED for e in evs))
+    pids = {
+        f.result(30) for f in [pool.submit(jobs.sleep, 0.05) and pool.submit(jobs.getpid) for _ in range(6)]
+    }
+    assert victim not in pids
+    assert pool.stats().worker_restarts == 1
+
+
+def test_unpicklable_jobs_fail_at_submit_among_good_ones(pool: workers.Pool) -> None:
+    good, errors = [], []
+    sock = socket.socket()
+    try:
+        for i in range(100):
+            good.append(pool.submit(jobs.add, i, 1))
+            with pytest.raises(workers.SerializationError) as info:
+                pool.submit(jobs.take, sock)
+            errors.append(info.value)
+    finally:
+        sock.close()
+    assert [f.result(30) for f in good] == [i + 1 for i in range(100)]
+    assert "positional argument 0 is" in str(errors[0]) and "socket" in str(errors[0])
+
+
+def test_lambdas_and_closures_run(pool: workers.Pool) -> None:
+    k = 10
+    assert pool.submit(lambda x: x + k, 5).result(30) == 15
+    assert list(pool.map(lambda x: x * x, range(5))) == [0, 1, 4, 9, 16]
+
+
+def test_recycling_under_a_full_queue() -> None:
+    with workers.Pool(2, max_tasks_per_worker=2, on_event=None) as pool:
+        futs = [pool.submit(jobs.getpid) for _ in range(40)]
+        pids = [f.result(60) for f in futs]
+        assert len(set(pids)) >= 20
+        assert pool.stats().done == 40
+
+
+def test_memory_ceiling_recycles_workers() -> None:
+    with workers.Pool(1, max_memory_mb=60, on_event=None) as pool:
+        small = pool.submit(jobs.allocate, 1).result(30)
+        assert pool.submit(jobs.getpid).result(30) == small  # under the ceiling: kept
+        big = pool.submit(jobs.allocate, 100).result(30)
+        assert pool.submit(jobs.getpid).result(30) != big  # over it: replaced
+
+
+def test_initializer_runs_in_each_worker() -> None:
+    with workers.Pool(2, initializer=jobs.init_worker, initargs=("ready",), on_event=None) as pool:
+        tags = {pool.submit(jobs.initialized).result(30) for _ in range(10)}
+        assert all(t is not None and t.startswith("ready:") for t in tags)
+
+
+def test_initializer_that_keeps_crashing_breaks_the_pool(events: Events) -> None:
+    pool = workers.Pool(2, initializer=jobs.init_fails, on_event=events)
+    try:
+        fut = pool.submit(jobs.add, 1, 2)
+        with pytest.raises(workers.PoolBroken) as info:
+            fut.result(30)
+        assert "initializer keeps failing" in str(info.value)
+        assert "database unreachable" in str(info.value)
+        with pytest.raises(workers.PoolBroken):
+            pool.submit(jobs.add, 1, 2)
+        events.wait(lambda evs: any(e.kind is PoolEventKind.POOL_BROKEN for e in evs))
+        assert len(events.of(PoolEventKind.POOL_BROKEN)) == 1
+    finally:
+        pool.shutdown(timeout=10)
+
+
+def test_retries_are_opt_in(pool: workers.Pool, tmp_path: Path) -> None:
+    once = tmp_path / "once"
+    with pytest.raises(ConnectionError):
+        pool.submit(jobs.fail_until, str(once), 1).result(30)
+    assert once.read_text() == "1"  # ran exactly once
+    retried = tmp_path / "retried"
+    fut = pool.submit_job(jobs.fail_until, (str(retried), 2), retries=3, retry_backoff=0.01)
+    assert fut.result(30) == 3
+    assert pool.stats().retried == 2
+
+
+def test_bounded_pending_raises_or_blocks(tmp_path: Path) -> None:
+    with workers.Pool(1, max_pending=2, on_full="raise", on_event=None) as pool:
+        a = pool.submit(jobs.sleep, 0.3)
+        b = pool.submit(jobs.sleep, 0.01)
+        with pytest.raises(workers.PoolFull, match="max_pending=2"):
+            pool.submit(jobs.add, 1, 1)
+        a.result(30), b.result(30)
+        assert pool.submit(jobs.add, 1, 1).result(30) == 2
+    with workers.Pool(1, max_pending=1, on_event=None) as pool:
+        first = pool.submit(jobs.sleep, 0.2)
+        second = pool.submit(jobs.add, 2, 2)  # blocks until the first is done
+        assert first.done() and second.result(30) == 4
+
+
+def test_shutdown_cancels_pending_timed_jobs_and_waits_for_queued() -> None:
+    pool = workers.Pool(1, on_event=None)
+    later = pool.submit_after(3600, jobs.add, 1, 1)
+    sched = pool.schedule(jobs.now, every=3600)
+    queued = [pool.submit(jobs.sleep, 0.05) for _ in range(3)]
+    pool.shutdown(wait=True, timeout=30)
+    assert later.cancelled()
+    assert sched.state is workers.ScheduleState.CANCELLED
+    assert [f.result(0) for f in queued] == [0.05] * 3
+    with pytest.raises(workers.PoolClosed):
+        pool.submit(jobs.add, 1, 1)
+
+
+def test_shutdown_is_bounded_when_a_job_hangs() -> None:
+    pool = workers.Pool(1, on_event=None)
+    hung = pool.submit(jobs.sleep, 3600)
+    while not hung.running():
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    pool.shutdown(wait=True, timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    with pytest.raises(workers.PoolClosed):
+        hung.result(0)
+
+
+def test_executor_compatibility_and_awaitable_futures() -> None:
+    async def main(pool: workers.Pool) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        a = await loop.run_in_executor(pool, jobs.add, 2, 3)
+        b = await pool.submit(jobs.add, 4, 5)
+        c = await asyncio.gather(*(pool.submit(jobs.echo, i) for i in range(3)))
+        return [a, b, c]
+
+    with workers.Pool(2, on_event=None) as pool:
+        assert asyncio.run(main(pool)) == [5, 9, [0, 1, 2]]
+        assert list(pool.map(jobs.add, [1, 2], [10, 20])) == [11, 22]
+
+
+def test_cancel_of_a_pending_job_notifies_waiters() -> None:
+    from concurrent.futures import wait
+
+    with workers.Pool(1, on_event=None) as pool:
+        timed = pool.submit_after(3600, jobs.add, 1, 1)
+        assert timed.cancel()
+        done, _ = wait([timed], timeout=5)
+        assert timed in done and timed.cancelled()
+
+
+# -- timed jobs -----------------------------------------------------------------------------------
+
+
+def test_submit_at_and_after_fire_on_time_by_the_workers_clock(pool: workers.Pool) -> None:
+    pool.submit(jobs.add, 0, 0).result(30)  # workers warm
+    target = time.time() + 0.3
+    at = pool.submit_at(target, jobs.now)
+    t1 = time.time()
+    after = pool.submit_after(0.2, jobs.now)
+    fired_at, fired_after = at.result(30), after.result(30)
+    assert 0 <= fired_at - target < 0.1
+    assert 0.2 <= fired_after - t1 < 0.3
+    stats = pool.stats()
+    assert stats.lateness_p50 is not None and stats.lateness_max is not None and stats.lateness_max >= 0
+
+
+def test_every_is_anchored_without_drift(pool: workers.Pool, tmp_path: Path) -> None:
+    log = tmp_path / "times"
+    start = time.time() + 0.2
+    sched = pool.schedule(jobs.append_time, every=0.1, start=start, args=(str(log), 0.03))
+    assert sched.wait(runs=8, timeout=30)
+    sched.cancel()
+    times = [float(x) for x in log.read_text().split()]
+    for k, t in enumerate(times[:8]):
+        assert abs(t - (start + 0.1 * k)) < 0.05, (k, t - start)  # each on its anchor, no creep
+    assert sched.next_run_time is None and sched.state is workers.ScheduleState.CANCELLED
+
+
+def test_overlap_skip_and_queue(events: Events) -> None:
+    with workers.Pool(2, on_event=events) as pool:
+        skip = pool.schedule(jobs.sleep, every=0.05, args=(0.3,), name="slow-skip")
+        assert skip.wait(runs=2, timeout=30)
+        skip.cancel()
+        assert skip.skipped > 0
+        assert any(e.name == "slow-skip" for e in events.of(PoolEventKind.RUN_SKIPPED))
+        queued = pool.schedule(
+            jobs.sleep, every=0.05, args=(0.15,), name="slow-queue", overlap="queue", misfire_grace=None
+        )
+        assert queued.wait(runs=3, timeout=30)
+        queued.cancel()
+        assert queued.skipped == 0
+        assert any(e.name == "slow-queue" for e in events.of(PoolEventKind.RUN_QUEUED))
+
+
+def test_failed_and_crashed_runs_never_stop_a_schedule(events: Events) -> None:
+    with workers.Pool(1, on_event=events) as pool:
+        failing = pool.schedule(jobs.boom, every=0.05, name="failing")
+        crashing = pool.schedule(jobs.call_os_exit, every=0.07, name="crashing")
+        assert failing.wait(runs=3, timeout=30) and crashing.wait(runs=2, timeout=30)
+        failing.cancel()
+        crashing.cancel()
+        assert failing.failures == failing.runs >= 3 and isinstance(failing.last_error, KeyError)
+        assert isinstance(crashing.last_error, workers.WorkerCrashed)
+        assert pool.submit(jobs.add, 1, 1).result(30) == 2
+
+
+def test_pause_resume_cancel(pool: workers.Pool) -> None:
+    sched = pool.schedule(jobs.now, every=0.05)
+    assert sched.wait(runs=1, timeout=30)
+    sched.pause()
+    assert sched.state is workers.ScheduleState.PAUSED and sched.next_run_time is None
+    runs = sched.runs
+    time.sleep(0.2)  # nothing may run while paused (this is the property under test)
+    assert sched.runs <= runs + 1  # one run may have been in flight when pausing
+    paused_runs = sched.runs
+    sched.resume()
+    assert sched.wait(runs=paused_runs + 2, timeout=30)
+    assert isinstance(sched.last_result, float)
+    sched.cancel()
+
+
+def test_schedule_end_finishes_it(pool: workers.Pool) -> None:
+    sched = pool.schedule(jobs.now, every=0.05, end=time.time() + 0.3)
+    deadline = time.monotonic() + 10
+    while sched.state is not workers.ScheduleState.FINISHED and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sched.state is workers.ScheduleState.FINISHED
+    assert 3 <= sched.runs <= 7
+
+
+BAD_SCHEDULES: list[tuple[dict[str, Any], str]] = [
+    ({}, "exactly one of every="),
+    ({"every": 1, "cron": "* * * * *"}, "exactly one of every="),
+    ({"every": 0}, "every=0 must be > 0"),
+    ({"every": -5}, "every=-5"),
+    ({"cron": "every day"}, "not a valid cron expression"),
+    ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "not a known time zone"),
+    ({"every": 1, "overlap": "sometimes"}, "overlap='sometimes'"),
+    ({"every": 1, "start": 100.0, "end": 50.0}, "is before start"),
+    ({"every": 1, "tz": "UTC"}, "tz= applies to cron"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_SCHEDULES)
+def test_bad_schedules_are_rejected_at_once(pool: workers.Pool, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises((workers.ScheduleError, ValueError)) as info:
+        pool.schedule(jobs.now, **kwargs)
+    assert message in str(info.value)
+    assert pool.submit(jobs.add, 1, 1).result(30) == 2
+
+
+def test_bad_pool_options_are_rejected() -> None:
+    for kwargs, message in [
+        ({"max_workers": 0}, "max_workers=0"),
+        ({"start_method": "threads"}, "start_method='threads'"),
+        ({"max_pending": -1}, "max_pending=-1"),
+        ({"on_full": "drop"}, "on_full='drop'"),
+        ({"job_timeout": -1}, "job_timeout=-1"),
+    ]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            workers.Pool(**kwargs)  # type: ignore[arg-type]
+
+
+def test_workers_die_with_the_pool_process(tmp_path: Path) -> None:
+    import subprocess
+    import textwrap
+
+    script = tmp_path / "host.py"
+    tests_dir = str(Path(__file__).parent)
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            sys.path.insert(0, {tests_dir!r})
+            import workers, jobs
+            if __name__ == "__main__":
+                pool = workers.Pool(2, on_event=None)
+                busy = pool.submit(jobs.sleep, 3600)
+                pids = {{pool.submit(jobs.getpid).result(30) for _ in range(20)}}
+                print("PIDS", *pids, flush=True)
+                time.sleep(3600)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        pids = [int(p) for p in line.split()[1:]]
+        assert pids
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and any(procman_alive(p) for p in pids):
+            time.sleep(0.02)
+        assert not any(procman_alive(p) for p in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
