@@ -17,8 +17,10 @@ Data flow::
 Everything that mutates the queue, the heap or a worker runs on the I/O loop, so none of it
 needs a lock. Due times are ``time.monotonic()`` (CLOCK_MONOTONIC, the clock the workers stamp
 their start with), never ``loop.time()``: uvloop's clock has millisecond resolution and is cached
-per loop iteration, so read from a submitting thread it can be stale by milliseconds. Workers are procman children (same bootstrap: parent-death signal, process group,
-log capture, pipe-EOF exit); a worker that dies fails only the job it was running and is
+per loop iteration, so read from a submitting thread it can be stale by milliseconds.
+
+Workers are procman children (same bootstrap: parent-death signal, process group, log capture,
+pipe-EOF exit); a worker that dies fails only the job it was running and is
 replaced. A worker is retired after ``max_tasks_per_worker`` jobs or above ``max_memory_mb``:
 it finishes its job, exits on a stop message, and its replacement is spawned at once, so a full
 queue never waits on a retiring worker.
