@@ -731,6 +731,7 @@ class _Core:
 
     async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        self.pool._drain_inbox()  # jobs submitted just before shutdown() are in
         # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
         for _, _, item in self.heap:
             if isinstance(item, _Job):
@@ -920,6 +921,8 @@ class Pool(concurrent.futures.Executor):
         self.retry_backoff = _check_seconds("retry_backoff", retry_backoff, allow_none=False) or 0.0
         self._slots = threading.BoundedSemaphore(max_pending) if max_pending is not None else None
         self._ids = itertools.count(1)
+        self._inbox: deque[_Job] = deque()
+        self._drain_pending = False
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._events = EventDispatcher(on_event, "workers-events")
@@ -999,12 +1002,24 @@ class Pool(concurrent.futures.Executor):
             retry_backoff=backoff or 0.0,
             future=fut,
         )
-        try:
-            self._io.loop.call_soon_threadsafe(self._core.enqueue, job)
-        except RuntimeError:
-            fut.cancel()
-            raise PoolClosed("the pool is shut down") from None
+        # Batched hand-off: one loop wake-up (a write to its self-pipe) serves every job submitted
+        # before the loop gets to it. The loop clears the flag before draining, so a job appended
+        # after that point either is drained now or schedules the next drain.
+        self._inbox.append(job)
+        if not self._drain_pending:
+            self._drain_pending = True
+            try:
+                self._io.loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:
+                fut.cancel()
+                raise PoolClosed("the pool is shut down") from None
         return fut
+
+    def _drain_inbox(self) -> None:
+        self._drain_pending = False
+        inbox, enqueue = self._inbox, self._core.enqueue
+        while inbox:
+            enqueue(inbox.popleft())
 
     def schedule(
         self,
