@@ -118,6 +118,30 @@ def _kill_group_and_exit() -> None:
         os._exit(137)
 
 
+def _forget_forkserver() -> None:
+    """Drop the inherited write end of the forkserver's "alive" pipe.
+
+    multiprocessing hands it to every child so that the forkserver outlives them; but the
+    forkserver exits only on that pipe's end of file, and its exit is what fires the children's
+    parent-death signal. A child holding it would keep the forkserver, and so itself, alive after
+    the manager was killed (a worker busy in a job reads no pipe to notice).
+    """
+    try:
+        from multiprocess import forkserver
+    except ImportError:  # pragma: no cover - multiprocess is a dependency
+        return
+    server = forkserver._forkserver
+    fd = server._forkserver_alive_fd
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    server._forkserver_alive_fd = None
+    server._forkserver_pid = None
+    server._forkserver_address = None
+
+
 def _start_guard() -> None:
     r, _w = os.pipe()  # close-on-exec: programs the daemon execs never hold ``_w``
     if os.fork() != 0:
@@ -158,6 +182,7 @@ def bootstrap(
     _set_pdeathsig()
     if not _alive(manager_pid) or os.getppid() == 1:
         os._exit(137)
+    _forget_forkserver()
     try:
         os.setpgid(0, 0)
     except OSError:  # already a group leader (a session leader cannot move): keep going

@@ -411,7 +411,8 @@ def test_bad_pool_options_are_rejected() -> None:
             workers.Pool(**kwargs)  # type: ignore[arg-type]
 
 
-def test_workers_die_with_the_pool_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
+def test_workers_die_with_the_pool_process(method: str, tmp_path: Path) -> None:
     import subprocess
     import textwrap
 
@@ -420,24 +421,28 @@ def test_workers_die_with_the_pool_process(tmp_path: Path) -> None:
     script.write_text(
         textwrap.dedent(
             f"""
-            import sys, time
+            import os, sys, time
             sys.path.insert(0, {tests_dir!r})
             import workers, jobs
             if __name__ == "__main__":
-                pool = workers.Pool(2, on_event=None)
-                busy = pool.submit(jobs.sleep, 3600)
+                pool = workers.Pool(2, start_method=sys.argv[1], on_event=None)
+                marker = {str(tmp_path / "busy")!r}
+                busy = pool.submit(jobs.write_pid_then_sleep, marker, 3600)
                 pids = {{pool.submit(jobs.getpid).result(30) for _ in range(20)}}
+                while not os.path.exists(marker) or not open(marker).read():
+                    time.sleep(0.01)
+                pids.add(int(open(marker).read()))
                 print("PIDS", *pids, flush=True)
                 time.sleep(3600)
             """
         )
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), method], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         pids = [int(p) for p in line.split()[1:]]
-        assert pids
+        assert len(pids) == 2  # the busy worker and the idle one
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 1.0
