@@ -97,3 +97,10 @@ class HealthProber:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def count_primes(limit: int) -> tuple[int, int, float]:
+    """A CPU-heavy timed job: count the primes below ``limit`` by trial division, in pure Python."""
+    started = time.perf_counter()
+    count = sum(1 for n in range(2, limit) if all(n % d for d in range(2, int(n**0.5) + 1)))
+    return os.getpid(), count, time.perf_counter() - started

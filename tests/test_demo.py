@@ -23,4 +23,5 @@ def test_demo_shows_daemons_restart_and_clean_stop() -> None:
     assert "GET /health -> 200" in out
     assert "[queue-consumer] exited" in out and "ConnectionError" in out
     assert out.count("[queue-consumer] ready") >= 2  # restarted after its crash
+    assert "demo: count-primes run 1: 13848 primes" in out  # the timed job ran on the pool
     assert "demo: stopped cleanly" in out
