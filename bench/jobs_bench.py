@@ -15,3 +15,16 @@ def now() -> float:
 
 def started_at() -> float:
     return time.monotonic()
+
+
+class Noop:
+    """A daemon that is ready at once."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

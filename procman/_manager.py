@@ -16,7 +16,7 @@ from ._errors import ManagerClosed
 from ._events import EventDispatcher, EventHook, log_event
 from ._loop import IOThread
 from ._policy import Restart, RestartPolicy
-from ._process import START_METHODS
+from ._process import START_METHODS, preload
 from ._supervisor import DaemonStatus, StopOutcome, StopReport, Supervisor
 
 log = logging.getLogger("procman")
@@ -140,6 +140,8 @@ class Manager(_Base):
         """
         self._check_open()
         spec = make_spec(daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog))
+        if self.start_method == "forkserver":
+            preload(type(daemon).__module__)
         self._io.call(self._sup.register(spec), spec.start_timeout + MARGIN, "register()")
 
     def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
@@ -224,6 +226,8 @@ class AsyncManager(_Base):
         """See :meth:`Manager.register`."""
         self._check_open()
         spec = make_spec(daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog))
+        if self.start_method == "forkserver":
+            preload(type(daemon).__module__)
         await self._io.call_async(self._sup.register(spec))
 
     async def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
