@@ -453,3 +453,19 @@ def test_workers_die_with_the_pool_process(method: str, tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_runs_waiting_beyond_the_misfire_grace_are_missed(events: Events) -> None:
+    with workers.Pool(1, on_event=events) as pool:
+        blocker = pool.submit(jobs.sleep, 0.6)
+        while not blocker.running():
+            time.sleep(0.005)
+        sched = pool.schedule(jobs.now, every=0.05, max_instances=100, misfire_grace=0.1, name="impatient")
+        blocker.result(30)
+        assert sched.wait(runs=1, timeout=30)
+        sched.cancel()
+        assert sched.missed > 0  # runs queued behind the blocker longer than 0.1 s were dropped
+        events.wait(
+            lambda evs: any(e.kind is PoolEventKind.RUN_MISSED and e.name == "impatient" for e in evs)
+        )
+        assert pool.submit(jobs.add, 1, 1).result(30) == 2
