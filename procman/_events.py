@@ -74,16 +74,23 @@ def log_event(event: Event) -> None:
     level = _LEVELS.get(event.kind, logging.INFO)
     if event.kind is EventKind.EXITED and event.exit_code == 0 and event.error is None:
         level = logging.INFO
-    parts = [f"[{event.name}] {event.kind.value}"]
-    if event.pid is not None:
-        parts.append(f"pid={event.pid}")
-    if event.reason:
-        parts.append(event.reason)
-    if event.delay is not None:
-        parts.append(f"in {event.delay:.3f}s")
-    if event.error is not None:
-        parts.append(f"error={type(event.error).__name__}: {event.error}")
-    log.log(level, " ".join(parts))
+    delay = f"in {event.delay:.3f}s" if event.delay is not None else ""
+    log.log(
+        level, event_line(f"[{event.name}] {event.kind.value}", event.pid, event.reason, delay, event.error)
+    )
+
+
+def event_line(head: str, pid: int | None, *details: object) -> str:
+    """One log line for an event: ``head pid=N detail... error=Type: message`` (empty parts left out)."""
+    parts = [head]
+    if pid is not None:
+        parts.append(f"pid={pid}")
+    for detail in details:
+        if isinstance(detail, BaseException):
+            parts.append(f"error={type(detail).__name__}: {detail}")
+        elif detail:
+            parts.append(str(detail))
+    return " ".join(parts)
 
 
 class EventDispatcher:

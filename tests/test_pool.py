@@ -58,27 +58,27 @@ def pool(events: Events) -> Iterator[workers.Pool]:
 # -- the fault table: every row also checks that the next job succeeds ------------------------
 
 
-def _kill_busy(pool: workers.Pool, tmp: Path) -> Any:
+def _busy_job(pool: workers.Pool, tmp: Path) -> tuple[Any, int]:
+    """A job that has started in a worker (it wrote its pid), and that worker's pid."""
     path = tmp / "pid"
     fut = pool.submit(jobs.write_pid_then_sleep, str(path), 30)
     deadline = time.monotonic() + 15
     while not path.exists() or not path.read_text():
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    os.kill(int(path.read_text()), signal.SIGKILL)
+    return fut, int(path.read_text())
+
+
+def _kill_busy(pool: workers.Pool, tmp: Path) -> Any:
+    fut, pid = _busy_job(pool, tmp)
+    os.kill(pid, signal.SIGKILL)
     return fut
 
 
 def _cancel_running(pool: workers.Pool, tmp: Path) -> Any:
-    path = tmp / "pid"
-    fut = pool.submit(jobs.write_pid_then_sleep, str(path), 30)
-    deadline = time.monotonic() + 15
-    while not path.exists() or not path.read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    fut, pid = _busy_job(pool, tmp)
     assert fut.running()
     assert fut.cancel()
-    pid = int(path.read_text())
     end = time.monotonic() + 10
     while time.monotonic() < end and procman_alive(pid):
         time.sleep(0.01)

@@ -50,7 +50,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from procman import _wire
-from procman._events import EventDispatcher
+from procman._events import EventDispatcher, event_line
 from procman._loop import IOThread
 from procman._process import START_METHODS, Child
 
@@ -111,16 +111,8 @@ def log_pool_event(event: PoolEvent) -> None:
     )
     if event.kind is PoolEventKind.POOL_BROKEN:
         level = logging.ERROR
-    parts = [event.kind.value]
-    if event.name:
-        parts.append(f"[{event.name}]")
-    if event.pid is not None:
-        parts.append(f"pid={event.pid}")
-    if event.reason:
-        parts.append(event.reason)
-    if event.error is not None:
-        parts.append(f"error={type(event.error).__name__}: {event.error}")
-    log.log(level, " ".join(parts))
+    head = f"{event.kind.value} [{event.name}]" if event.name else event.kind.value
+    log.log(level, event_line(head, event.pid, event.reason, event.error))
 
 
 @dataclass(frozen=True)
