@@ -260,14 +260,16 @@ def test_async_daemon_runs_on_uvloop_and_is_restarted(
 
 
 def test_command_daemon_logs_restarts_and_stops(
-    caplog_all: pytest.LogCaptureFixture, recorder: Recorder
+    caplog_all: pytest.LogCaptureFixture, recorder: Recorder, tmp_path: Path
 ) -> None:
     script = "import sys, time; print('hello from cmd', flush=True); time.sleep(0.1); sys.exit(4)"
-    serve = "import time; print('serving', flush=True); time.sleep(3600)"
+    serve = "import os, time; print('serving in', os.getcwd(), os.environ['X_TEST'], flush=1); time.sleep(99)"
     with procman.Manager(on_event=recorder) as m:
         m.register(procman.CommandDaemon("short-job", [sys.executable, "-c", script]), restart=FAST)
         m.register(
-            procman.CommandDaemon("server", [sys.executable, "-c", serve], env={"X_TEST": "1"}),
+            procman.CommandDaemon(
+                "server", [sys.executable, "-c", serve], env={"X_TEST": "42"}, cwd=tmp_path
+            ),
         )
         m.start(timeout=30)
         recorder.wait_kind(EventKind.EXITED, "short-job", count=2)
@@ -277,7 +279,7 @@ def test_command_daemon_logs_restarts_and_stops(
         report = m.stop(timeout=10)
         assert report.outcomes["server"] is StopOutcome.STOPPED
     messages = [r.getMessage() for r in caplog_all.records]
-    assert "hello from cmd" in messages and "serving" in messages
+    assert "hello from cmd" in messages and f"serving in {tmp_path} 42" in messages
 
 
 def test_command_daemon_killed_by_signal_is_decoded(recorder: Recorder) -> None:

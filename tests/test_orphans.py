@@ -125,7 +125,13 @@ RUNNER = textwrap.dedent(
             m.register(Stubborn("stubborn"), stop_timeout=60, term_timeout=60)
         started = threading.Event()
         threading.Thread(target=lambda: started.wait(60) and print("READY", flush=True), daemon=True).start()
+        import signal
+        mine = lambda signum, frame: None
+        signal.signal(signal.SIGTERM, mine)
+        before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
         report = procman.run_until_signal(m, stop_timeout=60, started=started)
+        after = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        print("RESTORED", before == after and after[1] is mine, flush=True)
         print("REPORT", sorted((n, o.value) for n, o in report.outcomes.items()), flush=True)
         m.close()
         sys.exit(0 if report.clean else 1)
@@ -150,6 +156,7 @@ def test_run_until_signal_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0
         assert "REPORT [('calm', 'stopped')]" in out
+        assert "RESTORED True" in out  # the host's own handlers are back
     finally:
         if proc.poll() is None:
             proc.kill()
