@@ -469,3 +469,36 @@ def test_runs_waiting_beyond_the_misfire_grace_are_missed(events: Events) -> Non
             lambda evs: any(e.kind is PoolEventKind.RUN_MISSED and e.name == "impatient" for e in evs)
         )
         assert pool.submit(jobs.add, 1, 1).result(30) == 2
+
+
+def test_submits_racing_shutdown_all_resolve() -> None:
+    from concurrent.futures import wait
+
+    pool = workers.Pool(2, on_event=None)
+    futures: list[Any] = []
+    lock = threading.Lock()
+    started = threading.Barrier(5)
+
+    def submitter() -> None:
+        started.wait(10)
+        while True:
+            try:
+                fut = pool.submit(jobs.add, 1, 1)
+            except workers.PoolClosed:
+                return
+            with lock:
+                futures.append(fut)
+
+    threads = [threading.Thread(target=submitter) for _ in range(4)]
+    for t in threads:
+        t.start()
+    started.wait(10)
+    time.sleep(0.05)  # let submissions pile up (the race under test needs them)
+    pool.shutdown(wait=True, timeout=30)
+    for t in threads:
+        t.join(10)
+    assert futures
+    _, not_done = wait(futures, timeout=10)
+    assert not not_done  # every future resolved: a result, PoolClosed, or cancelled
+    outcomes = {type(f.exception()).__name__ if f.exception() else "ok" for f in futures}
+    assert outcomes <= {"ok", "PoolClosed"}

@@ -140,7 +140,7 @@ class PoolStats:
 # Jobs and schedules (loop-side records)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Job:
     id: int
     name: str
@@ -476,8 +476,8 @@ class _Core:
     # -- jobs -----------------------------------------------------------------------------------
 
     def enqueue(self, job: _Job) -> None:
-        if self.broken is not None:
-            self.fail_final(job, self.broken)
+        if self.broken is not None or self.closing:
+            self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
             return
         if job.due > time.monotonic():
             self.push(job.due, job)
@@ -537,12 +537,12 @@ class _Core:
                 late = time.monotonic() - job.due
                 if late > sched.grace:  # waited for a worker beyond the misfire grace
                     sched.missed += 1
-                    sched.in_flight -= 1
                     self.pool._events.emit(
                         PoolEvent(
                             PoolEventKind.RUN_MISSED, sched.name, reason=f"no worker free for {late:.3g}s"
                         )
                     )
+                    self.run_slot_freed(sched)
                     continue
             w = idle.popleft()
             assert w.child is not None
@@ -663,13 +663,15 @@ class _Core:
             retry_backoff=sched.retry_backoff,
             schedule=sched,
         )
-        self.queue.append(job)
+        if self.broken is not None or self.closing:
+            self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
+        else:
+            self.queue.append(job)
 
     def finish_schedule_run(self, job: _Job, value: Any, error: BaseException | None) -> None:
         sched = job.schedule
         if sched is None:
             return
-        sched.in_flight -= 1
         sched.runs += 1
         sched.last_run = time.time()
         if error is not None:
@@ -682,6 +684,11 @@ class _Core:
             sched.last_result = value
         with sched.cond:
             sched.cond.notify_all()
+        self.run_slot_freed(sched)
+
+    def run_slot_freed(self, sched: _Schedule) -> None:
+        """One of the schedule's instances ended (or was dropped): start a queued run if any."""
+        sched.in_flight -= 1
         if sched.queued_runs and sched.state is ScheduleState.ACTIVE:
             sched.queued_runs -= 1
             self.start_run(sched, time.monotonic())
@@ -775,6 +782,7 @@ class _Core:
         self.workers.clear()
         self.idle.clear()
         self.retiring.clear()
+        self.pool._drain_inbox()  # a submit that raced with shutdown: fail it, never leave it hanging
 
     def stats(self) -> PoolStats:
         lat = sorted(self.lateness)
@@ -998,6 +1006,9 @@ class Pool(concurrent.futures.Executor):
         # before the loop gets to it. The loop clears the flag before draining, so a job appended
         # after that point either is drained now or schedules the next drain.
         self._inbox.append(job)
+        if self._closed and not self._io.thread.is_alive():
+            self._fail_inbox()
+            return fut
         if not self._drain_pending:
             self._drain_pending = True
             try:
@@ -1006,6 +1017,13 @@ class Pool(concurrent.futures.Executor):
                 fut.cancel()
                 raise PoolClosed("the pool is shut down") from None
         return fut
+
+    def _fail_inbox(self) -> None:
+        """After the I/O thread ended: fail what a racing submit left in the inbox."""
+        while self._inbox:
+            job = self._inbox.popleft()
+            if job.future is not None:
+                job.future._resolve(exc=PoolClosed("the pool was shut down while this job was submitted"))
 
     def _drain_inbox(self) -> None:
         self._drain_pending = False
@@ -1117,6 +1135,7 @@ class Pool(concurrent.futures.Executor):
         def release(_f: object = None) -> None:
             self._io.close()
             self._events.close()
+            self._fail_inbox()
 
         if not wait:  # like concurrent.futures: queued jobs still run, the cleanup goes on behind
             fut.add_done_callback(release)
