@@ -85,8 +85,13 @@ def _descendants_of(pids: list[int]) -> set[int]:
 def test_sigkill_of_the_manager_leaves_no_child_alive(method: str, tmp_path: Path) -> None:
     script = tmp_path / "host.py"
     script.write_text(HOST.format(tests=str(TESTS)))
+    # TMPDIR: a SIGKILLed host cannot remove multiprocessing's temporary directory; keep it in tmp_path
     proc = subprocess.Popen(
-        [sys.executable, str(script), method], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+        [sys.executable, str(script), method],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     try:
         pids = _read_pids(proc)

@@ -437,7 +437,12 @@ def test_workers_die_with_the_pool_process(method: str, tmp_path: Path) -> None:
             """
         )
     )
-    proc = subprocess.Popen([sys.executable, str(script), method], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), method],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # the killed host cannot clean its temp dir
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
