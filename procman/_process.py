@@ -40,9 +40,10 @@ def get_context(method: str) -> Any:
     if ctx is None:
         ctx = multiprocess.get_context(method)
         if method == "forkserver":
-            # "__main__" as multiprocessing does by default: each child then finds the host's main
-            # module already imported instead of re-running it (for pytest, ~90 ms a child).
-            ctx.set_forkserver_preload(["__main__", "procman._child", "orjson", "uvloop", "dill"])
+            # Note: like multiprocessing, each child still re-imports the host's main script (the
+            # "__main__" preload is a no-op in CPython 3.11), so heavy imports belong under the
+            # main guard, or use fork.
+            ctx.set_forkserver_preload(["procman._child", "orjson", "uvloop", "dill"])
         _contexts[method] = ctx
     return ctx
 

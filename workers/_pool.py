@@ -52,7 +52,7 @@ from typing import Any, TypeVar
 from procman import _wire
 from procman._events import EventDispatcher, event_line
 from procman._loop import IOThread
-from procman._process import START_METHODS, Child
+from procman._process import START_METHODS, Child, preload
 
 from ._errors import (
     JobTimeout,
@@ -926,6 +926,8 @@ class Pool(concurrent.futures.Executor):
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._events = EventDispatcher(on_event, "workers-events")
+        if start_method == "forkserver":
+            preload("workers")  # every worker imports it: import it once in the forkserver
         self._io = IOThread("workers-io")
         self._core = _Core(self, self._io.loop)
         self._io.loop.call_soon_threadsafe(self._core.spawn_workers, max_workers)
