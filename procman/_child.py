@@ -174,7 +174,12 @@ def _start_guard() -> None:
 
 
 def bootstrap(
-    fds: tuple[int, int, int, int], manager_pid: int, *, guard: bool = True, reader: bool = True
+    fds: tuple[int, int, int, int],
+    manager_pid: int,
+    *,
+    guard: bool = True,
+    reader: bool = True,
+    close_fds: tuple[int, ...] = (),
 ) -> Channel:
     """Steps 1-5 above; returns the control channel. ``fds``: ctrl-in, ctrl-out, stdout, stderr.
 
@@ -186,6 +191,11 @@ def bootstrap(
     if not _alive(manager_pid) or os.getppid() == 1:
         os._exit(137)
     _forget_forkserver()
+    for fd in close_fds:  # the parent's ends of our pipes, inherited through fork
+        try:
+            os.close(fd)
+        except OSError:
+            pass
     try:
         os.setpgid(0, 0)
     except OSError:  # already a group leader (a session leader cannot move): keep going
@@ -240,7 +250,7 @@ def child_main(
     entry: Callable[[Channel], int],
     fds: tuple[Any, ...],
     manager_pid: int,
-    options: dict[str, bool] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """The target of every supervised process: bootstrap, run ``entry``, exit with its code."""
     raw = tuple(f.fd if isinstance(f, FdBox) else int(f) for f in fds)

@@ -110,9 +110,14 @@ class Child:
         try:
             ctx = get_context(self.method)
             fds = tuple(FdBox(fd) for fd in child_ends)
+            options: dict[str, Any] = dict(self.options or {})
+            if self.method == "fork":
+                # A forked child inherits the parent's ends of its own pipes; holding the write end
+                # of its control pipe it would never see end of file when the manager dies.
+                options["close_fds"] = parent_ends
             proc = ctx.Process(
                 target=child_main,
-                args=(self.entry, fds, os.getpid(), self.options),
+                args=(self.entry, fds, os.getpid(), options),
                 name=f"procman:{self.name}",
                 daemon=False,
             )

@@ -180,3 +180,28 @@ class WithSocket:
 
     def stop(self) -> None:
         pass
+
+
+class PipeProbe:
+    """Prints how many of its own fds point at its control pipe (1: only the read end)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        from procman import _child
+
+        chan = _child._channel
+        assert chan is not None
+        target = os.readlink(f"/proc/self/fd/{chan.rfd}")
+        ends = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == target:
+                    ends += 1
+            except OSError:
+                pass
+        print(f"control pipe ends held: {ends}", flush=True)
+
+    def stop(self) -> None:
+        pass

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import pid_alive
 
+import procman
+
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
 
@@ -181,3 +183,19 @@ def test_second_signal_kills_at_once(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
+def test_a_child_holds_only_the_read_end_of_its_control_pipe(
+    method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Else it would never see end of file on the pipe when the manager dies."""
+    import logging
+
+    from daemons import PipeProbe
+
+    caplog.set_level(logging.INFO)
+    with procman.Manager(start_method=method, on_event=None) as m:
+        m.register(PipeProbe("probe"))
+        m.start(timeout=30)
+    assert "control pipe ends held: 1" in [r.getMessage() for r in caplog.records]
