@@ -9,35 +9,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import Recorder
+from helpers import Recorder, descendants
 
 import procman
 from procman._process import get_context
-
-
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] == b"Z":
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    out: set[int] = set()
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, ()):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
 
 
 def _helper_pids() -> set[int]:
@@ -85,9 +60,8 @@ def no_leaks() -> Iterator[None]:
     deadline = time.monotonic() + 5.0
     while True:
         helpers = _helper_pids()
-        leaked = _descendants(me) - helpers
-        for h in helpers:
-            leaked |= _descendants(h)
+        leaked = descendants([me]) - helpers
+        leaked |= descendants(helpers)
         extra_threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
         fds = _fds()
         if not leaked and not extra_threads and fds <= fds_before:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 
@@ -38,7 +39,40 @@ class Recorder:
             return [e for e in self.events if e.kind is kind and (name is None or e.name == name)]
 
 
+def proc_table() -> dict[int, tuple[int, str]]:
+    """Every live (non-zombie) process: pid -> (parent pid, state letter), read from /proc."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] != b"Z":
+            table[int(entry)] = (int(fields[1]), fields[0].decode())
+    return table
+
+
+def descendants(roots: set[int] | list[int]) -> set[int]:
+    """Every live process whose ancestry passes through one of ``roots`` (roots excluded)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in proc_table().items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
 def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()

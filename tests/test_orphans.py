@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import pid_alive
+from helpers import descendants, pid_alive
 
 import procman
 
@@ -62,27 +62,6 @@ def _read_pids(proc: subprocess.Popen[str]) -> list[int]:
     raise AssertionError("the host never reported its daemons' pids")
 
 
-def _descendants_of(pids: list[int]) -> set[int]:
-    """pids plus every process whose ancestry passes through one of them."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat[stat.rfind(b")") + 2 :].split()[1])
-    out = set(pids)
-    changed = True
-    while changed:
-        changed = False
-        for pid, ppid in parents.items():
-            if ppid in out and pid not in out:
-                out.add(pid)
-                changed = True
-    return out
-
-
 @pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
 def test_sigkill_of_the_manager_leaves_no_child_alive(method: str, tmp_path: Path) -> None:
     script = tmp_path / "host.py"
@@ -98,7 +77,7 @@ def test_sigkill_of_the_manager_leaves_no_child_alive(method: str, tmp_path: Pat
     try:
         pids = _read_pids(proc)
         assert len(pids) == 4 and all(pid_alive(p) for p in pids)
-        family = _descendants_of(pids) - {proc.pid}
+        family = (set(pids) | descendants(pids)) - {proc.pid}
         assert len(family) > 4  # the command's program and the grandchild are in there too
         proc.kill()
         proc.wait(10)
@@ -111,7 +90,7 @@ def test_sigkill_of_the_manager_leaves_no_child_alive(method: str, tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        for p in _descendants_of([proc.pid]) - {proc.pid}:
+        for p in descendants([proc.pid]):
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:

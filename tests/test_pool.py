@@ -16,6 +16,7 @@ from typing import Any
 
 import jobs
 import pytest
+from helpers import pid_alive
 
 import procman
 import workers
@@ -80,18 +81,10 @@ def _cancel_running(pool: workers.Pool, tmp: Path) -> Any:
     assert fut.running()
     assert fut.cancel()
     end = time.monotonic() + 10
-    while time.monotonic() < end and procman_alive(pid):
+    while time.monotonic() < end and pid_alive(pid):
         time.sleep(0.01)
-    assert not procman_alive(pid), "the cancelled job's worker was not killed"
+    assert not pid_alive(pid), "the cancelled job's worker was not killed"
     return fut
-
-
-def procman_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
 
 
 FAULTS: list[tuple[str, Callable[[workers.Pool, Path], Any], type[BaseException], str]] = [
@@ -451,9 +444,9 @@ def test_workers_die_with_the_pool_process(method: str, tmp_path: Path) -> None:
         proc.kill()
         proc.wait(10)
         deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and any(procman_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
             time.sleep(0.02)
-        assert not any(procman_alive(p) for p in pids)
+        assert not any(pid_alive(p) for p in pids)
     finally:
         if proc.poll() is None:
             proc.kill()
