@@ -200,12 +200,11 @@ def bootstrap(
         os.setpgid(0, 0)
     except OSError:  # already a group leader (a session leader cannot move): keep going
         pass
-    ctrl_in, ctrl_out = fds[0], fds[1]
-    os.set_inheritable(ctrl_in, False)  # programs the daemon starts must not hold the control pipes
-    os.set_inheritable(ctrl_out, False)
+    ctrl_in, ctrl_out, out_fd, err_fd = fds
+    for fd in fds:  # the guard and programs the daemon starts must not hold our pipes
+        os.set_inheritable(fd, False)
     if guard and os.getpgid(0) == os.getpid():
         _start_guard()
-    ctrl_in, ctrl_out, out_fd, err_fd = fds
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
