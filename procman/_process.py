@@ -32,6 +32,7 @@ from ._child import FdBox, child_main
 START_METHODS = ("forkserver", "fork", "spawn")
 
 _contexts: dict[str, Any] = {}
+MAX_LINE = 65536  # bytes of a log line without newline before it is logged as it stands
 
 
 def get_context(method: str) -> Any:
@@ -248,6 +249,9 @@ class Child:
                 buf[:] = rest
                 for line in lines:
                     self.on_line(stream, line.decode("utf-8", "replace").rstrip("\r"))
+            if len(buf) > MAX_LINE:  # output without newlines must not grow without bound
+                self.on_line(stream, bytes(buf).decode("utf-8", "replace"))
+                buf.clear()
             if len(data) < 65536:
                 break
 

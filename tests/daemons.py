@@ -205,3 +205,20 @@ class PipeProbe:
 
     def stop(self) -> None:
         pass
+
+
+class Chatty:
+    """Writes 1 MB to stdout without a single newline, then one short line."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        import sys
+
+        sys.stdout.write("x" * 1_000_000)
+        sys.stdout.write("\nend of chatter\n")
+        sys.stdout.flush()
+
+    def stop(self) -> None:
+        pass

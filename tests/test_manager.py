@@ -431,3 +431,16 @@ def test_async_manager_twin() -> None:
 
     report = asyncio.run(main())
     assert report is not None
+
+
+def test_output_without_newlines_is_logged_in_bounded_pieces(caplog_all: pytest.LogCaptureFixture) -> None:
+    from daemons import Chatty
+
+    with procman.Manager(on_event=None) as m:
+        m.register(Chatty("chatty"))
+        m.start(timeout=30)
+    lines = [r.getMessage() for r in caplog_all.records if r.name == "procman.daemon.chatty"]
+    assert "end of chatter" in lines
+    pieces = [ln for ln in lines if ln.startswith("x")]
+    assert sum(len(p) for p in pieces) == 1_000_000
+    assert max(len(p) for p in pieces) <= 65536 + 65536
