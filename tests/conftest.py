@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from daemons import Quick
 from helpers import Recorder, descendants
 
 import procman
@@ -31,20 +32,9 @@ def _warm_helpers() -> None:
     # Start the forkserver and resource tracker once so per-test fd/thread counts are stable.
     ctx = get_context("forkserver")
     with procman.Manager(on_event=None) as m:
-        m.register(_Noop("warm-up"))
+        m.register(Quick("warm-up"))
         m.start(timeout=30)
     del ctx
-
-
-class _Noop:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 def _fds() -> int:
