@@ -1,12 +1,28 @@
 """Side-by-side comparison of procworks with its peers, in one run on one machine.
 
-    .venv/bin/pip install -e '.[bench]'
-    .venv/bin/python bench/compare.py [--quick] [--json bench/results/compare.json]
+    .venv/bin/pip install apscheduler==3.11.3 pebble loky billiard supervisor
+    .venv/bin/python bench/compare.py [--quick] [--json PATH]
 
-Every contender gets the same job, 2 worker processes, its documented defaults (the peers' default
-start method is fork on Linux; ours is forkserver), a warm-up that is not measured, and the same
-timer (time.perf_counter). Absolute times on a shared 2-core machine are
-noise; the ratios printed beside each peer are what carries over.
+Rules, the same for everyone: the same job (bench/jobs_bench.py), 2 worker processes, each peer at its
+documented defaults (on Linux and Python 3.11 the stdlib pools fork; ours uses forkserver; loky uses its
+own loky context; APScheduler's process pool spawns), a warm-up that is not measured, one timer
+(time.perf_counter; lateness of timed jobs uses time.time on both sides, as the job returns it).
+
+Figures:
+  1. the floor: a small pickled message ping-ponged over a multiprocessing Pipe between two processes;
+  2. submit -> result round trip p50/p99 of add(1, 2), one job at a time, and of a lambda;
+  3. trivial jobs per second, N submitted at once (time from the first submit to the last result);
+  4. timed jobs against APScheduler 3: lateness (start in the worker - due time) of jobs due over a few
+     seconds, without and with many future jobs pending, and the time to add those pending jobs;
+  5. daemons against supervisord: SIGKILL of the program's pid -> its replacement runs; procman's
+     restart latency (SIGKILL -> the replacement is READY) and 50 daemons started concurrently;
+  6. CPU-bound jobs of ~50 ms: 2 workers against one process.
+
+Absolute times on a shared machine are noise; the peer/ours ratios are what carries over.
+
+Heavy imports (the peers) stay inside functions: under forkserver and spawn every child re-imports the
+main script. procman's figures are taken in a fresh interpreter whose main is not this script (a
+``python -c`` that imports this module), so that its forkserver preloads the daemon's module.
 """
 
 from __future__ import annotations
@@ -14,134 +30,36 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import functools
+import gc
+import importlib.metadata
 import json
 import multiprocessing
 import os
 import platform
+import queue
+import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from jobs_bench import Noop, add, now
 
 import procman
 import workers
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 WORKERS = 2
+WAIT = 30.0  # the bound on any single wait for a result
+LAMBDA_PROBE = 2.0  # the bound on a peer's first lambda (a pool that swallows the pickling error hangs)
 Row = dict[str, Any]
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def busy(n: int) -> int:
-    """About 50 ms of pure-Python work for n = 1_000_000 on this machine."""
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
-
-
-# -- the floor ----------------------------------------------------------------------------------
-
-
-def _echo(conn: Any) -> None:
-    while True:
-        msg = conn.recv()
-        if msg is None:
-            return
-        conn.send(msg)
-
-
-def pipe_floor(rounds: int) -> list[float]:
-    ctx = multiprocessing.get_context("forkserver")
-    a, b = ctx.Pipe()
-    proc = ctx.Process(target=_echo, args=(b,))
-    proc.start()
-    try:
-        msg = (1, "add", (1, 2))
-        for _ in range(200):
-            a.send(msg)
-            a.recv()
-        out = []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            a.send(msg)
-            a.recv()
-            out.append(time.perf_counter() - t)
-        return out
-    finally:
-        a.send(None)
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-
-
-# -- pools --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def make_pool(name: str) -> Iterator[Callable[..., Callable[[], Any]]]:
-    """Yields submit(fn, *args) -> a no-argument callable that waits for the result (60 s bound)."""
-    if name == "procworks":
-        pool = workers.Pool(WORKERS, on_event=None)
-        try:
-            yield lambda fn, *a: functools.partial(pool.submit(fn, *a).result, 60)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True, timeout=30)
-    elif name == "ProcessPoolExecutor":
-        ex = concurrent.futures.ProcessPoolExecutor(
-            WORKERS, mp_context=multiprocessing.get_context("forkserver")
-        )
-        try:
-            yield lambda fn, *a: functools.partial(ex.submit(fn, *a).result, 60)
-        finally:
-            ex.shutdown(wait=True, cancel_futures=True)
-    elif name == "loky":
-        import loky  # type: ignore[import-untyped]
-
-        lex = loky.get_reusable_executor(max_workers=WORKERS)
-        try:
-            yield lambda fn, *a: functools.partial(lex.submit(fn, *a).result, 60)
-        finally:
-            lex.shutdown(wait=True)
-    elif name == "pebble":
-        import pebble  # type: ignore[import-untyped]
-
-        pp = pebble.ProcessPool(max_workers=WORKERS)
-        try:
-            yield lambda fn, *a: functools.partial(pp.schedule(fn, args=a).result, 60)
-        finally:
-            pp.stop()
-            pp.join(10)
-    else:
-        if name == "multiprocessing.Pool":
-            mp: Any = multiprocessing.Pool(WORKERS)
-        elif name == "multiprocess.Pool":
-            import multiprocess
-
-            mp = multiprocess.Pool(WORKERS)
-        else:
-            import billiard  # type: ignore[import-untyped]
-
-            mp = billiard.Pool(WORKERS)
-        try:
-            yield lambda fn, *a: functools.partial(mp.apply_async(fn, a).get, 60)
-        finally:
-            mp.terminate()
-            mp.join()
-
 
 POOLS = [
     "procworks",
@@ -152,143 +70,336 @@ POOLS = [
     "pebble",
     "billiard",
 ]
+DISTS = ["multiprocess", "loky", "pebble", "billiard", "apscheduler", "supervisor"]
 
 
-def bench_pool(name: str, rounds: int, burst: int) -> Row:
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def pct(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    s = sorted(samples)
+    return s[min(len(s) - 1, max(0, int(q * len(s) + 0.5) - 1))]
+
+
+def summary(samples: list[float]) -> Row:
+    return {"n": len(samples), "p50": pct(samples, 0.5), "p99": pct(samples, 0.99), "max": max(samples)}
+
+
+def bounded(fn: Callable[[], Any], timeout: float) -> bool:
+    """Run fn in a thread for at most timeout seconds; False if it did not finish (or raised)."""
+    done: list[bool] = []
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            fn()
+            done.append(True)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(done)
+
+
+def busy(n: int) -> int:
+    """Pure-Python CPU work (about 50 ms for the n that calibrate() finds)."""
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def children_of(pid: int) -> list[int]:
+    """Live (not zombie) children of pid, from /proc."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+        for c in _read(f"/proc/{pid}/task/{task}/children").split():
+            stat = _read(f"/proc/{int(c)}/stat")
+            if stat and stat[stat.rfind(b")") + 2 :][:1] != b"Z":
+                out.append(int(c))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for c in children_of(todo.pop()):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    return _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+# -- 1. the floor -------------------------------------------------------------------------------
+
+
+def _echo(conn: Any) -> None:
+    while conn.poll(60):
+        msg = conn.recv()
+        if msg is None:
+            return
+        conn.send(msg)
+
+
+def pipe_floor(rounds: int, warm: int) -> Row:
+    a, b = multiprocessing.Pipe()
+    proc = multiprocessing.Process(target=_echo, args=(b,), daemon=True)
+    proc.start()
+    try:
+        msg: tuple[str, tuple[int, int], dict[str, Any]] = ("add", (1, 2), {})
+        samples = []
+        for i in range(warm + rounds):
+            t = time.perf_counter()
+            a.send(msg)
+            if not a.poll(WAIT):
+                raise TimeoutError("the echo process did not answer")
+            a.recv()
+            if i >= warm:
+                samples.append(time.perf_counter() - t)
+        return summary(samples)
+    finally:
+        with contextlib.suppress(OSError):
+            a.send(None)
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        a.close()
+        b.close()
+
+
+# -- 2, 3. pools --------------------------------------------------------------------------------
+
+
+@dataclass
+class Adapter:
+    submit: Callable[..., Any]  # submit(fn, *args) -> a handle
+    wait: Callable[[Any, float], Any]  # wait(handle, timeout) -> the result
+    close: Callable[[], None]
+
+
+def _future_wait(fut: Any, timeout: float) -> Any:
+    return fut.result(timeout)
+
+
+def _async_result_wait(res: Any, timeout: float) -> Any:
+    return res.get(timeout)
+
+
+def open_pool(name: str) -> Adapter:
+    """The pool at its defaults with 2 workers (ImportError if the peer is not installed)."""
+    if name == "procworks":
+        pool = workers.Pool(WORKERS)
+        return Adapter(
+            pool.submit, _future_wait, lambda: pool.shutdown(wait=True, cancel_futures=True, timeout=30)
+        )
+    if name == "ProcessPoolExecutor":
+        ex = concurrent.futures.ProcessPoolExecutor(WORKERS)
+        return Adapter(ex.submit, _future_wait, lambda: ex.shutdown(wait=True, cancel_futures=True))
+    if name == "loky":
+        import loky  # type: ignore[import-untyped]
+
+        lx = loky.get_reusable_executor(max_workers=WORKERS)
+        return Adapter(lx.submit, _future_wait, lambda: lx.shutdown(wait=True, kill_workers=True))
+    if name == "pebble":
+        import pebble
+
+        pp = pebble.ProcessPool(max_workers=WORKERS)
+
+        def close_pebble() -> None:
+            pp.stop()  # type: ignore[no-untyped-call]
+            pp.join(20)
+
+        return Adapter(lambda fn, *a: pp.schedule(fn, args=a), _future_wait, close_pebble)
+    mp: Any
+    if name == "multiprocessing.Pool":
+        mp = multiprocessing.Pool(WORKERS)
+    elif name == "multiprocess.Pool":
+        import multiprocess
+
+        mp = multiprocess.Pool(WORKERS)
+    elif name == "billiard":
+        import billiard  # type: ignore[import-untyped]
+
+        mp = billiard.Pool(WORKERS)
+    else:
+        raise ValueError(name)
+
+    def close_mp() -> None:  # what the pools' own context manager does
+        mp.terminate()
+        mp.join()
+
+    return Adapter(lambda fn, *a: mp.apply_async(fn, a), _async_result_wait, close_mp)
+
+
+def round_trips(ad: Adapter, fn: Callable[..., Any], rounds: int) -> list[float]:
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        value = ad.wait(ad.submit(fn, 1, 2), WAIT)
+        samples.append(time.perf_counter() - t)
+        if value != 3:
+            raise AssertionError(f"wrong result {value!r}")
+    return samples
+
+
+def burst_rate(ad: Adapter, count: int) -> float:
+    gc.collect()
+    t = time.perf_counter()
+    handles = [ad.submit(add, i, 1) for i in range(count)]
+    deadline = t + 300
+    for h in handles:
+        ad.wait(h, max(0.001, deadline - time.perf_counter()))
+    return count / (time.perf_counter() - t)
+
+
+def bench_pool(name: str, rounds: int, burst: int, warm: int) -> Row:
     row: Row = {"name": name}
     try:
-        with make_pool(name) as submit:
-            for _ in range(300):
-                submit(add, 1, 2)()
-            rt = []
-            for _ in range(rounds):
-                t = time.perf_counter()
-                _wait(submit(add, 1, 2))
-                rt.append(time.perf_counter() - t)
-            row["rt_p50"], row["rt_p99"] = pct(rt, 0.5), pct(rt, 0.99)
-            t = time.perf_counter()
-            waits = [submit(add, i, 1) for i in range(burst)]
-            for w in waits:
-                _wait(w)
-            row["jobs_per_s"] = burst / (time.perf_counter() - t)
-            try:
-                fn = lambda a, b: a + b  # noqa: E731 - the point is a lambda
-                _wait(submit(fn, 1, 2))
-                lam = []
-                for _ in range(max(50, rounds // 4)):
-                    t = time.perf_counter()
-                    _wait(submit(fn, 1, 2))
-                    lam.append(time.perf_counter() - t)
-                row["lambda_p50"] = pct(lam, 0.5)
-            except Exception as exc:  # noqa: BLE001 - a peer that refuses lambdas
-                row["lambda_p50"] = None
-                row["lambda_error"] = type(exc).__name__
-    except ImportError:
-        row["missing"] = True
+        ad = open_pool(name)
+    except ImportError as exc:
+        return {"name": name, "missing": str(exc)}
+    try:
+        # warm-up: every worker started and busy, the dispatch path and the results path exercised
+        for h in [ad.submit(add, i, 1) for i in range(max(200, warm))]:
+            ad.wait(h, 120)
+        round_trips(ad, add, warm)
+        gc.collect()
+        row["rt"] = summary(round_trips(ad, add, rounds))
+        burst_rate(ad, max(200, burst // 10))  # warm-up burst
+        row["jobs_per_s"] = burst_rate(ad, burst)
+        fn = lambda a, b: a + b  # noqa: E731 - the point is a lambda
+        try:
+            value = ad.wait(ad.submit(fn, 1, 2), LAMBDA_PROBE)
+            if value != 3:
+                raise AssertionError(f"wrong result {value!r}")
+        except Exception as exc:  # noqa: BLE001 - a peer that refuses lambdas
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if "Timeout" in type(exc).__name__:  # billiard raises multiprocessing's own TimeoutError
+                reason = f"no result within {LAMBDA_PROBE:g} s (the pickling error is swallowed)"
+            row["lambda_refused"] = reason[:120]
+        else:
+            round_trips(ad, fn, warm)
+            row["lambda_rt"] = summary(round_trips(ad, fn, max(100, rounds // 2)))
+    finally:
+        if not bounded(ad.close, 60):
+            row["close_timed_out"] = True
     return row
 
 
-def _wait(result: Callable[[], Any]) -> Any:
-    return result()
+# -- 4. timed jobs ------------------------------------------------------------------------------
 
 
-def cpu_scaling(jobs: int) -> Row:
-    n = 1_000_000
-    t = time.perf_counter()
-    for _ in range(jobs):
-        busy(n)
-    serial = time.perf_counter() - t
-    with workers.Pool(WORKERS, on_event=None) as pool:
-        pool.submit(add, 1, 1).result(60)
-        t = time.perf_counter()
-        list(pool.map(busy, [n] * jobs))
-        parallel = time.perf_counter() - t
-    return {"serial_s": serial, "pool_s": parallel, "speedup": serial / parallel, "workers": WORKERS}
+def _late_row(late: list[float], count: int, add_s: float | None, pending: int) -> Row:
+    row: Row = {"pending": pending, "expected": count, "completed": len(late), "add_pending_s": add_s}
+    if late:
+        row.update(summary(late))
+        row["early"] = sum(1 for x in late if x < 0)
+    return row
 
 
-# -- timed jobs ---------------------------------------------------------------------------------
-
-
-def lateness_ours(count: int, spacing: float, pending: int) -> Row:
-    with workers.Pool(WORKERS, on_event=None) as pool:
-        pool.submit(add, 1, 1).result(60)
-        far: list[Any] = []
-        base = time.time() + 3600
-        t = time.perf_counter()
-        far.extend(pool.submit_at(base + i * 1e-3, add, i, 1) for i in range(pending))
-        schedule_s = time.perf_counter() - t
-        start = time.time() + 0.5
-        futs = [(start + i * spacing, pool.submit_at(start + i * spacing, now)) for i in range(count)]
-        late = [f.result(60) - due for due, f in futs]
-        for f in far:
-            f.cancel()
-    return _late_row(late, schedule_s)
-
-
-def lateness_apscheduler(count: int, spacing: float, pending: int) -> Row:
+def timed_ours(count: int, spacing: float, pending: int, lead: float) -> Row:
+    pool = workers.Pool(WORKERS)
     try:
-        from apscheduler.executors.pool import ProcessPoolExecutor as APPool  # type: ignore[import-untyped]
-        from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
-    except ImportError:
-        return {"missing": True}
-    from datetime import datetime, timedelta
+        warm_start = time.time() + 0.2
+        warm = [pool.submit_at(warm_start + i * 0.01, now) for i in range(40)]
+        for f in warm:
+            f.result(60)
+        add_s = None
+        if pending:
+            base = time.time() + 3600
+            t = time.perf_counter()
+            far = [pool.submit_at(base + i * 1e-3, add, i, 1) for i in range(pending)]
+            add_s = time.perf_counter() - t
+            assert len(far) == pending
+        gc.collect()
+        start = time.time() + lead
+        futs = [(start + i * spacing, pool.submit_at(start + i * spacing, now)) for i in range(count)]
+        deadline = time.monotonic() + lead + count * spacing + 60
+        late = [f.result(max(0.001, deadline - time.monotonic())) - due for due, f in futs]
+        return _late_row(late, count, add_s, pending)
+    finally:
+        bounded(lambda: pool.shutdown(wait=True, cancel_futures=True, timeout=30), 60)
 
-    sched = BackgroundScheduler(executors={"default": APPool(WORKERS)})
+
+def timed_apscheduler(count: int, spacing: float, pending: int, lead: float) -> Row:
+    try:
+        from apscheduler.events import (  # type: ignore[import-untyped]
+            EVENT_JOB_ERROR,
+            EVENT_JOB_EXECUTED,
+            EVENT_JOB_MISSED,
+        )
+        from apscheduler.executors.pool import ProcessPoolExecutor as APProcessPool  # type: ignore[import-untyped]
+        from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+    except ImportError as exc:
+        return {"missing": str(exc)}
+    results: dict[str, float] = {}
+    failed: dict[str, str] = {}
+
+    def listener(event: Any) -> None:
+        if event.code == EVENT_JOB_EXECUTED:
+            results[event.job_id] = event.retval
+        else:
+            failed[event.job_id] = "missed" if event.code == EVENT_JOB_MISSED else "error"
+
+    def wait_for(ids: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(j in results or j in failed for j in ids):
+            time.sleep(0.02)
+
+    def at(epoch: float) -> datetime:
+        return datetime.fromtimestamp(epoch, tz=UTC)
+
+    sched = BackgroundScheduler(executors={"default": APProcessPool(WORKERS)})
+    sched.add_listener(listener, EVENT_JOB_EXECUTED | EVENT_JOB_MISSED | EVENT_JOB_ERROR)
     sched.start()
     try:
-        results: dict[str, float] = {}
-
-        def listener(event: Any) -> None:
-            if getattr(event, "retval", None) is not None:
-                results[event.job_id] = event.retval
-
-        from apscheduler.events import EVENT_JOB_EXECUTED  # type: ignore[import-untyped]
-
-        sched.add_listener(listener, EVENT_JOB_EXECUTED)
-        warm = sched.add_job(now, "date", run_date=datetime.now() + timedelta(milliseconds=50))
-        deadline = time.monotonic() + 30
-        while warm.id not in results and time.monotonic() < deadline:
-            time.sleep(0.01)
-        base = datetime.now() + timedelta(hours=1)
-        t = time.perf_counter()
-        for i in range(pending):
-            sched.add_job(add, "date", run_date=base + timedelta(milliseconds=i), args=(i, 1))
-        schedule_s = time.perf_counter() - t
-        start = time.time() + 1.0
+        # warm-up: its pool spawns workers on demand; jobs 10 ms apart start both, then steady state
+        warm_start = time.time() + 0.3
+        warm = [sched.add_job(now, "date", run_date=at(warm_start + i * 0.01)).id for i in range(40)]
+        wait_for(warm, 60)
+        add_s = None
+        if pending:
+            base = time.time() + 3600
+            t = time.perf_counter()
+            for i in range(pending):
+                sched.add_job(add, "date", run_date=at(base + i * 1e-3), args=(i, 1))
+            add_s = time.perf_counter() - t
+        gc.collect()
+        start = time.time() + lead
         dues = {}
         for i in range(count):
             due = start + i * spacing
-            job = sched.add_job(now, "date", run_date=datetime.fromtimestamp(due))
-            dues[job.id] = due
-        deadline = time.monotonic() + 60 + count * spacing
-        while len([j for j in dues if j in results]) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        late = [results[j] - d for j, d in dues.items() if j in results]
-        row = _late_row(late, schedule_s)
-        row["completed"] = len(late)
+            dues[sched.add_job(now, "date", run_date=at(due)).id] = due
+        wait_for(list(dues), lead + count * spacing + 60)
+        row = _late_row([results[j] - d for j, d in dues.items() if j in results], count, add_s, pending)
+        row["missed_or_failed"] = sum(1 for j in dues if j in failed)
         return row
     finally:
-        sched.shutdown(wait=False)
+        bounded(lambda: sched.shutdown(wait=True), 60)
 
 
-def _late_row(late: list[float], schedule_s: float) -> Row:
-    if not late:
-        return {"schedule_s": schedule_s, "completed": 0}
-    return {
-        "late_p50": pct(late, 0.5),
-        "late_p99": pct(late, 0.99),
-        "late_max": max(late),
-        "early": sum(1 for x in late if x < 0),
-        "schedule_s": schedule_s,
-    }
+# -- 5. daemons ---------------------------------------------------------------------------------
 
 
-# -- daemons ------------------------------------------------------------------------------------
-
-
-def restart_ours(method: str, rounds: int) -> Row:
-    import queue
-
+def restart_ours(method: str, rounds: int, warm: int = 2) -> Row:
+    """procman: SIGKILL of the daemon's pid -> the replacement's READY event reaches the hook."""
     ready: queue.SimpleQueue[tuple[float, int | None]] = queue.SimpleQueue()
 
     def hook(event: procman.Event) -> None:
@@ -301,7 +412,7 @@ def restart_ours(method: str, rounds: int) -> Row:
         manager.register(Noop("svc"), restart=policy)
         manager.start(timeout=60)
         ready.get(timeout=30)
-        for _ in range(rounds):
+        for i in range(warm + rounds):
             pid = manager.status()["svc"].pid
             assert pid is not None
             t = time.perf_counter()
@@ -310,197 +421,465 @@ def restart_ours(method: str, rounds: int) -> Row:
                 t1, new = ready.get(timeout=30)
                 if new != pid:
                     break
-            samples.append(t1 - t)
+            if i >= warm:
+                samples.append(t1 - t)
+    starts = []
     with procman.Manager(start_method=method, on_event=None) as manager:
         for i in range(50):
-            manager.register(Noop(f"d-{i}"))
-        manager.start(timeout=120)
-        manager.stop(timeout=30)
-        starts = []
-        for _ in range(3):
+            manager.register(Noop(f"daemon-{i}"))
+        for i in range(4):  # the first is the warm-up
             t = time.perf_counter()
             manager.start(timeout=120)
-            starts.append(time.perf_counter() - t)
+            if i:
+                starts.append(time.perf_counter() - t)
             manager.stop(timeout=30)
-    return {
-        "restart_p50": pct(samples, 0.5),
-        "restart_p99": pct(samples, 0.99),
-        "start50": statistics.median(starts),
-    }
+    row = summary(samples)
+    row["start50"] = summary(starts)
+    return row
 
 
 def restart_ours_isolated(method: str, rounds: int) -> Row:
-    """restart_ours() in a fresh interpreter whose main is not this script.
-
-    Under forkserver and spawn every child re-imports the host's main script (multiprocessing's
-    rule); this script imports every peer and would be timed into each restart. An application
-    keeps heavy imports under its main guard, as the README says; so does this measurement.
-    """
     code = (
-        f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-        f"import compare; print(json.dumps(compare.restart_ours({method!r}, {rounds})))"
+        f"import json, sys; sys.path.insert(0, {HERE!r}); import compare; "
+        f"print(json.dumps(compare.restart_ours({method!r}, {rounds})))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out after 300 s"}
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
     row: Row = json.loads(proc.stdout.strip().splitlines()[-1])
     return row
 
 
-def restart_supervisord(rounds: int) -> Row:
-    exe = shutil.which("supervisord", path=os.path.dirname(sys.executable))
-    ctl = shutil.which("supervisorctl", path=os.path.dirname(sys.executable))
-    if exe is None or ctl is None:
-        return {"missing": True}
-    tmp = tempfile.mkdtemp(prefix="sv-")
-    conf = os.path.join(tmp, "supervisord.conf")
-    sock = os.path.join(tmp, "sv.sock")
-    with open(conf, "w") as f:
-        f.write(
-            f"[unix_http_server]\nfile={sock}\n[supervisord]\nlogfile={tmp}/sv.log\npidfile={tmp}/sv.pid\n"
-            f"nodaemon=true\n[rpcinterface:supervisor]\n"
-            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n"
-            f"[supervisorctl]\nserverurl=unix://{sock}\n"
-            f'[program:prog]\ncommand={sys.executable} -c "import time; time.sleep(3600)"\n'
-            "autorestart=true\nstartsecs=0\nstartretries=1000\n"
-        )
-    proc = subprocess.Popen([exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+SUPERVISORD_CONF = """\
+[unix_http_server]
+file={tmp}/supervisor.sock
 
-        def prog_pid() -> int | None:
-            out = subprocess.run(
+[supervisord]
+logfile={tmp}/supervisord.log
+pidfile={tmp}/supervisord.pid
+childlogdir={tmp}
+nodaemon=true
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{tmp}/supervisor.sock
+
+[program:prog]
+command={python} -c "import time; print('up', flush=True); time.sleep(3600)"
+autorestart=true
+startsecs=0
+stdout_logfile={tmp}/prog.out
+"""
+PROG_MARK = "time.sleep(3600)"
+
+
+def restart_supervisord(rounds: int, warm: int = 1) -> Row:
+    """supervisord: SIGKILL of the program's pid -> the replacement runs (exec'd), and prints 'up'."""
+    bindir = os.path.dirname(sys.executable)
+    exe = shutil.which("supervisord", path=bindir) or shutil.which("supervisord")
+    ctl = shutil.which("supervisorctl", path=bindir) or shutil.which("supervisorctl")
+    if exe is None or ctl is None:
+        return {"missing": "supervisord/supervisorctl not found"}
+    tmp = tempfile.mkdtemp(prefix="compare-supervisord-")
+    conf = os.path.join(tmp, "supervisord.conf")
+    with open(conf, "w") as f:
+        f.write(SUPERVISORD_CONF.format(tmp=tmp, python=sys.executable))
+    out_log = os.path.join(tmp, "prog.out")
+    seen: set[int] = set()
+    proc = subprocess.Popen(
+        [exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+    def ctl_pid() -> int | None:
+        try:
+            res = subprocess.run(
                 [ctl, "-c", conf, "pid", "prog"], check=False, capture_output=True, text=True, timeout=10
             )
-            text = out.stdout.strip()
-            return int(text) if text.isdigit() and int(text) > 0 else None
+        except subprocess.TimeoutExpired:
+            return None
+        text = res.stdout.strip()
+        return int(text) if text.isdigit() and int(text) > 0 else None
 
+    def running_prog() -> int | None:
+        for c in children_of(proc.pid):
+            if PROG_MARK in cmdline(c):
+                seen.add(c)
+                return c
+        return None
+
+    def ups() -> int:
+        return _read(out_log).count(b"up\n")
+
+    rng = random.Random(1)
+    try:
         deadline = time.monotonic() + 30
-        while prog_pid() is None:
-            if time.monotonic() > deadline:
-                return {"error": "supervisord did not start the program"}
+        while (pid := ctl_pid()) is None or ups() < 1:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                return {"error": "supervisord did not start the program within 30 s"}
             time.sleep(0.05)
-        samples = []
-        for _ in range(rounds):
-            pid = prog_pid()
-            assert pid is not None
+        seen.add(pid)
+        runs, ups_t = [], []
+        for i in range(warm + rounds):
+            # its main loop wakes once a second: kill at a random phase of that second
+            time.sleep(rng.uniform(0.0, 1.0))
+            pid = ctl_pid()
+            if pid is None or pid != running_prog():
+                return {"error": f"round {i}: supervisorctl and /proc disagree on the program's pid"}
+            before = ups()
             t = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while True:  # the replacement runs: a new child of supervisord
-                new = _child_of(proc.pid)
-                if new is not None and new != pid:
-                    break
-                if time.monotonic() > deadline:
-                    return {"error": "no replacement within 30 s"}
-                time.sleep(0.001)
-            samples.append(time.perf_counter() - t)
-        return {"restart_p50": pct(samples, 0.5), "restart_p99": pct(samples, 0.99)}
+            t_run = t_up = None
+            deadline = time.monotonic() + 10
+            while (t_run is None or t_up is None) and time.monotonic() < deadline:
+                if t_run is None and (new := running_prog()) is not None and new != pid:
+                    t_run = time.perf_counter() - t
+                if t_up is None and ups() > before:
+                    t_up = time.perf_counter() - t
+                time.sleep(0.0005)
+            if t_run is None or t_up is None:
+                return {"error": f"round {i}: no replacement within 10 s"}
+            if i >= warm:
+                runs.append(t_run)
+                ups_t.append(t_up)
+        row = summary(runs)
+        row["up"] = summary(ups_t)
+        return row
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.kill()
             proc.wait(10)
+        for p in seen:
+            if PROG_MARK in cmdline(p):
+                kill_quietly(p)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _child_of(ppid: int) -> int | None:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if int(fields[1]) == ppid and fields[0] != b"Z":
-                return int(entry)
-    return None
+# -- 6. CPU-bound scaling -----------------------------------------------------------------------
 
 
-# -- report -------------------------------------------------------------------------------------
+def calibrate(target: float) -> int:
+    probe = 200_000
+    best = min(_timed(busy, probe) for _ in range(3))
+    return max(1000, int(probe * target / best))
+
+
+def _timed(fn: Callable[[int], Any], n: int) -> float:
+    t = time.perf_counter()
+    fn(n)
+    return time.perf_counter() - t
+
+
+def cpu_scaling(jobs: int) -> Row:
+    n = calibrate(0.05)
+    busy(n)  # warm
+    t = time.perf_counter()
+    for _ in range(jobs):
+        busy(n)
+    serial = time.perf_counter() - t
+    pool = workers.Pool(WORKERS)
+    try:
+        for f in [pool.submit(busy, n // 10) for _ in range(2 * WORKERS)]:
+            f.result(60)
+        t = time.perf_counter()
+        futs = [pool.submit(busy, n) for _ in range(jobs)]
+        for f in futs:
+            f.result(120)
+        parallel = time.perf_counter() - t
+    finally:
+        bounded(lambda: pool.shutdown(wait=True, cancel_futures=True, timeout=30), 60)
+    return {
+        "n": n,
+        "jobs": jobs,
+        "job_s": serial / jobs,
+        "serial_s": serial,
+        "pool_s": parallel,
+        "speedup": serial / parallel,
+        "workers": WORKERS,
+    }
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in DISTS:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "missing"
+    return out
+
+
+def leftovers() -> list[str]:
+    """Our descendants still alive, killed; multiprocessing's forkservers and resource trackers
+    (which exit on their own with this process) are listed apart by the caller."""
+    out = []
+    for pid in descendants(os.getpid()):
+        cmd = cmdline(pid)
+        if "forkserver" in cmd or "resource_tracker" in cmd:
+            continue
+        out.append(f"{pid} {cmd[:80]}")
+        kill_quietly(pid)
+    return out
+
+
+@contextlib.contextmanager
+def stage(title: str) -> Iterator[None]:
+    t = time.perf_counter()
+    print(f"  {title} ...", end="", flush=True, file=sys.stderr)
+    try:
+        yield
+    finally:
+        print(f" {time.perf_counter() - t:.1f} s", flush=True, file=sys.stderr)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="smaller counts (about 1 minute)")
-    parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("--quick", action="store_true", help="smaller counts (well under a minute)")
+    parser.add_argument("--json", metavar="PATH", help="write every figure to this file")
     args = parser.parse_args()
-    rounds, burst = (300, 2000) if args.quick else (2000, 20000)
-    pending = 10_000 if args.quick else 100_000
+    q = args.quick
+    cfg: Row = {
+        "rounds": 200 if q else 2000,
+        "warm": 100 if q else 300,
+        "burst": 2000 if q else 20000,
+        "timed_count": 200 if q else 400,
+        "timed_spacing": 0.01,
+        "timed_lead": 1.0,
+        "pending": 10_000 if q else 100_000,
+        "daemon_rounds": 10 if q else 30,
+        "supervisord_rounds": 3 if q else 10,
+        "cpu_jobs": 8 if q else 16,
+    }
     started = time.perf_counter()
-    out: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "quick": args.quick,
+    out: Row = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "versions": versions(),
+        "quick": q,
+        "config": cfg,
+        "workers": WORKERS,
     }
-    out["floor_p50"] = pct(pipe_floor(rounds), 0.5)
-    out["pools"] = [bench_pool(name, rounds, burst) for name in POOLS]
-    out["timed"] = {
-        "procworks": lateness_ours(400, 0.01, 0),
-        "procworks_pending": lateness_ours(400, 0.01, pending),
-        "apscheduler": lateness_apscheduler(400, 0.01, 0),
-        "apscheduler_pending": lateness_apscheduler(400, 0.01, pending),
-    }
-    out["daemons"] = {m: restart_ours_isolated(m, 20) for m in ("forkserver", "fork")}
-    out["daemons"]["supervisord"] = restart_supervisord(10)
-    out["cpu"] = cpu_scaling(8)
+    try:
+        with stage("pipe floor"):
+            out["floor"] = pipe_floor(cfg["rounds"], cfg["warm"])
+        out["pools"] = []
+        for name in POOLS:
+            with stage(name):
+                out["pools"].append(bench_pool(name, cfg["rounds"], cfg["burst"], cfg["warm"]))
+        n, sp, lead, pending = cfg["timed_count"], cfg["timed_spacing"], cfg["timed_lead"], cfg["pending"]
+        out["timed"] = {}
+        for key, fn, p in [
+            ("ours", timed_ours, 0),
+            ("apscheduler", timed_apscheduler, 0),
+            ("ours_pending", timed_ours, pending),
+            ("apscheduler_pending", timed_apscheduler, pending),
+        ]:
+            with stage(f"timed jobs: {key}"):
+                out["timed"][key] = fn(n, sp, p, lead)
+        out["daemons"] = {}
+        for method in ("forkserver", "fork"):
+            with stage(f"procman {method}"):
+                out["daemons"][method] = restart_ours_isolated(method, cfg["daemon_rounds"])
+        with stage("supervisord"):
+            out["daemons"]["supervisord"] = restart_supervisord(cfg["supervisord_rounds"])
+        with stage("CPU-bound scaling"):
+            out["cpu"] = cpu_scaling(cfg["cpu_jobs"])
+    finally:
+        out["leftover_processes"] = leftovers()
     out["seconds"] = time.perf_counter() - started
     print_table(out)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
+        print(f"\nJSON written to {args.json}")
     return 0
 
 
-def _us(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 1e6:,.0f} us"
+# -- the table ----------------------------------------------------------------------------------
 
 
-def _ms(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 1e3:,.2f} ms"
+def fmt_t(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    if abs(x) < 1e-3:
+        return f"{x * 1e6:,.0f} us"
+    if abs(x) < 1:
+        return f"{x * 1e3:,.2f} ms"
+    return f"{x:,.2f} s"
 
 
-def print_table(out: dict[str, Any]) -> None:
-    print(f"procworks comparison, {out['date']}, {out['machine']}{' (quick)' if out['quick'] else ''}")
-    print(f"pipe ping-pong floor p50: {_us(out['floor_p50'])}\n")
-    ours = out["pools"][0]
+def fmt_rate(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.0f}/s"
+
+
+def _get(row: Row | None, *path: str) -> Any:
+    cur: Any = row
+    for key in path:
+        if not isinstance(cur, dict) or key not in cur:
+            return None
+        cur = cur[key]
+    return cur
+
+
+class Table:
+    COLS = (40, 11, 22, 11, 10)
+
+    def __init__(self) -> None:
+        w = self.COLS
+        head = ["figure", "ours", "peer", "peer", "peer/ours"]
+        print(f"{head[0]:<{w[0]}}{head[1]:>{w[1]}}  {head[2]:<{w[2]}}{head[3]:>{w[3]}}{head[4]:>{w[4]}}")
+        print("-" * (sum(w) + 2))
+
+    def row(
+        self,
+        figure: str,
+        ours: float | None,
+        peers: list[tuple[str, Any]],
+        fmt: Callable[[float | None], str],
+        note: str = "",
+    ) -> None:
+        w = self.COLS
+        first = True
+        for peer, value in peers or [("", None)]:
+            left = f"{figure if first else '':<{w[0]}}{(fmt(ours) if first else ''):>{w[1]}}"
+            if not peer:
+                print(left)
+                break
+            if isinstance(value, str):  # 'missing' or a reason for n/a
+                shown, ratio = value, ""
+            elif value is None:
+                shown, ratio = "n/a", ""
+            else:
+                shown = fmt(value)
+                ratio = f"{value / ours:.2f}x" if ours else ""
+            print(f"{left}  {peer:<{w[2]}}{shown:>{w[3]}}{ratio:>{w[4]}}")
+            first = False
+        if note:
+            print(f"{'':<{w[0]}}{'':>{w[1]}}  ({note})")
+
+
+def print_table(out: Row) -> None:
     print(
-        f"{'pool (2 workers)':<22}{'rt p50':>10}{'rt p99':>10}{'jobs/s':>10}{'lambda p50':>12}  ratio rt/jobs"
+        f"\nprocworks vs peers, {out['date']}, {out['machine']}, Python {out['versions']['python']}, "
+        f"{out['workers']} workers each{' (--quick)' if out['quick'] else ''}"
     )
-    for row in out["pools"]:
-        if row.get("missing"):
-            print(f"{row['name']:<22} missing")
-            continue
-        ratio = f"{row['rt_p50'] / ours['rt_p50']:.2f}x / {ours['jobs_per_s'] / row['jobs_per_s']:.2f}x"
-        print(
-            f"{row['name']:<22}{_us(row['rt_p50']):>10}{_us(row['rt_p99']):>10}{row['jobs_per_s']:>10,.0f}"
-            f"{_us(row.get('lambda_p50')):>12}  {ratio}"
+    print("peer/ours > 1: ours is better for times; < 1: ours is better for jobs/s\n")
+    t = Table()
+    cfg = out["config"]
+    pools: list[Row] = out.get("pools", [])
+    ours = next((p for p in pools if p["name"] == "procworks"), None)
+    peers = [p for p in pools if p["name"] != "procworks"]
+    floor = out.get("floor")
+    if floor:
+        t.row("pipe ping-pong floor p50 (not a pool)", None, [("Pipe, 2 processes", floor["p50"])], fmt_t)
+        t.row("pipe ping-pong floor p99", None, [("Pipe, 2 processes", floor["p99"])], fmt_t)
+
+    def pool_values(*path: str, refused_key: str = "") -> list[tuple[str, Any]]:
+        vals: list[tuple[str, Any]] = []
+        for p in peers:
+            if "missing" in p:
+                vals.append((p["name"], "missing"))
+            elif refused_key and refused_key in p:
+                vals.append((p["name"], "n/a"))
+            else:
+                vals.append((p["name"], _get(p, *path)))
+        return vals
+
+    if ours is not None:
+        t.row("round trip p50, add(1, 2)", _get(ours, "rt", "p50"), pool_values("rt", "p50"), fmt_t)
+        t.row("round trip p99, add(1, 2)", _get(ours, "rt", "p99"), pool_values("rt", "p99"), fmt_t)
+        t.row(
+            "round trip p50, a lambda",
+            _get(ours, "lambda_rt", "p50"),
+            pool_values("lambda_rt", "p50", refused_key="lambda_refused"),
+            fmt_t,
+            note="n/a: the pool refuses lambdas (see the JSON for the error)",
         )
-    print(f"\n{'timed jobs (400 over 4 s)':<28}{'p50':>10}{'p99':>10}{'max':>10}{'early':>7}{'schedule':>11}")
-    for name, row in out["timed"].items():
-        if "late_p50" not in row:
-            print(f"{name:<28} {row}")
-            continue
-        print(
-            f"{name:<28}{_ms(row['late_p50']):>10}{_ms(row['late_p99']):>10}{_ms(row['late_max']):>10}"
-            f"{row['early']:>7}{row['schedule_s']:>10.2f}s"
+        t.row(
+            f"jobs/s, {cfg['burst']:,} submitted at once",
+            _get(ours, "jobs_per_s"),
+            pool_values("jobs_per_s"),
+            fmt_rate,
         )
-    print(f"\n{'daemons':<14}{'restart p50':>13}{'restart p99':>13}{'50 ready':>11}")
-    for name, row in out["daemons"].items():
-        if "restart_p50" not in row:
-            print(f"{name:<14} {row}")
-            continue
-        print(
-            f"{name:<14}{_ms(row['restart_p50']):>13}{_ms(row['restart_p99']):>13}{_ms(row.get('start50')):>11}"
+    timed = out.get("timed", {})
+    span = cfg["timed_count"] * cfg["timed_spacing"]
+    for suffix, label in (("", ""), ("_pending", f", {cfg['pending']:,} pending")):
+        o, a = timed.get("ours" + suffix), timed.get("apscheduler" + suffix)
+        a_name = "APScheduler 3"
+        for stat in ("p50", "p99", "max"):
+            a_val: Any = "missing" if a is not None and "missing" in a else _get(a, stat)
+            t.row(
+                f"lateness {stat}, {cfg['timed_count']} over {span:g} s{label}",
+                _get(o, stat),
+                [(a_name, a_val)],
+                fmt_t,
+            )
+        if suffix:
+            a_val = "missing" if a is not None and "missing" in a else _get(a, "add_pending_s")
+            t.row(
+                f"adding {cfg['pending']:,} future jobs", _get(o, "add_pending_s"), [(a_name, a_val)], fmt_t
+            )
+        notes = []
+        for who, r in (("ours", o), ("APScheduler", a)):
+            if r and "missing" not in r:
+                notes.append(
+                    f"{who}: {r['completed']}/{r['expected']} ran, {r.get('early', 0)} early"
+                    + (f", {r['missed_or_failed']} missed/failed" if "missed_or_failed" in r else "")
+                )
+        if notes:
+            print(f"{'':<{Table.COLS[0] + Table.COLS[1]}}  ({'; '.join(notes)})")
+    daemons = out.get("daemons", {})
+    sv = daemons.get("supervisord", {})
+    sv_val: Any = "missing" if "missing" in sv else ("error" if "error" in sv else None)
+    for method in ("forkserver", "fork"):
+        d = daemons.get(method, {})
+        for stat in ("p50", "p99"):
+            t.row(
+                f"restart after SIGKILL {stat}, {method}",
+                _get(d, stat),
+                [
+                    ("supervisord (runs)", sv_val or _get(sv, stat)),
+                    ("supervisord (says up)", sv_val or _get(sv, "up", stat)),
+                ],
+                fmt_t,
+            )
+    for method in ("forkserver", "fork"):
+        t.row(
+            f"50 daemons ready at once p50, {method}", _get(daemons.get(method), "start50", "p50"), [], fmt_t
         )
-    cpu = out["cpu"]
-    print(f"\nCPU-bound, 8 jobs of ~50 ms: {cpu['speedup']:.2f}x speed-up with {cpu['workers']} workers")
-    print(f"(run took {out['seconds']:.0f} s)")
+    cpu = out.get("cpu")
+    if cpu:
+        print(
+            f"\nCPU-bound: {cpu['jobs']} jobs of {cpu['job_s'] * 1e3:.0f} ms: "
+            f"one process {cpu['serial_s']:.2f} s, "
+            f"procworks with {cpu['workers']} workers {cpu['pool_s']:.2f} s: {cpu['speedup']:.2f}x speed-up"
+        )
+    for name, row in [*((p["name"], p) for p in pools), *daemons.items(), *timed.items()]:
+        for key in ("error", "close_timed_out"):
+            if key in row:
+                print(f"! {name}: {key}: {row[key]}")
+    if out.get("leftover_processes"):
+        print(f"! leftover processes killed: {out['leftover_processes']}")
+    versions = ", ".join(f"{k} {v}" for k, v in out["versions"].items() if k != "python")
+    print(f"\npeers: {versions}")
+    print(f"run took {out['seconds']:.0f} s")
 
 
 if __name__ == "__main__":
