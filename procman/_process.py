@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,7 @@ START_METHODS = ("forkserver", "fork", "spawn")
 
 _contexts: dict[str, Any] = {}
 MAX_LINE = 65536  # bytes of a log line without newline before it is logged as it stands
+CTRL_READ = 262144  # bytes per read of a control pipe
 
 
 def get_context(method: str) -> Any:
@@ -97,6 +100,7 @@ class Child:
         self._reader = _wire.FrameReader()
         self._outbuf = bytearray()
         self._writing = False
+        self._wlock = threading.Lock()  # the control pipe's write end, for send_now from any thread
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -172,6 +176,24 @@ class Child:
             self.loop.add_writer(self._ctrl_w, self._on_writable)
         return True
 
+    def send_now(self, frame: bytes) -> bool:
+        """Write ``frame`` at once from any thread; False if it cannot go out whole right now.
+
+        For the pool's direct hand-off: a frame of at most PIPE_BUF bytes to a child whose pipe
+        holds nothing queued goes out whole or not at all (POSIX), and the lock keeps the pipe
+        from being closed (and its number reused) under the write.
+        """
+        if len(frame) > select.PIPE_BUF:
+            return False
+        with self._wlock:
+            fd = self._ctrl_w
+            if fd < 0 or self._writing:
+                return False
+            try:
+                return os.write(fd, frame) == len(frame)
+            except OSError:
+                return False
+
     def _on_writable(self) -> None:
         try:
             n = os.write(self._ctrl_w, self._outbuf)
@@ -210,7 +232,7 @@ class Child:
         fd = self._ctrl_r
         while fd >= 0:
             try:
-                data = os.read(fd, 262144)
+                data = os.read(fd, CTRL_READ)
             except BlockingIOError:
                 return
             except OSError:
@@ -222,6 +244,8 @@ class Child:
                 return
             for body in self._reader.feed(data):
                 self.on_frame(body)
+            if len(data) < CTRL_READ:  # drained: the loop calls again when more arrives
+                return
 
     def _on_log_readable(self, fd: int) -> None:
         self._drain_log(fd)
@@ -282,12 +306,13 @@ class Child:
             self.loop.remove_reader(self._ctrl_r)
             os.close(self._ctrl_r)
             self._ctrl_r = -1
-        if self._ctrl_w >= 0:
-            if self._writing:
-                self.loop.remove_writer(self._ctrl_w)
-                self._writing = False
-            os.close(self._ctrl_w)
-            self._ctrl_w = -1
+        with self._wlock:
+            if self._ctrl_w >= 0:
+                if self._writing:
+                    self.loop.remove_writer(self._ctrl_w)
+                    self._writing = False
+                os.close(self._ctrl_w)
+                self._ctrl_w = -1
         if self._proc is not None:
             try:
                 self._proc.close()

@@ -159,6 +159,46 @@ def test_sigkill_of_an_idle_worker_is_replaced(pool: workers.Pool, events: Event
     assert pool.stats().worker_restarts == 1
 
 
+def test_crash_among_held_jobs_fails_itself_alone_the_rest_run_once(
+    pool: workers.Pool, tmp_path: Path
+) -> None:
+    # Short jobs make workers hold several queued jobs behind the running one (prefetch); a crash
+    # fails the crashing job alone, and the jobs it held go back to the queue and run exactly once.
+    log = tmp_path / "runs"
+    for _ in range(3):
+        assert [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(200)]][-1] == 200
+    tags = list(range(400))
+    futs = {}
+    for tag in tags:
+        fn = jobs.record_then_exit if tag in (100, 250) else jobs.record
+        futs[tag] = pool.submit(fn, str(log), tag)
+    for tag, fut in futs.items():
+        if tag in (100, 250):
+            with pytest.raises(workers.WorkerCrashed, match="EXIT"):
+                fut.result(30)
+        else:
+            assert fut.result(30) == tag
+    runs = [int(line) for line in log.read_text().split()]
+    assert sorted(runs) == tags  # every job ran, none twice (the crashing ones ran up to their exit)
+    stats = pool.stats()
+    assert (stats.crashed, stats.done) == (2, 3 * 200 + 398)
+
+
+def test_a_held_job_cannot_be_cancelled_but_a_queued_one_can(pool: workers.Pool) -> None:
+    # Like ProcessPoolExecutor's queued calls: a job handed to a worker behind another is RUNNING
+    # and cancel() returns False; a job still in the queue is cancelled and never runs.
+    for _ in range(3):
+        [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(200)]]
+    futs = [pool.submit(jobs.add, i, 1) for i in range(2000)]
+    outcomes = [f.cancel() for f in reversed(futs)]
+    cancelled = [f for f in futs if f.cancelled()]
+    assert sum(outcomes) == len(cancelled) > 0
+    for i, f in enumerate(futs):
+        if not f.cancelled():
+            assert f.result(30) == i + 1
+    assert pool.submit(jobs.add, 2, 2).result(30) == 4
+
+
 def test_unpicklable_jobs_fail_at_submit_among_good_ones(pool: workers.Pool) -> None:
     good, errors = [], []
     sock = socket.socket()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Generator
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from concurrent.futures._base import (  # the states are not public; Future itself uses them
     CANCELLED_AND_NOTIFIED,
+    FINISHED,
     PENDING,
     RUNNING,
 )
@@ -49,15 +50,36 @@ class JobFuture(Future[T]):
                 return True
             return False
 
+    def _unstart(self) -> None:
+        """RUNNING -> PENDING, for a hand-off that did not happen."""
+        with self._condition:
+            if self._state == RUNNING:
+                self._state = PENDING
+
     def _resolve(self, value: Any = None, exc: BaseException | None = None) -> None:
-        """Set the outcome unless the future was cancelled (or resolved) meanwhile."""
-        try:
+        """Set the outcome unless the future was cancelled (or resolved) meanwhile.
+
+        What set_result / set_exception do, minus the exception for a lost race and the wake-up
+        call when nobody waits: this runs once per job on the pool's I/O thread.
+        """
+        cond = self._condition
+        with cond:
+            if self._state not in (PENDING, RUNNING):
+                return
             if exc is not None:
-                self.set_exception(exc)
+                self._exception = exc
+                self._state = FINISHED
+                for waiter in self._waiters:
+                    waiter.add_exception(self)
             else:
-                self.set_result(value)
-        except InvalidStateError:
-            pass
+                self._result = value
+                self._state = FINISHED
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+            if cond._waiters:  # type: ignore[attr-defined]  # threading.Condition's own list
+                cond.notify_all()
+        if self._done_callbacks:  # type: ignore[attr-defined]
+            self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()

@@ -3,21 +3,29 @@
 Data flow::
 
     submit / submit_at / schedule            (caller's thread: validate, serialize, make the future)
-        |  call_soon_threadsafe
+        |  a plain job due now, an idle worker, nothing queued: written straight to that worker
+        |  otherwise: inbox + call_soon_threadsafe (one loop wake-up per batch)
         v
     I/O loop (procman's IOThread, uvloop)
-        timed heap  --due-->  ready queue  --dispatch-->  idle worker's pipe  (job frame)
+        timed heap  --due-->  ready queue  --dispatch-->  worker's pipe  (job frames)
         ^  (retries, schedules re-armed)                          |
         |                                                         v
         +-- results / crashes / timeouts  <--  worker's pipe  (result frame) or its exit
                      |
                      v
-               JobFuture.set_result / set_exception   (wakes the caller's thread or loop)
+               JobFuture result / exception   (wakes the caller's thread or loop)
 
-Everything that mutates the queue, the heap or a worker runs on the I/O loop, so none of it
-needs a lock. Due times are ``time.monotonic()`` (CLOCK_MONOTONIC, the clock the workers stamp
-their start with), never ``loop.time()``: uvloop's clock has millisecond resolution and is cached
-per loop iteration, so read from a submitting thread it can be stale by milliseconds.
+Everything that mutates the queue, the heap or a worker runs on the I/O loop, except the direct
+hand-off of submit (Core.try_direct), which takes an idle worker under ``_Core.lock``; the loop
+holds the same lock wherever it hands out work or drops an idle worker. Due times are
+``time.monotonic()`` (CLOCK_MONOTONIC, the clock the workers stamp their start with), never
+``loop.time()``: uvloop's clock has millisecond resolution and is cached per loop iteration, so
+read from a submitting thread it can be stale by milliseconds.
+
+While recent jobs ran in well under a millisecond, a busy worker is also handed up to 16 more
+plain jobs (no timeout, not a schedule's run) to hold behind the running one, so it never waits for
+the parent between small jobs. If it dies, the running job fails and the held ones go back to the
+front of the queue; they never started.
 
 Workers are procman children (same bootstrap: parent-death signal, process group, log capture,
 pipe-EOF exit); a worker that dies fails only the job it was running and is
@@ -76,6 +84,9 @@ INIT_FAILURE_LIMIT = 3  # consecutive worker start failures before the pool is b
 STOP_GRACE = 5.0  # seconds a retiring worker has to exit after its stop message
 LATENCY_SAMPLES = 10_000
 SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on a timer
+PREFETCH_WINDOW = 0.001  # seconds of work a worker may hold behind its running job
+PREFETCH_MAX = 16  # jobs a worker may hold behind its running job
+RUN_AVG_WEIGHT = 0.2  # weight of the newest run time in the moving average
 
 
 class PoolEventKind(StrEnum):
@@ -152,6 +163,7 @@ class _Job:
     future: JobFuture[Any] | None = None
     schedule: _Schedule | None = None
     attempt: int = 0
+    handed: bool = False  # the future went RUNNING (set once, kept across retries and re-queues)
     timed_out: bool = False
     cancelled_running: bool = False
 
@@ -272,16 +284,23 @@ class _WState(StrEnum):
 
 
 class _Worker:
-    __slots__ = ("child", "job", "pending_error", "state", "stop_timer", "tasks", "timer")
+    __slots__ = ("child", "jobs", "pending_error", "state", "stop_timer", "tasks", "timer")
 
     def __init__(self) -> None:
         self.child: Child | None = None
         self.state = _WState.STARTING
-        self.job: _Job | None = None
+        # Jobs handed to this worker, in the order it runs them: the first is running (or about to),
+        # the others are prefetched behind it (only plain short jobs; see _Core.dispatch).
+        self.jobs: deque[_Job] = deque()
         self.tasks = 0
         self.timer: asyncio.TimerHandle | None = None
         self.stop_timer: asyncio.TimerHandle | None = None
         self.pending_error: BaseException | None = None
+
+    @property
+    def job(self) -> _Job | None:
+        """The job running now (or about to), if any."""
+        return self.jobs[0] if self.jobs else None
 
 
 class _Core:
@@ -306,6 +325,12 @@ class _Core:
         )
         self.lateness: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.idle_waiters: list[asyncio.Future[None]] = []
+        self.run_avg: float | None = None  # moving average of a job's run time in the worker
+        self.recycling = pool.max_tasks_per_worker is not None or pool.max_memory_mb is not None
+        self.prefetch_soon = False
+        # Guards handing a job to an idle worker, which submit() may do from the caller's thread
+        # (try_direct) as well as the loop; reentrant because dispatch can start a schedule's run.
+        self.lock = threading.RLock()
 
     # -- workers -------------------------------------------------------------------------------
 
@@ -360,16 +385,41 @@ class _Core:
                 w.pending_error = _wire.rebuild_error(msg)
 
     def on_result(self, w: _Worker, body: bytes) -> None:
-        job_id, started, _finished, rss, status = RESULT_HEAD.unpack_from(body, 1)
-        job = w.job
-        if job is None or job.id != job_id:
+        job_id, started, finished, rss, status = RESULT_HEAD.unpack_from(body, 1)
+        jobs = w.jobs
+        if not jobs or jobs[0].id != job_id:
             return
+        job = jobs.popleft()
         if w.timer is not None:
             w.timer.cancel()
             w.timer = None
-        w.job = None
+        if jobs:  # the next held job is running now: from here on it can be cancelled
+            nxt = jobs[0].future
+            if nxt is not None and nxt._kill_running is None:
+                nxt._kill_running = functools.partial(self.pool._cancel_running, jobs[0])
         w.tasks += 1
+        ran = finished - started
+        self.run_avg = ran if self.run_avg is None else self.run_avg + RUN_AVG_WEIGHT * (ran - self.run_avg)
         self.lateness.append(started - job.due)
+        # The worker first (idle again, or topped up), the job's outcome last: a caller woken by
+        # its result then finds the worker free and the I/O thread about to let go of the GIL.
+        pool = self.pool
+        if (pool.max_tasks_per_worker is not None and w.tasks >= pool.max_tasks_per_worker) or (
+            pool.max_memory_mb is not None and rss > pool.max_memory_mb * 1024
+        ):
+            self.retire(w, f"after {w.tasks} jobs, rss {rss // 1024} MB")
+            self.dispatch()
+        elif jobs:
+            # Still busy: top it up once this batch of results is read (one write for several).
+            if not self.prefetch_soon and self.queue:
+                self.prefetch_soon = True
+                self.loop.call_soon(self.deferred_prefetch)
+        else:
+            if w.state is _WState.BUSY:
+                w.state = _WState.IDLE
+                self.idle.append(w)
+            if self.queue:
+                self.dispatch()
         payload = memoryview(body)[1 + RESULT_HEAD.size :]
         if status == ERROR:
             self.job_failed(job, _wire.rebuild_error(pickle.loads(payload)))
@@ -382,14 +432,10 @@ class _Core:
                 self.job_failed(job, err, retry=False)
             else:
                 self.job_done(job, value)
-        pool = self.pool
-        if (pool.max_tasks_per_worker is not None and w.tasks >= pool.max_tasks_per_worker) or (
-            pool.max_memory_mb is not None and rss > pool.max_memory_mb * 1024
-        ):
-            self.retire(w, f"after {w.tasks} jobs, rss {rss // 1024} MB")
-        elif w.state is _WState.BUSY:
-            w.state = _WState.IDLE
-            self.idle.append(w)
+        self.check_idle()
+
+    def deferred_prefetch(self) -> None:
+        self.prefetch_soon = False
         self.dispatch()
 
     def retire(self, w: _Worker, reason: str) -> None:
@@ -410,12 +456,15 @@ class _Core:
         was = w.state
         self.workers.discard(w)
         self.retiring.discard(w)
-        if w in self.idle:
-            self.idle.remove(w)
-        job, w.job = w.job, None
+        with self.lock:
+            if w in self.idle:
+                self.idle.remove(w)
+        job = w.jobs.popleft() if w.jobs else None
+        while w.jobs:  # held behind the running job, never started: first in line again, in order
+            self.queue.appendleft(w.jobs.pop())
         reason = _wire.describe_exit(code)
         if was is _WState.RETIRING or (self.closing and job is None):
-            self.check_idle()
+            self.dispatch()
             return
         if was is _WState.STARTING:
             self.init_failures += 1
@@ -475,7 +524,7 @@ class _Core:
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def enqueue(self, job: _Job) -> None:
+    def enqueue(self, job: _Job, *, dispatch: bool = True) -> None:
         if self.broken is not None or self.closing:
             self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
             return
@@ -483,7 +532,8 @@ class _Core:
             self.push(job.due, job)
         else:
             self.queue.append(job)
-            self.dispatch()
+            if dispatch:
+                self.dispatch()
 
     def push(self, due: float, item: Any) -> None:
         heapq.heappush(self.heap, (due, next(self.seq), item))
@@ -522,16 +572,26 @@ class _Core:
         self.arm_timer()
         self.dispatch()
 
-    def dispatch(self) -> None:
-        queue, idle = self.queue, self.idle
-        while queue and idle:
-            job = queue.popleft()
+    def next_job(self, *, plain: bool) -> _Job | None:
+        """Pop the next job to hand to a worker (skipping cancelled and missed ones), or None.
+
+        With ``plain``, stop at the first job that may not wait behind another (see dispatch).
+        """
+        queue = self.queue
+        while queue:
+            job = queue[0]
+            if plain and (job.timeout is not None or job.schedule is not None):
+                return None
+            queue.popleft()
             fut = job.future
-            if fut is not None and job.attempt == 0 and not fut._try_start():
-                self.counts["cancelled"] += 1
-                continue
-            if fut is not None and fut.done():
-                continue
+            if fut is not None:
+                if not job.handed:
+                    if not fut._try_start():
+                        self.counts["cancelled"] += 1
+                        continue
+                    job.handed = True
+                elif fut.done():  # a retry or a re-queued job whose future was cancelled meanwhile
+                    continue
             sched = job.schedule
             if sched is not None and sched.grace is not None and job.attempt == 0:
                 late = time.monotonic() - job.due
@@ -544,16 +604,107 @@ class _Core:
                     )
                     self.run_slot_freed(sched)
                     continue
+            return job
+        return None
+
+    def prefetch_depth(self) -> int:
+        """How many jobs a worker may hold: 1, or more while recent jobs ran in well under 1 ms.
+
+        Prefetching keeps a worker busy while its results travel back, which is what moves small
+        jobs fast; a job held behind another waits at most about PREFETCH_WINDOW for it. Pools that
+        recycle workers never prefetch, so a retiring worker holds nothing but its last job.
+        """
+        avg = self.run_avg
+        if avg is None or avg >= PREFETCH_WINDOW or self.recycling:
+            return 1
+        return 1 + min(PREFETCH_MAX, int(PREFETCH_WINDOW / max(avg, 1e-6)))
+
+    def try_direct(self, job: _Job) -> bool:
+        """From the submitting thread: hand ``job`` straight to an idle worker, or return False.
+
+        This skips the hop to the I/O thread, which is most of a round trip's overhead. Only a
+        plain job due now, with nothing queued before it, and a frame small enough to go out in
+        one atomic write (see Child.send_now) takes this path; anything else goes through the loop.
+        """
+        fut = job.future
+        assert fut is not None
+        frame = job_frame(job.id, job.due, job.blob)
+        with self.lock:
+            if self.closing or self.broken is not None or self.queue or self.pool._inbox or not self.idle:
+                return False
+            w = self.idle.popleft()
+            child = w.child
+            assert child is not None
+            fut._try_start()
+            job.handed = True
+            w.state = _WState.BUSY
+            w.jobs.append(job)
+            fut._kill_running = functools.partial(self.pool._cancel_running, job)
+            if child.send_now(frame):
+                return True
+            # The pipe is closing (the worker died): undo, and let the loop deal with both.
+            w.jobs.pop()
+            w.state = _WState.IDLE
+            self.idle.appendleft(w)
+            fut._kill_running = None
+            fut._unstart()
+            job.handed = False
+            return False
+
+    def dispatch(self) -> None:
+        with self.lock:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        queue, idle = self.queue, self.idle
+        # Idle workers first, one job each: any job may go to a worker that holds nothing.
+        while queue and idle:
+            job = self.next_job(plain=False)
+            if job is None:
+                break
             w = idle.popleft()
             assert w.child is not None
             w.state = _WState.BUSY
-            w.job = job
+            w.jobs.append(job)
+            fut = job.future
             if fut is not None and fut._kill_running is None:
                 fut._kill_running = functools.partial(self.pool._cancel_running, job)
             if job.timeout is not None:
                 w.timer = self.loop.call_later(job.timeout, self.on_job_timeout, w, job)
             w.child.send(job_frame(job.id, job.due, job.blob))
+        if queue and not idle:
+            self.prefetch()
         self.check_idle()
+
+    def prefetch(self) -> None:
+        """Top up busy workers with plain jobs (no timeout, not a schedule's run), one write each.
+
+        A prefetched job's future is RUNNING but cannot be cancelled until it reaches the head of
+        its worker (like ProcessPoolExecutor's queued calls); a timed run or a job with a timeout
+        waits in the queue for a worker with nothing in hand, so its start and its timeout are
+        exact.
+        """
+        depth = self.prefetch_depth()
+        if depth <= 1:
+            return
+        for w in self.workers:
+            jobs = w.jobs
+            if w.state is not _WState.BUSY or not jobs or len(jobs) >= depth:
+                continue
+            if jobs[0].timeout is not None or jobs[0].schedule is not None:
+                continue
+            frames = []
+            while len(jobs) < depth:
+                job = self.next_job(plain=True)
+                if job is None:
+                    break
+                jobs.append(job)
+                frames.append(job_frame(job.id, job.due, job.blob))
+            if frames:
+                assert w.child is not None
+                w.child.send(b"".join(frames))
+            if not self.queue:
+                return
 
     def on_job_timeout(self, w: _Worker, job: _Job) -> None:
         w.timer = None
@@ -756,7 +907,8 @@ class _Core:
                 await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 pass
-        self.closing = True
+        with self.lock:  # no direct hand-off from here on
+            self.closing = True
         abandoned = PoolClosed("the pool was shut down before this job finished")
         while self.queue:
             self.fail_final(self.queue.popleft(), abandoned)
@@ -765,10 +917,9 @@ class _Core:
             child = w.child
             if child is None or not child.alive:
                 continue
-            unfinished = w.job
-            if unfinished is not None:
-                w.job = None
-                self.fail_final(unfinished, abandoned)
+            if w.jobs:
+                while w.jobs:
+                    self.fail_final(w.jobs.popleft(), abandoned)
                 child.kill()
             else:
                 child.send(_wire.encode_json({"t": "stop"}))
@@ -1004,6 +1155,15 @@ class Pool(concurrent.futures.Executor):
             retry_backoff=backoff or 0.0,
             future=fut,
         )
+        if (
+            timeout is None
+            and at is None
+            and after is None
+            and self._core.idle
+            and not self._inbox
+            and self._core.try_direct(job)
+        ):
+            return fut
         # Batched hand-off: one loop wake-up (a write to its self-pipe) serves every job submitted
         # before the loop gets to it. The loop clears the flag before draining, so a job appended
         # after that point either is drained now or schedules the next drain.
@@ -1030,8 +1190,10 @@ class Pool(concurrent.futures.Executor):
     def _drain_inbox(self) -> None:
         self._drain_pending = False
         inbox, enqueue = self._inbox, self._core.enqueue
-        while inbox:
-            enqueue(inbox.popleft())
+        with self._core.lock:  # a direct hand-off never overtakes a job on its way to the queue
+            while inbox:
+                enqueue(inbox.popleft(), dispatch=False)
+        self._core.dispatch()  # once for the batch: prefetched jobs go out in one write per worker
 
     def schedule(
         self,
