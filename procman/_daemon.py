@@ -10,6 +10,7 @@ a crash of the daemon: the process exits and the restart policy decides what fol
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,6 +42,7 @@ class DaemonSpec:
     stop_timeout: float
     term_timeout: float
     watchdog: float | None
+    depends_on: tuple[str, ...] = ()
 
 
 def check_timeout(what: str, value: object, *, allow_none: bool = False) -> float | None:
@@ -62,6 +64,7 @@ def make_spec(
     stop_timeout: float,
     term_timeout: float,
     watchdog: float | None,
+    depends_on: Iterable[str] = (),
 ) -> DaemonSpec:
     """Validate ``daemon`` and its options and serialize it for its child, or raise DaemonError."""
     if isinstance(daemon, type):
@@ -94,4 +97,22 @@ def make_spec(
             "create them in start()"
         ) from exc
     assert start_t is not None and stop_t is not None and term_t is not None
-    return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog)
+    return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog, check_depends_on(name, depends_on))
+
+
+def check_depends_on(name: str, depends_on: object) -> tuple[str, ...]:
+    """A tuple of daemon names other than ``name``, or a DaemonError saying what is wrong."""
+    if isinstance(depends_on, str) or not isinstance(depends_on, Iterable):
+        raise DaemonError(
+            f"depends_on={depends_on!r} for daemon {name!r} must be a list of daemon names, e.g. ['db']"
+        )
+    deps = tuple(depends_on)
+    for dep in deps:
+        if not isinstance(dep, str):
+            raise DaemonError(f"depends_on of daemon {name!r} holds {dep!r}; it must hold daemon names")
+        check_name(dep)
+        if dep == name:
+            raise DaemonError(f"daemon {name!r} cannot depend on itself")
+    if len(set(deps)) != len(deps):
+        raise DaemonError(f"depends_on of daemon {name!r} names a daemon twice: {list(deps)}")
+    return deps

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from ._daemon import make_spec
@@ -78,6 +79,7 @@ def _spec_kwargs(
     stop_timeout: float,
     term_timeout: float,
     watchdog: float | None,
+    depends_on: Iterable[str],
 ) -> dict[str, Any]:
     return {
         "restart": restart,
@@ -85,6 +87,7 @@ def _spec_kwargs(
         "stop_timeout": stop_timeout,
         "term_timeout": term_timeout,
         "watchdog": watchdog,
+        "depends_on": depends_on,
     }
 
 
@@ -122,6 +125,7 @@ class Manager(_Base):
         stop_timeout: float = 10.0,
         term_timeout: float = 5.0,
         watchdog: float | None = None,
+        depends_on: Iterable[str] = (),
     ) -> None:
         """Add a daemon. While the manager runs, the daemon starts at once and this waits for it.
 
@@ -133,13 +137,17 @@ class Manager(_Base):
             term_timeout: seconds after SIGTERM before SIGKILL.
             watchdog: if set, seconds without a :func:`heartbeat` after which the daemon's stacks
                 are dumped to the log and it is killed (then restarted under its policy).
+            depends_on: names of daemons this one starts after (once they are ready) and stops
+                before. A crash of a dependency does not restart its dependents.
 
         Raises:
             DaemonError: invalid daemon or option, duplicate name, or not picklable.
             StartError: the manager is running and the daemon failed to start.
         """
         self._check_open()
-        spec = make_spec(daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog))
+        spec = make_spec(
+            daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on)
+        )
         if self.start_method == "forkserver":
             preload(type(daemon).__module__)
         self._io.call(self._sup.register(spec), spec.start_timeout + MARGIN, "register()")
@@ -169,6 +177,26 @@ class Manager(_Base):
         self._check_open()
         timeout = _check_call_timeout("stop", timeout)
         return self._io.call(self._sup.stop(timeout), timeout + MARGIN, "stop()")
+
+    def restart(self, name: str, *, timeout: float = DEFAULT_START_TIMEOUT) -> StopOutcome:
+        """Stop the daemon ``name`` gracefully (if it runs), start it again, wait until it is ready.
+
+        Works on a daemon that is stopped, backing off or gave up, too; its dependencies must be
+        running. Returns how the old process ended.
+
+        Raises:
+            StartError: the new process failed to start (the daemon is left stopped).
+            StateError: the manager is not running.
+        """
+        self._check_open()
+        timeout = _check_call_timeout("restart", timeout)
+        return self._io.call(self._sup.restart(name, timeout), timeout + MARGIN, "restart()")
+
+    def stop_daemon(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
+        """Stop one daemon gracefully; it stays registered and stopped until :meth:`restart`."""
+        self._check_open()
+        timeout = _check_call_timeout("stop_daemon", timeout)
+        return self._io.call(self._sup.stop_one(name, timeout), timeout + MARGIN, "stop_daemon()")
 
     def kill(self) -> None:
         """SIGKILL every daemon's process group now, without waiting (safe in a signal handler)."""
@@ -222,10 +250,13 @@ class AsyncManager(_Base):
         stop_timeout: float = 10.0,
         term_timeout: float = 5.0,
         watchdog: float | None = None,
+        depends_on: Iterable[str] = (),
     ) -> None:
         """See :meth:`Manager.register`."""
         self._check_open()
-        spec = make_spec(daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog))
+        spec = make_spec(
+            daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on)
+        )
         if self.start_method == "forkserver":
             preload(type(daemon).__module__)
         await self._io.call_async(self._sup.register(spec))
@@ -247,6 +278,18 @@ class AsyncManager(_Base):
         self._check_open()
         timeout = _check_call_timeout("stop", timeout)
         return await self._io.call_async(self._sup.stop(timeout))
+
+    async def restart(self, name: str, *, timeout: float = DEFAULT_START_TIMEOUT) -> StopOutcome:
+        """See :meth:`Manager.restart`."""
+        self._check_open()
+        timeout = _check_call_timeout("restart", timeout)
+        return await self._io.call_async(self._sup.restart(name, timeout))
+
+    async def stop_daemon(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
+        """See :meth:`Manager.stop_daemon`."""
+        self._check_open()
+        timeout = _check_call_timeout("stop_daemon", timeout)
+        return await self._io.call_async(self._sup.stop_one(name, timeout))
 
     def kill(self) -> None:
         """See :meth:`Manager.kill`."""

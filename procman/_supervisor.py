@@ -134,6 +134,7 @@ class Supervisor:
         self.slots: dict[str, _Slot] = {}
         self.running = False
         self.closed = False
+        self.stop_all_task: asyncio.Task[StopReport] | None = None
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -175,6 +176,7 @@ class Supervisor:
             raise StateError("the manager is closed")
         if self.running:
             raise StateError("the manager is already running; stop() it before start() again")
+        self.check_dependencies()
         self.running = True
         slots = [s for s in self.slots.values() if s.child is None]
         try:
@@ -186,47 +188,125 @@ class Supervisor:
             self.running = False
             raise StartError(failures)
 
+    def check_dependencies(self) -> None:
+        """Every ``depends_on`` names a registered daemon and there is no cycle, or DaemonError."""
+        for slot in self.slots.values():
+            for dep in slot.spec.depends_on:
+                if dep not in self.slots:
+                    known = ", ".join(sorted(self.slots))
+                    raise DaemonError(
+                        f"daemon {slot.name!r} depends on {dep!r}, which is not registered "
+                        f"(registered: {known}); register it or drop it from depends_on"
+                    )
+        cycle = self._find_cycle()
+        if cycle:
+            raise DaemonError(f"depends_on forms a cycle: {' -> '.join(cycle)}; no daemon could start first")
+
+    def _find_cycle(self) -> list[str]:
+        color: dict[str, int] = {}  # 1: on the current path, 2: done
+        path: list[str] = []
+
+        def visit(name: str) -> list[str]:
+            color[name] = 1
+            path.append(name)
+            slot = self.slots.get(name)
+            for dep in slot.spec.depends_on if slot is not None else ():
+                if color.get(dep) == 1:
+                    return [*path[path.index(dep) :], dep]
+                if dep not in color:
+                    found = visit(dep)
+                    if found:
+                        return found
+            path.pop()
+            color[name] = 2
+            return []
+
+        for name in self.slots:
+            if name not in color:
+                found = visit(name)
+                if found:
+                    return found
+        return []
+
     async def _start_slots(self, slots: list[_Slot], deadline: float) -> dict[str, BaseException]:
-        """Start ``slots`` concurrently; all or nothing. Returns the failures (empty: all ready)."""
+        """Start ``slots`` concurrently, each once its dependencies are ready; all or nothing.
+
+        Returns the failures (empty: all ready).
+        """
         failures: dict[str, BaseException] = {}
+        batch = {s.name for s in slots}
+        ready: set[str] = set()
+        waiting = list(slots)
+        starting: dict[asyncio.Future[None], _Slot] = {}
         for slot in slots:
             slot.supervised = False
             slot.tracker.streak = 0
-            try:
-                self._spawn(slot)
-            except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors
-                failures[slot.name] = exc
+        while not failures:
+            still = []
+            for slot in waiting:
+                blocked = False
+                for dep in slot.spec.depends_on:
+                    if dep in ready:
+                        continue
+                    if dep in batch:
+                        blocked = True
+                        continue
+                    other = self.slots.get(dep)
+                    if other is None or other.state is not DaemonState.RUNNING:
+                        state = other.state.value if other is not None else "not registered"
+                        failures[slot.name] = DaemonError(
+                            f"daemon {slot.name!r} depends on {dep!r}, which is not running ({state})"
+                        )
+                        break
+                if failures:
+                    break
+                if blocked:
+                    still.append(slot)
+                    continue
+                try:
+                    self._spawn(slot)
+                except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors
+                    failures[slot.name] = exc
+                    break
+                assert slot.ready_fut is not None
+                starting[slot.ready_fut] = slot
+            waiting = still
+            if failures or not starting:
                 break
-        pending = {s.ready_fut for s in slots if s.ready_fut is not None and not failures}
-        while pending and not failures:
-            done, pending = await asyncio.wait(
-                pending,
-                timeout=max(0.0, deadline - self.loop.time()),
-                return_when=asyncio.FIRST_EXCEPTION,
+            done, _ = await asyncio.wait(
+                starting, timeout=max(0.0, deadline - self.loop.time()), return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
                 break
-            for slot in slots:
-                fut = slot.ready_fut
-                if fut is not None and fut in done and fut.exception() is not None:
-                    failures[slot.name] = fut.exception()  # type: ignore[assignment]
+            for fut in done:
+                slot = starting.pop(fut)
+                error = fut.exception()
+                if error is not None:
+                    failures[slot.name] = error
+                else:
+                    ready.add(slot.name)
         if not failures:
-            for slot in slots:
-                fut = slot.ready_fut
-                if fut is not None and not fut.done():
-                    failures[slot.name] = OperationTimeout(
-                        f"daemon {slot.name!r} was not ready before the start deadline; "
-                        "start() must return once the service is ready (run long work in a thread "
-                        "or task), or raise start_timeout/start(timeout=...)"
-                    )
+            for slot in starting.values():
+                failures[slot.name] = OperationTimeout(
+                    f"daemon {slot.name!r} was not ready before the start deadline; "
+                    "start() must return once the service is ready (run long work in a thread "
+                    "or task), or raise start_timeout/start(timeout=...)"
+                )
+            for slot in waiting:
+                deps = ", ".join(d for d in slot.spec.depends_on if d not in ready)
+                failures[slot.name] = OperationTimeout(
+                    f"daemon {slot.name!r} did not start: its dependencies ({deps}) were not ready "
+                    "before the start deadline"
+                )
         if not failures:
             for slot in slots:
                 slot.supervised = True
             return failures
         # All or nothing: take down what this call started.
-        cleanup = self.loop.time() + max((s.spec.stop_timeout for s in slots), default=0) + 5
-        await asyncio.gather(*(self._abort_start(s, cleanup) for s in slots))
-        for slot in slots:
+        spawned = [s for s in slots if s not in waiting]
+        cleanup = self.loop.time() + max((s.spec.stop_timeout for s in spawned), default=0) + 5
+        await asyncio.gather(*(self._abort_start(s, cleanup) for s in spawned))
+        for slot in spawned:
             if slot.ready_fut is not None and slot.ready_fut.done() and not slot.ready_fut.cancelled():
                 slot.ready_fut.exception()  # mark retrieved
         return failures
@@ -427,10 +507,50 @@ class Supervisor:
     # -- stop ----------------------------------------------------------------------------------
 
     async def stop(self, timeout: float) -> StopReport:
-        deadline = self.loop.time() + timeout
+        running = self.stop_all_task
+        if running is not None and not running.done():
+            # A second stop request while one is under way: kill what is left at once.
+            for slot in self.slots.values():
+                child = slot.child
+                if child is not None and child.alive:
+                    self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="second stop request"))
+                    slot.stopping = True
+                    child.kill()
+            return await asyncio.shield(running)
+        task = self.loop.create_task(self._stop_all(self.loop.time() + timeout))
+        self.stop_all_task = task
+        return await asyncio.shield(task)
+
+    async def _stop_all(self, deadline: float) -> StopReport:
+        """Stop every daemon concurrently within ``deadline``; a daemon waits for its dependents."""
         self.running = False
         slots = list(self.slots.values())
-        results = await asyncio.gather(*(self._stop_slot(s, deadline) for s in slots))
+        tasks: dict[str, asyncio.Task[StopOutcome]] = {}
+        dependents = {s.name: [o.name for o in slots if s.name in o.spec.depends_on] for s in slots}
+        ordered = not self._find_cycle()
+
+        async def stop_after_dependents(slot: _Slot) -> StopOutcome:
+            if ordered:
+                waits = [tasks[name] for name in dependents[slot.name] if name in tasks]
+                if waits:
+                    await asyncio.wait(waits, timeout=max(0.0, deadline - self.loop.time()))
+            was_alive = slot.child is not None and slot.child.alive
+            outcome = await self._stop_slot(slot, deadline)
+            if outcome is StopOutcome.NOT_RUNNING and was_alive:
+                outcome = StopOutcome.KILLED  # killed by a second stop request while it waited
+            return outcome
+
+        def make(slot: _Slot) -> None:
+            if slot.name in tasks:
+                return
+            if ordered:
+                for name in dependents[slot.name]:
+                    make(self.slots[name])
+            tasks[slot.name] = self.loop.create_task(stop_after_dependents(slot))
+
+        for slot in slots:
+            make(slot)
+        results = await asyncio.gather(*(tasks[s.name] for s in slots))
         outcomes = {s.name: o for s, o in zip(slots, results, strict=True)}
         errors = {
             s.name: s.last_exit.error
@@ -440,6 +560,25 @@ class Supervisor:
             and s.last_exit.error is not None
         }
         return StopReport(outcomes, errors)
+
+    async def stop_one(self, name: str, timeout: float) -> StopOutcome:
+        """Stop one daemon gracefully; it stays registered, stopped, until restart()."""
+        slot = self._slot(name)
+        return await self._stop_slot(slot, self.loop.time() + timeout)
+
+    async def restart(self, name: str, timeout: float) -> StopOutcome:
+        """Stop ``name`` gracefully (if it runs), start it again and wait until it is ready."""
+        if not self.running:
+            raise StateError("the manager is not running; start() it first")
+        slot = self._slot(name)
+        deadline = self.loop.time() + timeout
+        outcome = await self._stop_slot(slot, deadline)
+        if self.slots.get(name) is not slot:
+            raise DaemonError(f"daemon {name!r} was removed while it restarted")
+        failures = await self._start_slots([slot], deadline)
+        if failures:
+            raise StartError(failures)
+        return outcome
 
     async def _stop_slot(self, slot: _Slot, deadline: float) -> StopOutcome:
         running = slot.stop_task
