@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from concurrent.futures._base import (  # the states are not public; Future itself uses them
@@ -14,6 +15,7 @@ from concurrent.futures._base import (  # the states are not public; Future itse
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_MAKE_CONDITION = threading.Lock()
 
 
 class JobFuture(Future[T]):
@@ -25,6 +27,29 @@ class JobFuture(Future[T]):
     """
 
     _kill_running: Callable[[], None] | None = None
+
+    def __init__(self) -> None:
+        # What Future.__init__ sets, minus the Condition: that is made on first use (see below).
+        self._state = PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Callable[[Future[T]], object]] = []
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        """The future's Condition, made on first use.
+
+        A Condition costs more to make than the rest of a submit; a pool holding 100,000 timed
+        jobs would make 100,000 of them (and keep the cyclic GC busy) for jobs nobody waits on yet.
+        """
+        cond: threading.Condition | None = self.__dict__.get("_cond")
+        if cond is None:
+            with _MAKE_CONDITION:
+                cond = self.__dict__.get("_cond")
+                if cond is None:
+                    cond = self.__dict__["_cond"] = threading.Condition()
+        return cond
 
     def cancel(self) -> bool:
         with self._condition:
@@ -78,7 +103,7 @@ class JobFuture(Future[T]):
                     waiter.add_result(self)
             if cond._waiters:  # type: ignore[attr-defined]  # threading.Condition's own list
                 cond.notify_all()
-        if self._done_callbacks:  # type: ignore[attr-defined]
+        if self._done_callbacks:
             self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def __await__(self) -> Generator[Any, None, T]:
