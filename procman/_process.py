@@ -52,6 +52,16 @@ def get_context(method: str) -> Any:
     return ctx
 
 
+def _guard_forkserver() -> None:
+    """Before the forkserver starts: have it ignore SIGTERM sent to our process group (_fsguard)."""
+    from multiprocess import forkserver
+
+    os.environ["_PROCMAN_FORKSERVER_PARENT"] = str(os.getpid())
+    modules = list(forkserver._forkserver._preload_modules)
+    if "procman._fsguard" not in modules:
+        get_context("forkserver").set_forkserver_preload([*modules, "procman._fsguard"])
+
+
 def preload(module: str) -> None:
     """Have the forkserver import ``module`` once, so children do not each import it.
 
@@ -113,6 +123,8 @@ class Child:
         child_ends = (to_child_r, from_child_w, out_w, err_w)
         parent_ends = (to_child_w, from_child_r, out_r, err_r)
         try:
+            if self.method == "forkserver":
+                _guard_forkserver()
             ctx = get_context(self.method)
             fds = tuple(FdBox(fd) for fd in child_ends)
             options: dict[str, Any] = dict(self.options or {})
@@ -146,11 +158,11 @@ class Child:
         self._logs = {out_r: ("stdout", bytearray()), err_r: ("stderr", bytearray())}
         for fd in (out_r, err_r):
             loop.add_reader(fd, self._on_log_readable, fd)
-        if self.method == "forkserver":
-            # Not our child (the forkserver forked it): the forkserver reports its exit status.
-            self._exit_fd = proc.sentinel
-        else:
-            self._exit_fd = os.pidfd_open(proc.pid)
+        # A pidfd turns readable when the process ends, ours or not. Under forkserver the child is
+        # the forkserver's: its status comes over the forkserver's pipe (the sentinel), read once
+        # the pidfd fired. Watching the sentinel alone would take the forkserver's death for the
+        # child's.
+        self._exit_fd = os.pidfd_open(proc.pid)
         loop.add_reader(self._exit_fd, self._on_exit_readable)
 
     @property
@@ -281,11 +293,17 @@ class Child:
 
     def _on_exit_readable(self) -> None:
         code = self._proc.exitcode
-        if code is None:  # spurious wake-up
-            return
+        if code is None:
+            if self.method == "forkserver" and self._exit_fd != self._proc.sentinel:
+                # Ended, but the forkserver has not reported its status yet: wait for its report.
+                self.loop.remove_reader(self._exit_fd)
+                os.close(self._exit_fd)
+                self._exit_fd = self._proc.sentinel
+                self.loop.add_reader(self._exit_fd, self._on_exit_readable)
+            return  # else a spurious wake-up
         self.exitcode = code
         self.loop.remove_reader(self._exit_fd)
-        if self.method != "forkserver":
+        if self._exit_fd != self._proc.sentinel:
             os.close(self._exit_fd)
         self._exit_fd = -1
         self._close_pipes()
@@ -331,7 +349,7 @@ class Child:
             self.exitcode = code if code is not None else -signal.SIGKILL
         if self._exit_fd >= 0:
             self.loop.remove_reader(self._exit_fd)
-            if self.method != "forkserver":
+            if self._proc is None or self._exit_fd != self._proc.sentinel:
                 os.close(self._exit_fd)
             self._exit_fd = -1
         self._close_pipes()

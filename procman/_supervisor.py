@@ -455,6 +455,8 @@ class Supervisor:
                 if error is not None
                 else DaemonExited(f"daemon {slot.name!r} exited before it was ready: {info.reason}")
             )
+            if slot.supervised:  # a restart by policy: nobody awaits it; the exit is handled below
+                slot.ready_fut.exception()
         if slot.exit_fut is not None and not slot.exit_fut.done():
             slot.exit_fut.set_result(code)
         if slot.stopping:

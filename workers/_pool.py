@@ -100,6 +100,7 @@ class PoolEventKind(StrEnum):
     RUN_QUEUED = "run-queued"  # ... and was queued behind it
     RUN_MISSED = "run-missed"  # later than the misfire grace
     RUN_FAILED = "run-failed"  # a schedule's run raised or crashed (the schedule goes on)
+    RUN_DONE = "run-done"  # a schedule's run returned (``result`` holds its value)
     POOL_BROKEN = "pool-broken"
 
 
@@ -111,13 +112,15 @@ class PoolEvent:
     reason: str = ""
     error: BaseException | None = None
     time: float = field(default_factory=time.time)
+    result: Any = None  # RUN_DONE: what the run returned
+    duration: float | None = None  # RUN_DONE / RUN_FAILED: seconds the run took in its worker
 
 
 def log_pool_event(event: PoolEvent) -> None:
     """The default hook: one log line per event on the ``workers`` logger."""
     level = (
         logging.INFO
-        if event.kind in (PoolEventKind.WORKER_STARTED, PoolEventKind.WORKER_RECYCLED)
+        if event.kind in (PoolEventKind.WORKER_STARTED, PoolEventKind.WORKER_RECYCLED, PoolEventKind.RUN_DONE)
         else logging.WARNING
     )
     if event.kind is PoolEventKind.POOL_BROKEN:
@@ -163,6 +166,7 @@ class _Job:
     future: JobFuture[Any] | None = None
     schedule: _Schedule | None = None
     attempt: int = 0
+    ran: float | None = None  # seconds its last attempt ran in the worker
     handed: bool = False  # the future went RUNNING (set once, kept across retries and re-queues)
     timed_out: bool = False
     cancelled_running: bool = False
@@ -398,7 +402,7 @@ class _Core:
             if nxt is not None and nxt._kill_running is None:
                 nxt._kill_running = functools.partial(self.pool._cancel_running, jobs[0])
         w.tasks += 1
-        ran = finished - started
+        job.ran = ran = finished - started
         self.run_avg = ran if self.run_avg is None else self.run_avg + RUN_AVG_WEIGHT * (ran - self.run_avg)
         self.lateness.append(started - job.due)
         # The worker first (idle again, or topped up), the job's outcome last: a caller woken by
@@ -829,10 +833,21 @@ class _Core:
             sched.failures += 1
             sched.last_error = error
             self.pool._events.emit(
-                PoolEvent(PoolEventKind.RUN_FAILED, sched.name, reason=str(error), error=error)
+                PoolEvent(
+                    PoolEventKind.RUN_FAILED, sched.name, reason=str(error), error=error, duration=job.ran
+                )
             )
         else:
             sched.last_result = value
+            self.pool._events.emit(
+                PoolEvent(
+                    PoolEventKind.RUN_DONE,
+                    sched.name,
+                    reason=f"took {job.ran:.3g}s" if job.ran is not None else "",
+                    result=value,
+                    duration=job.ran,
+                )
+            )
         with sched.cond:
             sched.cond.notify_all()
         self.run_slot_freed(sched)
@@ -878,6 +893,17 @@ class _Core:
                 if not fut.done():
                     fut.set_result(None)
             self.idle_waiters.clear()
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker; no replacement starts. Their jobs fail as crashed."""
+        with self.lock:
+            self.closing = True
+        for w in list(self.workers) + list(self.retiring):
+            if w.child is not None:
+                w.child.kill()
+        abandoned = PoolClosed("the pool was killed before this job ran")
+        while self.queue:
+            self.fail_final(self.queue.popleft(), abandoned)
 
     async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -1308,6 +1334,18 @@ class Pool(concurrent.futures.Executor):
             fut.result(timeout + 10.0)
         finally:
             release()
+
+    def kill(self) -> None:
+        """SIGKILL every worker now, without waiting (for a second Ctrl-C; safe in a signal handler).
+
+        Running jobs fail with WorkerCrashed, queued ones with PoolClosed, and no worker is
+        replaced; call :meth:`shutdown` afterwards to release the pool.
+        """
+        if self._io.thread.is_alive():
+            try:
+                self._io.loop.call_soon_threadsafe(self._core.kill_workers)
+            except RuntimeError:  # the loop closed meanwhile: nothing left to kill
+                pass
 
     def stats(self) -> PoolStats:
         """Counters and dispatch-lateness percentiles."""

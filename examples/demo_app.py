@@ -1,4 +1,8 @@
-"""The demo's daemons: an HTTP server on uvloop, a flaky queue consumer, and a health prober."""
+"""The demo's code: an HTTP server on uvloop, a flaky queue consumer, a health prober, a CPU-heavy job.
+
+``examples/demo.toml`` names these; ``procman run examples/demo.toml`` runs them. The port comes
+from ``DEMO_PORT`` (default 8765) so that tests can pick a free one.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,17 @@ import urllib.request
 import procman
 
 
+def demo_port() -> int:
+    return int(os.environ.get("DEMO_PORT", "8765"))
+
+
 class HealthServer:
     """A tiny asyncio HTTP server (uvloop in its child) answering ``GET /health``."""
 
-    def __init__(self, name: str, port: int) -> None:
-        self.name = name
-        self.port = port
+    name = "http-server"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port if port is not None else demo_port()
         self._server: asyncio.Server | None = None
         self._requests = 0
 
@@ -50,8 +59,9 @@ class HealthServer:
 class FlakyConsumer:
     """Consumes a (simulated) queue and crashes now and then, as real consumers do."""
 
-    def __init__(self, name: str, crash_every: float = 2.5) -> None:
-        self.name = name
+    name = "queue-consumer"
+
+    def __init__(self, crash_every: float = 2.5) -> None:
         self.crash_every = crash_every
         self._stop = threading.Event()
 
@@ -77,9 +87,10 @@ class FlakyConsumer:
 class HealthProber:
     """Polls the HTTP daemon's health endpoint from its own process."""
 
-    def __init__(self, name: str, port: int) -> None:
-        self.name = name
-        self.port = port
+    name = "health-prober"
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port if port is not None else demo_port()
         self._stop = threading.Event()
 
     def start(self) -> None:

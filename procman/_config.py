@@ -1,0 +1,623 @@
+"""The procman config file (TOML): daemons, the worker pool and timed jobs, checked before anything runs.
+
+::
+
+    [procman]                      # optional
+    start_timeout = 30             # seconds for every daemon to be ready
+    stop_timeout = 30              # seconds for everything to stop
+    start_method = "forkserver"    # or "fork", "spawn"
+    socket = "run/app.sock"        # control socket (default: in $XDG_RUNTIME_DIR/procman/)
+
+    [daemons.web]                  # the key is the daemon's name
+    factory = "app.web:HttpServer" # a Python daemon: a callable returning one, called with...
+    args = []                      # ...these positional and
+    kwargs = { port = 8080 }       # ...keyword arguments
+    # command = ["gunicorn", "app:app"]   (instead of factory: an external program)
+    env = { LOG_LEVEL = "info" }
+    cwd = "."                      # relative to the config file's directory
+    restart = "always"             # or "on-failure" (default), "never"
+    backoff = { initial = 0.5, factor = 2, max = 30, jitter = 0.1 }
+    max_restarts = 5               # intensity: more restarts than this within `within` s -> give up
+    within = 60
+    reset_after = 10
+    start_timeout = 10
+    stop_timeout = 10              # stop() may take this long before SIGTERM
+    term_timeout = 5               # then SIGKILL
+    watchdog = 30                  # seconds without procman.heartbeat() -> stack dump + kill
+    depends_on = ["db"]            # start after db is ready, stop before it
+
+    [pool]                         # the worker pool the jobs run on (optional)
+    workers = 2
+    start_method = "forkserver"
+    max_tasks_per_worker = 1000
+    max_memory_mb = 512
+
+    [jobs.primes]
+    function = "app.jobs:count_primes"
+    args = [200000]
+    every = "5s"                   # or: cron = "*/5 * * * *" (with timezone = "Europe/Berlin"),
+                                   #     at = 2026-12-01T02:00:00Z (once)
+    timeout = 60
+    retries = 1
+    overlap = "skip"               # a run due while the last one still runs: "skip" or "queue"
+
+Every mistake is a :class:`ConfigError` naming the file, the table, the key, what was found and
+what was expected, raised before any process starts. Factories are called and functions imported
+at load time, in the parent, so an import error or a bad argument is caught here too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import math
+import os
+import re
+import shlex
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from ._daemon import make_spec
+from ._errors import DaemonError, ProcmanError
+from ._names import check_name
+from ._policy import Restart, RestartPolicy
+from ._process import START_METHODS
+
+
+class ConfigError(ProcmanError, ValueError):
+    """The config file is invalid; nothing was started."""
+
+
+@dataclass
+class DaemonConfig:
+    name: str
+    daemon: object  # a Daemon: the factory's product (wrapped for env/cwd) or a CommandDaemon
+    module: str | None  # the factory's module, preloaded in the forkserver
+    restart: RestartPolicy
+    start_timeout: float
+    stop_timeout: float
+    term_timeout: float
+    watchdog: float | None
+    depends_on: tuple[str, ...]
+
+
+@dataclass
+class JobConfig:
+    name: str
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    every: float | None
+    cron: str | None
+    timezone: str | None
+    at: datetime | None
+    timeout: float | None
+    retries: int
+    overlap: str
+    max_instances: int
+
+    @property
+    def trigger(self) -> str:
+        if self.every is not None:
+            return f"every {self.every:g}s"
+        if self.cron is not None:
+            return f"cron {self.cron!r}" + (f" ({self.timezone})" if self.timezone else "")
+        assert self.at is not None
+        return f"at {self.at.isoformat()}"
+
+
+@dataclass
+class PoolConfig:
+    workers: int | None = None
+    start_method: str = "forkserver"
+    max_tasks_per_worker: int | None = None
+    max_memory_mb: float | None = None
+
+
+@dataclass
+class Config:
+    path: Path
+    start_timeout: float = 30.0
+    stop_timeout: float = 30.0
+    start_method: str = "forkserver"
+    socket: Path | None = None
+    daemons: list[DaemonConfig] = field(default_factory=list)
+    pool: PoolConfig | None = None
+    jobs: list[JobConfig] = field(default_factory=list)
+
+
+class ConfiguredDaemon:
+    """A factory's daemon under the config's name, with its env and cwd applied in its own process."""
+
+    def __init__(self, name: str, inner: Any, env: dict[str, str], cwd: str | None) -> None:
+        self.name = name
+        self.inner = inner
+        self.env = env
+        self.cwd = cwd
+
+    def _enter(self) -> None:
+        os.environ.update(self.env)
+        if self.cwd is not None:
+            os.chdir(self.cwd)
+
+    def start(self) -> Any:
+        self._enter()
+        return self.inner.start()
+
+    def stop(self) -> Any:
+        return self.inner.stop()
+
+
+class AsyncConfiguredDaemon(ConfiguredDaemon):
+    """The same, for a daemon with an ``async def`` start() or stop() (run on uvloop in the child)."""
+
+    async def start(self) -> Any:
+        self._enter()
+        result = self.inner.start()
+        return await result if inspect.isawaitable(result) else result
+
+    async def stop(self) -> Any:
+        result = self.inner.stop()
+        return await result if inspect.isawaitable(result) else result
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and check a config file; raise ConfigError (naming file, table and key) if it is wrong."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file; give the path of a procman TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return _Loader(p).load(data)
+
+
+class _Table:
+    """One TOML table being read: remembers what was read, to reject unknown keys."""
+
+    def __init__(self, file: Path, name: str, data: object) -> None:
+        self.file = file
+        self.name = name
+        if not isinstance(data, dict):
+            raise self.error_at(None, data, "a table")
+        self.data: dict[str, Any] = data
+        self.known: set[str] = set()
+
+    def error_at(self, key: str | None, found: object, expected: str) -> ConfigError:
+        where = f"[{self.name}]" + (f" {key}" if key else "")
+        return ConfigError(f"{self.file}: {where}: found {_show(found)}, expected {expected}")
+
+    def fail(self, key: str | None, message: str) -> ConfigError:
+        where = f"[{self.name}]" + (f" {key}" if key else "")
+        return ConfigError(f"{self.file}: {where}: {message}")
+
+    def has(self, key: str) -> bool:
+        self.known.add(key)
+        return key in self.data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.known.add(key)
+        return self.data.get(key, default)
+
+    def seconds(self, key: str, default: float | None, *, positive: bool = False) -> float | None:
+        if not self.has(key):
+            return default
+        value = self.data[key]
+        seconds = _duration(value)
+        if seconds is None or seconds < 0 or (positive and seconds == 0):
+            what = "a number of seconds" + (" > 0" if positive else " >= 0")
+            raise self.error_at(key, value, f'{what} (e.g. 10, 2.5 or "1m30s")')
+        return seconds
+
+    def integer(self, key: str, default: int | None, *, minimum: int) -> int | None:
+        if not self.has(key):
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error_at(key, value, f"a whole number >= {minimum}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        if not self.has(key):
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.error_at(key, value, f"a number >= {minimum:g}")
+        if value < minimum:
+            raise self.error_at(key, value, f"a number >= {minimum:g}")
+        return float(value)
+
+    def string(self, key: str, default: str | None = None) -> str | None:
+        if not self.has(key):
+            return default
+        value = self.data[key]
+        if not isinstance(value, str) or not value:
+            raise self.error_at(key, value, "a non-empty string")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default)
+        assert value is not None
+        if value not in choices:
+            raise self.error_at(key, value, "one of " + ", ".join(repr(c) for c in choices))
+        return value
+
+    def table(self, key: str) -> _Table | None:
+        if not self.has(key):
+            return None
+        return _Table(self.file, f"{self.name}.{key}", self.data[key])
+
+    def check_unknown(self) -> None:
+        for key in self.data:
+            if key not in self.known:
+                hint = difflib.get_close_matches(key, sorted(self.known), n=1)
+                expected = (
+                    f"did you mean {hint[0]!r}?" if hint else "known keys: " + ", ".join(sorted(self.known))
+                )
+                raise self.fail(key, f"unknown key; {expected}")
+
+
+_DURATION = re.compile(
+    r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?"
+)
+
+
+def _duration(value: object) -> float | None:
+    """Seconds from a number or a string such as "90s", "1m30s", "2h", "250ms"; None if neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, str) and value.strip():
+        m = _DURATION.fullmatch(value.strip())
+        if m and any(m.groups()):
+            h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
+            return h * 3600 + mi * 60 + s + ms / 1000
+    return None
+
+
+def _show(value: object) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return f"the list {value!r}" if len(repr(value)) <= 60 else "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _import_ref(t: _Table, key: str, ref: str) -> Any:
+    """``package.module:attribute`` -> the object (the config file's directory is on sys.path)."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise t.error_at(key, ref, "'package.module:attribute', e.g. 'myapp.jobs:cleanup'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise t.fail(key, f"cannot import module {module_name!r} for {ref!r}: {exc}") from None
+    except Exception as exc:
+        raise t.fail(
+            key, f"importing {module_name!r} for {ref!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise t.fail(key, f"module {module_name!r} has no attribute {attr!r} (from {ref!r})") from None
+    return obj
+
+
+class _Loader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.resolve().parent
+        self.names: dict[str, str] = {}  # name -> "daemons"/"jobs", to keep names unique across both
+
+    def load(self, data: dict[str, Any]) -> Config:
+        top = _Table(self.path, "", data)
+        top.name = "top level"
+        cfg = Config(self.path)
+        # The config's directory is importable, as the current directory is for `python -m`.
+        if str(self.base) not in sys.path:
+            sys.path.insert(0, str(self.base))
+        section = top.table("procman")
+        if section is not None:
+            cfg.start_timeout = section.seconds("start_timeout", 30.0, positive=True) or 30.0
+            cfg.stop_timeout = section.seconds("stop_timeout", 30.0, positive=True) or 30.0
+            cfg.start_method = section.choice("start_method", "forkserver", START_METHODS)
+            sock = section.string("socket")
+            if sock is not None:
+                cfg.socket = self.base / sock
+            section.check_unknown()
+        daemons = top.table("daemons")
+        if daemons is not None:
+            for name in daemons.data:
+                daemons.known.add(name)
+                cfg.daemons.append(self.daemon(name, daemons.table(name)))  # type: ignore[arg-type]
+        pool = top.table("pool")
+        if pool is not None:
+            cfg.pool = PoolConfig(
+                workers=pool.integer("workers", None, minimum=1),
+                start_method=pool.choice("start_method", "forkserver", START_METHODS),
+                max_tasks_per_worker=pool.integer("max_tasks_per_worker", None, minimum=1),
+                max_memory_mb=pool.seconds("max_memory_mb", None, positive=True),
+            )
+            pool.check_unknown()
+        jobs = top.table("jobs")
+        if jobs is not None:
+            for name in jobs.data:
+                jobs.known.add(name)
+                cfg.jobs.append(self.job(name, jobs.table(name)))  # type: ignore[arg-type]
+            if cfg.pool is None:
+                cfg.pool = PoolConfig()
+        top.check_unknown()
+        if not cfg.daemons and not cfg.jobs:
+            raise ConfigError(f"{self.path}: nothing to run: add a [daemons.NAME] or a [jobs.NAME] table")
+        self.check_dependencies(cfg)
+        return cfg
+
+    def claim(self, t: _Table, kind: str, name: str) -> None:
+        try:
+            check_name(name)
+        except DaemonError:
+            raise t.fail(
+                None,
+                f"{name!r} is not a valid name: use lowercase words of letters and digits joined by "
+                "hyphens, starting with a letter (e.g. 'http-server')",
+            ) from None
+        if name in self.names:
+            raise t.fail(
+                None, f"the name {name!r} is already used by [{self.names[name]}.{name}]; names are unique"
+            )
+        self.names[name] = kind
+
+    def daemon(self, name: str, t: _Table) -> DaemonConfig:
+        self.claim(t, "daemons", name)
+        env = self.env(t)
+        cwd = self.cwd(t)
+        module: str | None = None
+        if t.has("factory") == t.has("command"):
+            raise t.fail(None, "give exactly one of factory = 'package.module:callable' or command = [...]")
+        if t.has("command"):
+            from ._command import CommandDaemon
+
+            argv = self.command(t)
+            for key in ("args", "kwargs"):
+                if t.has(key):
+                    raise t.fail(key, "applies to factory daemons only; put a command's arguments in command")
+            daemon: object = CommandDaemon(name, argv, env=env or None, cwd=cwd)
+        else:
+            ref = t.string("factory")
+            assert ref is not None
+            factory = _import_ref(t, "factory", ref)
+            if not callable(factory):
+                raise t.error_at("factory", ref, "a callable (a class or a function returning a daemon)")
+            args, kwargs = self.arguments(t)
+            try:
+                inner = factory(*args, **kwargs)
+            except Exception as exc:
+                raise t.fail("factory", f"{ref}(...) raised {type(exc).__name__}: {exc}") from exc
+            missing = [m for m in ("start", "stop") if not callable(getattr(inner, m, None))]
+            if missing:
+                raise t.fail(
+                    "factory",
+                    f"{ref}(...) returned {type(inner).__name__}, which lacks "
+                    + " and ".join(f"{m}()" for m in missing)
+                    + "; a daemon has start() and stop() methods",
+                )
+            module = ref.partition(":")[0]
+            wrapper = (
+                AsyncConfiguredDaemon
+                if inspect.iscoroutinefunction(inner.start) or inspect.iscoroutinefunction(inner.stop)
+                else ConfiguredDaemon
+            )
+            daemon = wrapper(name, inner, env, cwd)
+        restart = t.choice("restart", Restart.ON_FAILURE.value, tuple(r.value for r in Restart))
+        backoff = t.table("backoff")
+        policy_args: dict[str, Any] = {"restart": restart}
+        if backoff is not None:
+            policy_args["backoff_initial"] = backoff.seconds("initial", 0.1) or 0.0
+            policy_args["backoff_factor"] = backoff.number("factor", 2.0, minimum=1.0)
+            policy_args["backoff_max"] = backoff.seconds("max", 30.0) or 0.0
+            policy_args["jitter"] = backoff.number("jitter", 0.1)
+            if policy_args["jitter"] >= 1:
+                raise backoff.error_at("jitter", policy_args["jitter"], "a fraction below 1, e.g. 0.1")
+            backoff.check_unknown()
+        policy_args["max_restarts"] = t.integer("max_restarts", 5, minimum=0)
+        policy_args["within"] = t.seconds("within", 60.0, positive=True)
+        policy_args["reset_after"] = t.seconds("reset_after", 10.0)
+        try:
+            policy = RestartPolicy(**policy_args)
+        except (DaemonError, ValueError) as exc:
+            raise t.fail(None, f"invalid restart policy: {exc}") from None
+        deps = t.get("depends_on", [])
+        if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+            raise t.error_at("depends_on", deps, 'a list of daemon names, e.g. ["db"]')
+        if name in deps:
+            raise t.fail("depends_on", f"{name!r} cannot depend on itself")
+        cfg = DaemonConfig(
+            name=name,
+            daemon=daemon,
+            module=module,
+            restart=policy,
+            start_timeout=t.seconds("start_timeout", 30.0, positive=True) or 30.0,
+            stop_timeout=t.seconds("stop_timeout", 10.0) or 0.0,
+            term_timeout=t.seconds("term_timeout", 5.0) or 0.0,
+            watchdog=t.seconds("watchdog", None, positive=True),
+            depends_on=tuple(deps),
+        )
+        t.check_unknown()
+        try:  # what register() will check: that it pickles, among the rest
+            make_spec(
+                daemon,
+                restart=cfg.restart,
+                start_timeout=cfg.start_timeout,
+                stop_timeout=cfg.stop_timeout,
+                term_timeout=cfg.term_timeout,
+                watchdog=cfg.watchdog,
+                depends_on=cfg.depends_on,
+            )
+        except DaemonError as exc:
+            raise t.fail(None, str(exc)) from None
+        return cfg
+
+    def command(self, t: _Table) -> list[str]:
+        value = t.get("command")
+        if isinstance(value, str):
+            try:
+                argv = shlex.split(value)
+            except ValueError as exc:
+                raise t.error_at("command", value, f"a command line shlex can split ({exc})") from None
+        elif isinstance(value, list) and all(isinstance(a, str) for a in value):
+            argv = list(value)
+        else:
+            raise t.error_at("command", value, 'a list of strings such as ["python", "-m", "http.server"]')
+        if not argv or not argv[0]:
+            raise t.error_at("command", value, "a non-empty command")
+        return argv
+
+    def env(self, t: _Table) -> dict[str, str]:
+        env = t.get("env", {})
+        if not isinstance(env, dict):
+            raise t.error_at("env", env, 'a table of NAME = "value" strings')
+        for key, value in env.items():
+            if not isinstance(value, str):
+                raise t.error_at(f"env.{key}", value, 'a string (quote numbers: PORT = "8080")')
+        return dict(env)
+
+    def cwd(self, t: _Table) -> str | None:
+        cwd = t.string("cwd")
+        if cwd is None:
+            return None
+        path = self.base / cwd
+        if not path.is_dir():
+            raise t.error_at("cwd", cwd, f"a directory ({path} is not one)")
+        return str(path)
+
+    def arguments(self, t: _Table) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args = t.get("args", [])
+        if not isinstance(args, list):
+            raise t.error_at("args", args, 'a list of positional arguments, e.g. [1, "a"]')
+        kwargs = t.get("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise t.error_at("kwargs", kwargs, "a table of keyword arguments, e.g. { port = 8080 }")
+        return tuple(args), dict(kwargs)
+
+    def job(self, name: str, t: _Table) -> JobConfig:
+        self.claim(t, "jobs", name)
+        ref = t.string("function")
+        if ref is None:
+            raise t.fail(None, "missing function = 'package.module:function', the job to run")
+        fn = _import_ref(t, "function", ref)
+        if not callable(fn):
+            raise t.error_at("function", ref, "a callable")
+        args, kwargs = self.arguments(t)
+        given = [k for k in ("every", "cron", "at") if t.has(k)]
+        if len(given) != 1:
+            found = " and ".join(given) if given else "none of them"
+            raise t.fail(
+                None,
+                f'give exactly one of every = "30s", cron = "*/5 * * * *" or at = 2026-12-01T02:00:00Z '
+                f"(found {found})",
+            )
+        every = t.seconds("every", None, positive=True)
+        cron = t.string("cron")
+        tz = t.string("timezone")
+        if tz is not None and cron is None:
+            raise t.fail("timezone", "applies to cron schedules only")
+        if cron is not None:
+            from workers._errors import ScheduleError
+            from workers._triggers import Cron
+
+            try:
+                Cron(cron, tz)
+            except ScheduleError as exc:
+                key = "timezone" if tz is not None and "time zone" in str(exc) else "cron"
+                raise t.fail(
+                    key, str(exc).replace("tz=", "timezone = ").replace("cron=", "cron = ")
+                ) from None
+        at = self.at(t) if t.has("at") else None
+        job = JobConfig(
+            name=name,
+            function=fn,
+            args=args,
+            kwargs=kwargs,
+            every=every,
+            cron=cron,
+            timezone=tz,
+            at=at,
+            timeout=t.seconds("timeout", None, positive=True),
+            retries=t.integer("retries", 0, minimum=0) or 0,
+            overlap=t.choice("overlap", "skip", ("skip", "queue")),
+            max_instances=t.integer("max_instances", 1, minimum=1) or 1,
+        )
+        t.check_unknown()
+        from workers._serialize import callable_ref, dumps_job
+
+        try:  # what the pool will check at submit time: that the job pickles
+            dumps_job(callable_ref(fn), args, kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise t.fail(None, f"the job cannot be sent to a worker: {exc}") from None
+        return job
+
+    def at(self, t: _Table) -> datetime:
+        value = t.get("at")
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                raise t.error_at("at", value, "a date-time such as 2026-12-01T02:00:00Z") from None
+        if isinstance(value, date) and not isinstance(value, datetime):
+            value = datetime.combine(value, time())
+        if not isinstance(value, datetime):
+            raise t.error_at("at", value, "a date-time such as 2026-12-01T02:00:00Z")
+        if value.astimezone(UTC) < datetime.now(UTC):
+            raise t.error_at(
+                "at", value.isoformat(), "a time in the future (a one-off job in the past never runs)"
+            )
+        return value
+
+    def check_dependencies(self, cfg: Config) -> None:
+        names = {d.name for d in cfg.daemons}
+        for d in cfg.daemons:
+            for dep in d.depends_on:
+                if dep not in names:
+                    hint = difflib.get_close_matches(dep, sorted(names), n=1)
+                    raise ConfigError(
+                        f"{self.path}: [daemons.{d.name}] depends_on: found {dep!r}, expected the name of a "
+                        f"daemon in this file" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    )
+        graph: Mapping[str, tuple[str, ...]] = {d.name: d.depends_on for d in cfg.daemons}
+        state: dict[str, int] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            state[name] = 1
+            for dep in graph[name]:
+                if state.get(dep) == 1:
+                    cycle = [*path[path.index(dep) :], dep] if dep in path else [name, dep]
+                    raise ConfigError(
+                        f"{self.path}: [daemons.{name}] depends_on: found a cycle "
+                        f"{' -> '.join(cycle)}, expected dependencies that end somewhere"
+                    )
+                if dep not in state:
+                    visit(dep, [*path, dep])
+            state[name] = 2
+
+        for name in graph:
+            if name not in state:
+                visit(name, [name])

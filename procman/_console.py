@@ -1,0 +1,194 @@
+"""What ``procman run`` prints: each line prefixed with the time and its source's name.
+
+``12:00:01.234 web      | GET /health 200``. Names get a colour each on a terminal (never when
+NO_COLOR is set or the output is a file or pipe); warnings are yellow, errors red. Lines go through
+a bounded queue to a writer thread, so a slow terminal or pipe never stalls the supervisor: when
+the queue is full, lines are dropped and the count of dropped lines is printed once there is room.
+The last lines of every name are kept for ``procman logs NAME``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+from collections import deque
+from datetime import datetime
+from typing import Any, TextIO
+
+from ._events import Event, EventKind
+
+COLORS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI foreground colours
+RESET = "\033[0m"
+KEEP_LINES = 1000  # per name, for `procman logs`
+QUEUE_LINES = 10_000
+ME = "procman"
+
+
+def use_color(stream: TextIO, choice: str = "auto") -> bool:
+    if choice != "auto":
+        return choice == "always"
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Console:
+    def __init__(self, names: list[str], stream: TextIO | None = None, *, color: bool = False) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.color = color
+        self.width = max([len(n) for n in names] + [len(ME), len("pool")])
+        self.colors = {name: COLORS[i % len(COLORS)] for i, name in enumerate(names)}
+        self.colors[ME] = "1"
+        self.recent: dict[str, deque[str]] = {}
+        self._recent_lock = threading.Lock()
+        self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_LINES)
+        self._dropped = 0
+        self._writer = threading.Thread(target=self._write_loop, name="procman-console", daemon=True)
+        self._writer.start()
+
+    # -- lines ---------------------------------------------------------------------------------
+
+    def line(self, name: str, text: str, level: str = "info") -> None:
+        now = datetime.now()
+        stamp = now.strftime("%H:%M:%S.") + f"{now.microsecond // 1000:03d}"
+        with self._recent_lock:
+            ring = self.recent.get(name)
+            if ring is None:
+                ring = self.recent[name] = deque(maxlen=KEEP_LINES)
+            ring.append(f"{now.isoformat(timespec='milliseconds')} {text}")
+        label = f"{name:<{self.width}}"
+        if self.color:
+            label = f"\033[{self.colors.get(name, '37')}m{label}{RESET}"
+            if level == "warning":
+                text = f"\033[33m{text}{RESET}"
+            elif level == "error":
+                text = f"\033[1;31m{text}{RESET}"
+        self._put(f"{stamp} {label} | {text}\n")
+
+    def info(self, text: str) -> None:
+        self.line(ME, text)
+
+    def warning(self, text: str) -> None:
+        self.line(ME, text, "warning")
+
+    def error(self, text: str) -> None:
+        self.line(ME, text, "error")
+
+    def lines_of(self, name: str, count: int) -> list[str] | None:
+        with self._recent_lock:
+            ring = self.recent.get(name)
+            return list(ring)[-count:] if ring is not None else None
+
+    def _put(self, text: str) -> None:
+        try:
+            self._queue.put_nowait(text)
+        except queue.Full:
+            self._dropped += 1
+
+    def _write_loop(self) -> None:
+        while True:
+            text = self._queue.get()
+            if text is None:
+                return
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                text = f"... {dropped} lines dropped: the output could not keep up ...\n" + text
+            try:
+                self.stream.write(text)
+                if self._queue.empty():
+                    self.stream.flush()
+            except (OSError, ValueError):  # the terminal went away: keep running, quietly
+                pass
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (within ``timeout``) and stop the writer."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._writer.join(timeout)
+
+    # -- sources -------------------------------------------------------------------------------
+
+    def daemon_event(self, event: Event) -> None:
+        """procman's event hook: lifecycle lines under the daemon's name."""
+        k = event.kind
+        name = event.name
+        pid = f" (pid {event.pid})" if event.pid is not None else ""
+        if k is EventKind.STARTED:
+            self.line(name, f"starting{pid}" + (f", restart #{event.restarts}" if event.restarts else ""))
+        elif k is EventKind.READY:
+            self.line(name, f"ready{pid}")
+        elif k is EventKind.EXITED:
+            err = f": {type(event.error).__name__}: {event.error}" if event.error is not None else ""
+            self.line(name, f"exited {event.reason}{err}", "warning" if event.exit_code != 0 else "info")
+        elif k is EventKind.BACKING_OFF:
+            self.line(
+                name, f"restarting in {event.delay:.2g}s (restarts so far: {event.restarts})", "warning"
+            )
+        elif k is EventKind.GAVE_UP:
+            self.line(name, f"GAVE UP: {event.reason}; it stays down until `procman restart {name}`", "error")
+        elif k in (EventKind.STOP_TIMED_OUT, EventKind.KILLED):
+            self.line(name, f"{k.value}{pid}: {event.reason}", "warning")
+        elif k is EventKind.WATCHDOG:
+            self.line(name, f"watchdog{pid}: {event.reason}", "error")
+        elif k is EventKind.STOPPED:
+            self.line(name, f"stopped ({event.reason})", "info" if event.reason == "stopped" else "warning")
+
+    def pool_event(self, event: Any) -> None:
+        """The worker pool's event hook: job runs under the job's name, the rest under ``pool``."""
+        from workers import PoolEventKind
+
+        k = event.kind
+        took = f" in {event.duration:.3g}s" if event.duration is not None else ""
+        if k is PoolEventKind.RUN_DONE:
+            self.line(event.name, f"run ok{took}: {_short(event.result)}")
+        elif k is PoolEventKind.RUN_FAILED:
+            err = event.error
+            what = f"{type(err).__name__}: {err}" if err is not None else event.reason
+            self.line(event.name, f"run failed{took}: {what}", "error")
+        elif k in (PoolEventKind.RUN_SKIPPED, PoolEventKind.RUN_MISSED, PoolEventKind.RUN_QUEUED):
+            self.line(event.name, f"{k.value}: {event.reason}", "warning")
+        elif k in (PoolEventKind.JOB_TIMED_OUT, PoolEventKind.JOB_RETRY):
+            self.line(event.name or "pool", f"{k.value}: {event.reason}", "warning")
+        elif k in (PoolEventKind.WORKER_CRASHED, PoolEventKind.WORKER_EXITED):
+            self.line("pool", f"{k.value} (pid {event.pid}): {event.reason}", "warning")
+        elif k is PoolEventKind.POOL_BROKEN:
+            self.line("pool", f"BROKEN: {event.reason}", "error")
+
+
+def _short(value: object, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ConsoleHandler(logging.Handler):
+    """Routes the daemons' and workers' output (logged by procman and workers) to the console."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.DEBUG)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            name = getattr(record, "daemon", None)
+            if name is None:
+                name = "pool" if record.name.startswith("workers") else ME
+            level = (
+                "error"
+                if record.levelno >= logging.ERROR
+                else "warning"
+                if record.levelno >= logging.WARNING
+                else "info"
+            )
+            if getattr(record, "stream", None) == "stderr":
+                level = "info"  # a daemon's stderr is just its other output
+            self.console.line(name, record.getMessage(), level)
+        except Exception:  # noqa: BLE001 - logging must never raise into the supervisor
+            self.handleError(record)
