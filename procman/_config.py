@@ -188,6 +188,9 @@ def load(path: str | os.PathLike[str]) -> Config:
     return _Loader(p).load(data)
 
 
+TOP = "top level"
+
+
 class _Table:
     """One TOML table being read: remembers what was read, to reject unknown keys."""
 
@@ -261,7 +264,7 @@ class _Table:
     def table(self, key: str) -> _Table | None:
         if not self.has(key):
             return None
-        return _Table(self.file, f"{self.name}.{key}", self.data[key])
+        return _Table(self.file, f"{self.name}.{key}" if self.name != TOP else key, self.data[key])
 
     def check_unknown(self) -> None:
         for key in self.data:
@@ -329,8 +332,7 @@ class _Loader:
         self.names: dict[str, str] = {}  # name -> "daemons"/"jobs", to keep names unique across both
 
     def load(self, data: dict[str, Any]) -> Config:
-        top = _Table(self.path, "", data)
-        top.name = "top level"
+        top = _Table(self.path, TOP, data)
         cfg = Config(self.path)
         # The config's directory is importable, as the current directory is for `python -m`.
         if str(self.base) not in sys.path:

@@ -59,6 +59,12 @@ class _Base:
         if self._closed:
             raise ManagerClosed("this manager was closed; create a new one")
 
+    def _kill_all(self) -> None:
+        try:
+            self._io.loop.call_soon_threadsafe(self._sup.kill_all)
+        except RuntimeError:  # the I/O loop is closed: every daemon is already gone
+            pass
+
     def _shutdown(self, timeout: float) -> StopReport | None:
         if self._closed:
             return None
@@ -199,9 +205,11 @@ class Manager(_Base):
         return self._io.call(self._sup.stop_one(name, timeout), timeout + MARGIN, "stop_daemon()")
 
     def kill(self) -> None:
-        """SIGKILL every daemon's process group now, without waiting (safe in a signal handler)."""
-        if not self._closed:
-            self._io.loop.call_soon_threadsafe(self._sup.kill_all)
+        """SIGKILL every daemon's process group now, without waiting (safe in a signal handler).
+
+        Works during close() too: that is how a second Ctrl-C cuts a graceful stop short.
+        """
+        self._kill_all()
 
     def status(self) -> dict[str, DaemonStatus]:
         """Each daemon's state, pid, restart count, uptime and last exit."""
@@ -293,8 +301,7 @@ class AsyncManager(_Base):
 
     def kill(self) -> None:
         """See :meth:`Manager.kill`."""
-        if not self._closed:
-            self._io.loop.call_soon_threadsafe(self._sup.kill_all)
+        self._kill_all()
 
     async def status(self) -> dict[str, DaemonStatus]:
         """See :meth:`Manager.status`."""

@@ -332,7 +332,7 @@ class Runner:
     async def shutdown(self) -> int:
         cfg = self.cfg
         sd_notify("STOPPING=1")
-        code = EXIT_UNCLEAN if self.killed else EXIT_OK
+        code = EXIT_OK
         for h in self.jobs.values():
             h.cancel()
 
@@ -366,7 +366,7 @@ class Runner:
         if self.manager is not None or self.pool is not None:
             self.console.info("stopping")
         pool_ok, daemons_ok = await asyncio.gather(stop_pool(), stop_daemons())
-        if not (pool_ok and daemons_ok):
+        if not (pool_ok and daemons_ok) or self.killed:
             code = EXIT_UNCLEAN
         self.console.info("all stopped" + (" cleanly" if code == EXIT_OK else ""))
         return code

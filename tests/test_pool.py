@@ -184,19 +184,27 @@ def test_crash_among_held_jobs_fails_itself_alone_the_rest_run_once(
     assert (stats.crashed, stats.done) == (2, 3 * 200 + 398)
 
 
-def test_a_held_job_cannot_be_cancelled_but_a_queued_one_can(pool: workers.Pool) -> None:
+def test_a_held_job_cannot_be_cancelled_but_a_queued_one_can(pool: workers.Pool, tmp_path: Path) -> None:
     # Like ProcessPoolExecutor's queued calls: a job handed to a worker behind another is RUNNING
     # and cancel() returns False; a job still in the queue is cancelled and never runs.
+    log = tmp_path / "runs"
     for _ in range(3):
         [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(200)]]
-    futs = [pool.submit(jobs.add, i, 1) for i in range(2000)]
-    outcomes = [f.cancel() for f in reversed(futs)]
-    cancelled = [f for f in futs if f.cancelled()]
-    assert sum(outcomes) == len(cancelled) > 0
-    for i, f in enumerate(futs):
-        if not f.cancelled():
-            assert f.result(30) == i + 1
-    assert pool.submit(jobs.add, 2, 2).result(30) == 4
+    blockers = [pool.submit(jobs.sleep, 0.5) for _ in range(2)]  # each worker holds jobs behind one
+    futs = [pool.submit(jobs.record, str(log), i) for i in range(500)]
+    deadline = time.monotonic() + 10
+    while pool.stats().queued > 490 and time.monotonic() < deadline:  # the loop took them in
+        time.sleep(0.01)
+    outcomes = [f.cancel() for f in futs]
+    assert True in outcomes and False in outcomes, outcomes.count(True)
+    assert [f.result(30) for f in blockers] == [0.5, 0.5]
+    ran = []
+    for i, (f, cancelled) in enumerate(zip(futs, outcomes, strict=True)):
+        assert f.cancelled() == cancelled
+        if not cancelled:
+            assert f.result(30) == i
+            ran.append(i)
+    assert sorted(int(x) for x in log.read_text().split()) == ran  # cancelled jobs never ran
 
 
 def test_unpicklable_jobs_fail_at_submit_among_good_ones(pool: workers.Pool) -> None:

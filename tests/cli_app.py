@@ -1,0 +1,62 @@
+"""Daemons and jobs that the procman command tests name in their config files."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+
+class Quick:
+    """Ready at once; prints a line when it starts."""
+
+    name = "quick"
+
+    def __init__(self, greeting: str = "up") -> None:
+        self.greeting = greeting
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        print(f"{self.greeting} pid={os.getpid()} at={time.time():.6f}", flush=True)
+        threading.Thread(target=self._stop.wait, daemon=True).start()
+
+    def stop(self) -> None:
+        print(f"stopping pid={os.getpid()} at={time.time():.6f}", flush=True)
+        self._stop.set()
+
+
+class SlowReady(Quick):
+    """Takes ``delay`` seconds to be ready."""
+
+    def __init__(self, delay: float = 0.5) -> None:
+        super().__init__("slow-up")
+        self.delay = delay
+
+    def start(self) -> None:
+        time.sleep(self.delay)
+        super().start()
+
+
+class Stubborn(Quick):
+    """Hangs in stop() and ignores SIGTERM: only SIGKILL ends it."""
+
+    def start(self) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        super().start()
+
+    def stop(self) -> None:
+        print("not stopping", flush=True)
+        time.sleep(3600)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fails() -> None:
+    raise ValueError("job failed on purpose")
+
+
+NOT_CALLABLE = 42

@@ -1,0 +1,454 @@
+"""The procman command, driven as a subprocess the way a user drives it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from helpers import pid_alive
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
+    env.pop("NOTIFY_SOCKET", None)
+    env.update(extra)
+    return env
+
+
+class Procman:
+    """``procman run FILE`` in a subprocess, its output collected line by line."""
+
+    def __init__(self, config: Path, sock: Path, env: dict[str, str] | None = None) -> None:
+        self.sock = sock
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "procman", "run", str(config), "--socket", str(sock)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env or _env(),
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self.cond:
+                self.lines.append(line.rstrip("\n"))
+                self.cond.notify_all()
+
+    def wait_line(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
+        rx = re.compile(pattern)
+        with self.cond:
+            ok = self.cond.wait_for(lambda: sum(bool(rx.search(x)) for x in self.lines) >= count, timeout)
+            if not ok:
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines)
+                )
+            return [x for x in self.lines if rx.search(x)][count - 1]
+
+    def index(self, pattern: str) -> int:
+        rx = re.compile(pattern)
+        with self.cond:
+            for i, line in enumerate(self.lines):
+                if rx.search(line):
+                    return i
+        raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines))
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
+            [sys.executable, "-m", "procman", *args, "--socket", str(self.sock)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=60,
+        )
+
+    def status(self) -> dict[str, Any]:
+        out = self.ctl("status", "--json")
+        assert out.returncode == 0, out.stderr
+        data: dict[str, Any] = orjson.loads(out.stdout)
+        return data
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        code = self.proc.wait(timeout)
+        self.reader.join(5)
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def procman_run(tmp_path: Path) -> Iterator[Any]:
+    started: list[Procman] = []
+
+    def start(text: str, env: dict[str, str] | None = None) -> Procman:
+        config = tmp_path / "app.toml"
+        config.write_text(text)
+        p = Procman(config, tmp_path / "ctl.sock", env)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+
+
+def _daemon(status: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(d for d in status["daemons"] if d["name"] == name)
+
+
+READY = r"procman +\| .*ready.*Ctrl-C"
+
+APP = """
+[procman]
+stop_timeout = 10
+
+[daemons.alpha]
+factory = "cli_app:SlowReady"
+kwargs = { delay = 0.4 }
+restart = "always"
+
+[daemons.beta]
+factory = "cli_app:Quick"
+depends_on = ["alpha"]
+
+[jobs.sq]
+function = "cli_app:square"
+args = [7]
+every = "0.3s"
+"""
+
+
+def test_run_status_restart_logs_stop_and_sigterm(procman_run: Any) -> None:
+    p = procman_run(APP)
+    p.wait_line(READY)
+    assert stat.S_IMODE(p.sock.stat().st_mode) == 0o600
+    p.wait_line(r"sq +\| run ok .*: 49")
+    st = p.status()
+    alpha, beta = _daemon(st, "alpha"), _daemon(st, "beta")
+    assert (alpha["state"], beta["state"]) == ("running", "running")
+    assert pid_alive(alpha["pid"]) and pid_alive(beta["pid"])
+    (job,) = st["jobs"]
+    assert job["name"] == "sq" and job["runs"] >= 1 and job["last_result"] == "49" and job["next_run"]
+    table = p.ctl("status")
+    assert table.returncode == 0 and re.search(r"alpha +daemon +running", table.stdout), table.stdout
+
+    # restart: a new process, ready again; the old one is gone
+    out = p.ctl("restart", "alpha")
+    assert out.returncode == 0, out.stderr
+    assert "restarted" in out.stdout
+    new_alpha = _daemon(p.status(), "alpha")
+    assert new_alpha["state"] == "running" and new_alpha["pid"] != alpha["pid"]
+    assert not pid_alive(alpha["pid"])
+
+    logs = p.ctl("logs", "alpha", "-n", "50")
+    assert logs.returncode == 0 and logs.stdout.count("slow-up pid=") == 2, logs.stdout
+
+    # stop one daemon: it stays stopped, the others run on
+    out = p.ctl("stop", "beta")
+    assert out.returncode == 0 and "stopped" in out.stdout, out.stderr
+    st = p.status()
+    assert _daemon(st, "beta")["state"] == "stopped" and _daemon(st, "alpha")["state"] == "running"
+    assert not pid_alive(beta["pid"])
+
+    # unknown names are refused, naming what exists
+    bad = p.ctl("restart", "gamma")
+    assert bad.returncode == 1 and "no daemon named 'gamma'" in bad.stderr and "alpha" in bad.stderr
+
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.wait_exit() == 0
+    assert "all stopped cleanly" in p.lines[-1]
+    assert not p.sock.exists()
+    assert not pid_alive(new_alpha["pid"])
+
+
+def test_depends_on_starts_after_ready_and_stops_before(procman_run: Any) -> None:
+    p = procman_run(APP)
+    p.wait_line(READY)
+    alpha_ready = p.index(r"alpha +\| ready")
+    beta_starting = p.index(r"beta +\| starting")
+    assert alpha_ready < beta_starting  # beta starts only once alpha is ready (0.4 s)
+    up = float(p.wait_line(r"alpha +\| slow-up").split("at=")[1])
+    beta_up = float(p.wait_line(r"beta +\| up").split("at=")[1])
+    assert beta_up > up
+    p.proc.send_signal(signal.SIGINT)
+    assert p.wait_exit() == 0
+    assert p.index(r"beta +\| stopped") < p.index(r"alpha +\| stopping pid")  # reverse order
+
+
+def test_control_stop_ends_the_run(procman_run: Any) -> None:
+    p = procman_run(APP)
+    p.wait_line(READY)
+    out = p.ctl("stop")
+    assert out.returncode == 0 and "stopped" in out.stdout, out.stderr
+    assert p.wait_exit() == 0
+
+
+def test_second_signal_kills_at_once(procman_run: Any) -> None:
+    p = procman_run(
+        """
+[procman]
+stop_timeout = 60
+
+[daemons.stubborn]
+factory = "cli_app:Stubborn"
+stop_timeout = 60
+term_timeout = 60
+"""
+    )
+    p.wait_line(READY)
+    pid = _daemon(p.status(), "stubborn")["pid"]
+    p.proc.send_signal(signal.SIGINT)
+    p.wait_line(r"not stopping")
+    t = time.monotonic()
+    p.proc.send_signal(signal.SIGINT)
+    assert p.wait_exit(timeout=20) == 1  # not a clean stop
+    assert time.monotonic() - t < 15  # far below the 60 s graceful deadline
+    assert any("killing every daemon" in line for line in p.lines)
+    assert not pid_alive(pid)
+
+
+def test_systemd_ready_notification(procman_run: Any, tmp_path: Path) -> None:
+    addr = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(addr))
+    sock.settimeout(20)
+    try:
+        p = procman_run(APP, env=_env(NOTIFY_SOCKET=str(addr)))
+        msg = sock.recv(4096).decode()
+        assert msg.startswith("READY=1")
+        # sent once every daemon was ready, with the line that says so
+        p.wait_line(READY)
+        assert p.index(r"alpha +\| ready") < p.index(r"beta +\| ready") < p.index(READY)
+        p.proc.send_signal(signal.SIGTERM)
+        assert sock.recv(4096).decode().startswith("STOPPING=1")
+        assert p.wait_exit() == 0
+    finally:
+        sock.close()
+
+
+def test_control_commands_without_a_running_procman(tmp_path: Path) -> None:
+    out = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
+        [sys.executable, "-m", "procman", "status", "--socket", str(tmp_path / "none.sock")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert out.returncode == 2 and "no procman is running" in out.stderr
+
+
+def test_a_second_procman_on_the_same_socket_is_refused(procman_run: Any, tmp_path: Path) -> None:
+    p = procman_run(APP)
+    p.wait_line(READY)
+    other = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
+        [sys.executable, "-m", "procman", "run", str(tmp_path / "app.toml"), "--socket", str(p.sock)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert other.returncode == 2 and "another procman is running" in other.stdout
+    assert "starting" not in other.stdout
+    assert p.status()["daemons"]  # the first one is untouched
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.wait_exit() == 0
+
+
+# -- bad config files: each a precise error, nothing started ------------------------------------
+
+BAD = [
+    ("not toml", "[daemons.a\nfactory = 1", ["not valid TOML", "line 1"]),
+    ("empty", "", ["nothing to run"]),
+    (
+        "unknown key",
+        '[daemons.a]\nfactory = "cli_app:Quick"\nrestrat = "always"\n',
+        ["[daemons.a] restrat", "did you mean 'restart'"],
+    ),
+    (
+        "bad restart",
+        '[daemons.a]\nfactory = "cli_app:Quick"\nrestart = "sometimes"\n',
+        ["[daemons.a] restart", "found 'sometimes'", "'always', 'on-failure', 'never'"],
+    ),
+    ("bad name", '[daemons.Web_1]\nfactory = "cli_app:Quick"\n', ["[daemons.Web_1]", "not a valid name"]),
+    (
+        "both",
+        '[daemons.a]\nfactory = "cli_app:Quick"\ncommand = ["true"]\n',
+        ["[daemons.a]", "exactly one of factory"],
+    ),
+    (
+        "no module",
+        '[daemons.a]\nfactory = "no_such_mod:X"\n',
+        ["[daemons.a] factory", "cannot import module 'no_such_mod'"],
+    ),
+    (
+        "no attr",
+        '[daemons.a]\nfactory = "cli_app:Nope"\n',
+        ["[daemons.a] factory", "has no attribute 'Nope'"],
+    ),
+    (
+        "bad ref",
+        '[daemons.a]\nfactory = "cli_app.Quick"\n',
+        ["[daemons.a] factory", "found 'cli_app.Quick'", "package.module:attribute"],
+    ),
+    (
+        "factory raises",
+        '[daemons.a]\nfactory = "cli_app:SlowReady"\nkwargs = { nope = 1 }\n',
+        ["[daemons.a] factory", "TypeError"],
+    ),
+    (
+        "not a daemon",
+        '[daemons.a]\nfactory = "cli_app:square"\nargs = [2]\n',
+        ["[daemons.a] factory", "lacks start() and stop()"],
+    ),
+    (
+        "negative timeout",
+        '[daemons.a]\nfactory = "cli_app:Quick"\nstop_timeout = -1\n',
+        ["[daemons.a] stop_timeout", "found -1", "seconds"],
+    ),
+    (
+        "bad duration",
+        '[daemons.a]\nfactory = "cli_app:Quick"\nwatchdog = "soon"\n',
+        ["[daemons.a] watchdog", "found 'soon'"],
+    ),
+    (
+        "env not str",
+        '[daemons.a]\ncommand = ["true"]\nenv = { PORT = 8080 }\n',
+        ["[daemons.a] env.PORT", "found 8080", "a string"],
+    ),
+    (
+        "missing cwd",
+        '[daemons.a]\ncommand = ["true"]\ncwd = "no/such/dir"\n',
+        ["[daemons.a] cwd", "a directory"],
+    ),
+    (
+        "unknown dep",
+        '[daemons.a]\nfactory = "cli_app:Quick"\ndepends_on = ["b"]\n',
+        ["[daemons.a] depends_on", "found 'b'"],
+    ),
+    (
+        "cycle",
+        '[daemons.a]\nfactory = "cli_app:Quick"\ndepends_on = ["b"]\n'
+        '[daemons.b]\nfactory = "cli_app:Quick"\ndepends_on = ["a"]\n',
+        ["depends_on", "cycle a -> b -> a"],
+    ),
+    (
+        "backoff key",
+        '[daemons.a]\nfactory = "cli_app:Quick"\nbackoff = { intial = 1 }\n',
+        ["[daemons.a.backoff] intial", "did you mean 'initial'"],
+    ),
+    (
+        "pool size",
+        '[pool]\nworkers = 0\n[jobs.j]\nfunction = "cli_app:square"\nargs = [1]\nevery = 1\n',
+        ["[pool] workers", "found 0", ">= 1"],
+    ),
+    (
+        "no trigger",
+        '[jobs.j]\nfunction = "cli_app:square"\nargs = [1]\n',
+        ["[jobs.j]", "exactly one of every", "found none"],
+    ),
+    (
+        "two triggers",
+        '[jobs.j]\nfunction = "cli_app:square"\nevery = 1\ncron = "* * * * *"\n',
+        ["[jobs.j]", "found every and cron"],
+    ),
+    (
+        "bad cron",
+        '[jobs.j]\nfunction = "cli_app:square"\ncron = "61 * * * *"\n',
+        ["[jobs.j] cron", "not a valid cron expression"],
+    ),
+    (
+        "bad tz",
+        '[jobs.j]\nfunction = "cli_app:square"\ncron = "* * * * *"\ntimezone = "Mars/Base"\n',
+        ["[jobs.j] timezone", "Mars/Base"],
+    ),
+    (
+        "past at",
+        '[jobs.j]\nfunction = "cli_app:square"\nat = 2001-01-01T00:00:00Z\n',
+        ["[jobs.j] at", "in the future"],
+    ),
+    (
+        "not callable",
+        '[jobs.j]\nfunction = "cli_app:NOT_CALLABLE"\nevery = 1\n',
+        ["[jobs.j] function", "a callable"],
+    ),
+    (
+        "bad overlap",
+        '[jobs.j]\nfunction = "cli_app:square"\nevery = 1\noverlap = "wait"\n',
+        ["[jobs.j] overlap", "found 'wait'", "'skip', 'queue'"],
+    ),
+    (
+        "same name",
+        '[daemons.x]\nfactory = "cli_app:Quick"\n[jobs.x]\nfunction = "cli_app:square"\nevery = 1\n',
+        ["[jobs.x]", "already used by [daemons.x]"],
+    ),
+    (
+        "unknown section",
+        '[daemon.a]\nfactory = "cli_app:Quick"\n',
+        ["[top level] daemon", "did you mean 'daemons'"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_refused_before_anything_starts(
+    case: str, text: str, expected: list[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    for command in ("check", "run"):
+        out = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
+            [
+                sys.executable,
+                "-m",
+                "procman",
+                command,
+                str(config),
+                *(["--socket", str(tmp_path / "s.sock")] if command == "run" else []),
+            ],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=60,
+        )
+        assert out.returncode == 2, (command, out.stdout, out.stderr)
+        assert str(config) in out.stderr
+        for phrase in expected:
+            assert phrase in out.stderr, (phrase, out.stderr)
+        assert "starting" not in out.stdout and not (tmp_path / "s.sock").exists()
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    out = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
+        [sys.executable, "-m", "procman", "run", str(tmp_path / "nope.toml")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert out.returncode == 2 and "nope.toml: no such file" in out.stderr
