@@ -60,3 +60,16 @@ def fails() -> None:
 
 
 NOT_CALLABLE = 42
+
+
+class Crasher(Quick):
+    """Ready, then crashes 0.1 s later, every time."""
+
+    def start(self) -> None:
+        super().start()
+
+        def crash() -> None:
+            time.sleep(0.1)
+            raise RuntimeError("crashed on purpose")
+
+        threading.Thread(target=crash, daemon=True).start()

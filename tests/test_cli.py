@@ -452,3 +452,59 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 2 and "nope.toml: no such file" in out.stderr
+
+
+def test_commands_failures_and_give_ups_are_visible(procman_run: Any, tmp_path: Path) -> None:
+    script = "import os, time; print('hello', os.environ['GREETING']); time.sleep(60)"
+    p = procman_run(
+        f"""
+[daemons.echo]
+command = ["{sys.executable}", "-u", "-c", "{script}"]
+env = {{ GREETING = "from env" }}
+
+[daemons.crasher]
+factory = "cli_app:Crasher"
+restart = "always"
+max_restarts = 1
+within = 60
+backoff = {{ initial = 0.1 }}
+
+[jobs.bad]
+function = "cli_app:fails"
+every = "0.2s"
+"""
+    )
+    p.wait_line(READY)
+    p.wait_line(r"echo +\| hello from env")
+    p.wait_line(r"bad +\| run failed in .*ValueError: job failed on purpose")
+    p.wait_line(r"crasher +\| exited EXIT\(1\): RuntimeError: crashed on purpose")
+    p.wait_line(r"crasher +\| GAVE UP: .*procman restart crasher")
+    st = p.status()
+    assert _daemon(st, "crasher")["state"] == "gave-up"
+    assert _daemon(st, "crasher")["last_exit"]["error"] == "RuntimeError: crashed on purpose"
+    (job,) = st["jobs"]
+    assert job["failures"] >= 1 and job["last_error"] == "ValueError: job failed on purpose"
+    assert not any("\033[" in line for line in p.lines)  # not a terminal: no colour codes
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.wait_exit() == 0
+
+
+def test_colour_per_name_on_a_terminal() -> None:
+    import io
+
+    from procman._console import Console
+
+    out = io.StringIO()
+    console = Console(["web", "db"], out, color=True)
+    console.line("web", "hello")
+    console.line("db", "hi")
+    console.line("web", "oops", "error")
+    console.close()
+    web, db, err = out.getvalue().splitlines()
+    assert "\033[36mweb" in web and "\033[33mdb " in db  # a colour each
+    assert "\033[1;31moops" in err
+    plain = io.StringIO()
+    console = Console(["web"], plain, color=False)
+    console.line("web", "hello")
+    console.close()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} web     \| hello\n", plain.getvalue())
