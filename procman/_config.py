@@ -86,6 +86,17 @@ class DaemonConfig:
     watchdog: float | None
     depends_on: tuple[str, ...]
 
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of Manager.register() for this daemon."""
+        return {
+            "restart": self.restart,
+            "start_timeout": self.start_timeout,
+            "stop_timeout": self.stop_timeout,
+            "term_timeout": self.term_timeout,
+            "watchdog": self.watchdog,
+            "depends_on": self.depends_on,
+        }
+
 
 @dataclass
 class JobConfig:
@@ -237,13 +248,18 @@ class _Table:
         return value
 
     def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.optional_number(key, minimum=minimum)
+        return default if value is None else value
+
+    def optional_number(self, key: str, *, minimum: float = 0.0, above: bool = False) -> float | None:
         if not self.has(key):
-            return default
+            return None
         value = self.data[key]
+        expected = f"a number {'>' if above else '>='} {minimum:g}"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error_at(key, value, f"a number >= {minimum:g}")
-        if value < minimum:
-            raise self.error_at(key, value, f"a number >= {minimum:g}")
+            raise self.error_at(key, value, expected)
+        if value < minimum or (above and value == minimum):
+            raise self.error_at(key, value, expected)
         return float(value)
 
     def string(self, key: str, default: str | None = None) -> str | None:
@@ -357,7 +373,7 @@ class _Loader:
                 workers=pool.integer("workers", None, minimum=1),
                 start_method=pool.choice("start_method", "forkserver", START_METHODS),
                 max_tasks_per_worker=pool.integer("max_tasks_per_worker", None, minimum=1),
-                max_memory_mb=pool.seconds("max_memory_mb", None, positive=True),
+                max_memory_mb=pool.optional_number("max_memory_mb", above=True),
             )
             pool.check_unknown()
         jobs = top.table("jobs")
@@ -465,15 +481,7 @@ class _Loader:
         )
         t.check_unknown()
         try:  # what register() will check: that it pickles, among the rest
-            make_spec(
-                daemon,
-                restart=cfg.restart,
-                start_timeout=cfg.start_timeout,
-                stop_timeout=cfg.stop_timeout,
-                term_timeout=cfg.term_timeout,
-                watchdog=cfg.watchdog,
-                depends_on=cfg.depends_on,
-            )
+            make_spec(daemon, **cfg.options())
         except DaemonError as exc:
             raise t.fail(None, str(exc)) from None
         return cfg

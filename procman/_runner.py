@@ -251,15 +251,7 @@ class Runner:
             for d in cfg.daemons:
                 if d.module is not None and cfg.start_method == "forkserver":
                     preload(d.module)
-                await manager.register(
-                    d.daemon,
-                    restart=d.restart,
-                    start_timeout=d.start_timeout,
-                    stop_timeout=d.stop_timeout,
-                    term_timeout=d.term_timeout,
-                    watchdog=d.watchdog,
-                    depends_on=d.depends_on,
-                )
+                await manager.register(d.daemon, **d.options())
             if cfg.pool is not None:
                 import workers
 
