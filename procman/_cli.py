@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,19 @@ def _socket(args: argparse.Namespace) -> Path:
     if args.socket:
         return Path(args.socket)
     if args.config:
+        # Only the [procman] socket key: loading the whole file would import the app and call its
+        # factories in this client.
         cfg_path = Path(args.config)
         try:
-            cfg = load(cfg_path)
-        except ConfigError:
-            return default_socket(cfg_path)
-        return cfg.socket or default_socket(cfg_path)
+            data = tomllib.loads(cfg_path.read_text("utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{cfg_path}: no such file") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{cfg_path}: cannot read it: {exc}") from None
+        sock = data.get("procman", {}).get("socket") if isinstance(data.get("procman"), dict) else None
+        if isinstance(sock, str) and sock:
+            return cfg_path.resolve().parent / sock
+        return default_socket(cfg_path)
     return find_socket()
 
 

@@ -73,3 +73,8 @@ class Crasher(Quick):
             raise RuntimeError("crashed on purpose")
 
         threading.Thread(target=crash, daemon=True).start()
+
+
+class FailsToStart(Quick):
+    def start(self) -> None:
+        raise ConnectionRefusedError("database at db:5432 refused the connection")

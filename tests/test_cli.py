@@ -508,3 +508,41 @@ def test_colour_per_name_on_a_terminal() -> None:
     console.line("web", "hello")
     console.close()
     assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} web     \| hello\n", plain.getvalue())
+
+
+def test_a_failed_start_stops_the_rest_and_exits_1(procman_run: Any) -> None:
+    p = procman_run(
+        """
+[daemons.ok]
+factory = "cli_app:Quick"
+
+[daemons.broken]
+factory = "cli_app:FailsToStart"
+"""
+    )
+    assert p.wait_exit() == 1
+    p.wait_line(r"broken +\| failed to start: ConnectionRefusedError: database at db:5432 refused")
+    ok_pid = int(p.wait_line(r"ok +\| starting \(pid").split("pid ")[1].split(")")[0])
+    assert not pid_alive(ok_pid)  # all or nothing: the daemon that started was stopped again
+    assert not p.sock.exists()
+
+
+def test_control_commands_find_the_socket_from_the_config(procman_run: Any, tmp_path: Path) -> None:
+    text = APP.replace("[procman]\n", '[procman]\nsocket = "app.sock"\n')
+    config = tmp_path / "app.toml"
+    config.write_text(text)
+    p = Procman(config, tmp_path / "app.sock")
+    try:
+        p.wait_line(READY)
+        out = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
+            [sys.executable, "-m", "procman", "status", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=60,
+        )
+        assert out.returncode == 0 and "alpha" in out.stdout, out.stderr
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.wait_exit() == 0
+    finally:
+        p.close()
