@@ -548,3 +548,25 @@ def test_submits_racing_shutdown_all_resolve() -> None:
     assert not not_done  # every future resolved: a result, PoolClosed, or cancelled
     outcomes = {type(f.exception()).__name__ if f.exception() else "ok" for f in futures}
     assert outcomes <= {"ok", "PoolClosed"}
+
+
+def test_kill_ends_running_held_and_queued_jobs_at_once() -> None:
+    pool = workers.Pool(2)
+    try:
+        for _ in range(3):
+            [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(200)]]
+        blockers = [pool.submit(jobs.sleep, 60) for _ in range(2)]
+        rest = [pool.submit(jobs.add, i, 1) for i in range(300)]
+        time.sleep(0.3)
+        t = time.monotonic()
+        pool.kill()
+        for f in blockers:
+            with pytest.raises(workers.WorkerCrashed):
+                f.result(10)
+        for f in rest:
+            with pytest.raises(workers.PoolClosed):
+                f.result(10)
+        pool.shutdown(wait=True, timeout=30)
+        assert time.monotonic() - t < 10  # not the 60 s the jobs would have taken
+    finally:
+        pool.shutdown(wait=False)

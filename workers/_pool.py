@@ -465,7 +465,11 @@ class _Core:
                 self.idle.remove(w)
         job = w.jobs.popleft() if w.jobs else None
         while w.jobs:  # held behind the running job, never started: first in line again, in order
-            self.queue.appendleft(w.jobs.pop())
+            held = w.jobs.pop()
+            if self.closing:  # killed (Pool.kill) or shutting down: nothing will run it
+                self.fail_final(held, PoolClosed("the pool was shut down before this job ran"))
+            else:
+                self.queue.appendleft(held)
         reason = _wire.describe_exit(code)
         if was is _WState.RETIRING or (self.closing and job is None):
             self.dispatch()
