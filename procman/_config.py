@@ -577,10 +577,10 @@ class _Loader:
             max_instances=t.integer("max_instances", 1, minimum=1) or 1,
         )
         t.check_unknown()
-        from workers._serialize import callable_ref, dumps_job
+        from workers._serialize import callable_blob, dumps_job
 
         try:  # what the pool will check at submit time: that the job pickles
-            dumps_job(callable_ref(fn), args, kwargs)
+            dumps_job(callable_blob(fn), args, kwargs)
         except Exception as exc:  # noqa: BLE001
             raise t.fail(None, f"the job cannot be sent to a worker: {exc}") from None
         return job

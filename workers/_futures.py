@@ -29,20 +29,26 @@ class JobFuture(Future[T]):
     _kill_running: Callable[[], None] | None = None
 
     def __init__(self) -> None:
-        # What Future.__init__ sets, minus the Condition: that is made on first use (see below).
+        # What Future.__init__ sets, minus the Condition and the two lists: those are made on first
+        # use (see below). A pool holding 100,000 timed jobs would otherwise make 300,000 objects
+        # for jobs nobody waits on yet, and the cyclic GC would walk them again and again.
         self._state = PENDING
         self._result: Any = None
         self._exception: BaseException | None = None
-        self._waiters: list[Any] = []
-        self._done_callbacks: list[Callable[[Future[T]], object]] = []
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        waiters: list[Any] | None = self.__dict__.get("_waiter_list")
+        return waiters if waiters is not None else self.__dict__.setdefault("_waiter_list", [])
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[Future[T]], object]]:
+        cbs: list[Callable[[Future[T]], object]] | None = self.__dict__.get("_callback_list")
+        return cbs if cbs is not None else self.__dict__.setdefault("_callback_list", [])
 
     @property
     def _condition(self) -> threading.Condition:  # type: ignore[override]
-        """The future's Condition, made on first use.
-
-        A Condition costs more to make than the rest of a submit; a pool holding 100,000 timed
-        jobs would make 100,000 of them (and keep the cyclic GC busy) for jobs nobody waits on yet.
-        """
+        """The future's Condition, made on first use (it costs more than the rest of a submit)."""
         cond: threading.Condition | None = self.__dict__.get("_cond")
         if cond is None:
             with _MAKE_CONDITION:
@@ -91,19 +97,22 @@ class JobFuture(Future[T]):
         with cond:
             if self._state not in (PENDING, RUNNING):
                 return
+            waiters = self.__dict__.get("_waiter_list") or ()
             if exc is not None:
                 self._exception = exc
                 self._state = FINISHED
-                for waiter in self._waiters:
+                for waiter in waiters:
                     waiter.add_exception(self)
             else:
                 self._result = value
                 self._state = FINISHED
-                for waiter in self._waiters:
+                for waiter in waiters:
                     waiter.add_result(self)
+            if self._kill_running is not None:
+                self._kill_running = None  # it refers to the job, which refers to this future
             if cond._waiters:  # type: ignore[attr-defined]  # threading.Condition's own list
                 cond.notify_all()
-        if self._done_callbacks:
+        if self.__dict__.get("_callback_list"):
             self._invoke_callbacks()  # type: ignore[attr-defined]
 
     def __await__(self) -> Generator[Any, None, T]:

@@ -72,7 +72,7 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._futures import JobFuture
-from ._serialize import callable_ref, dumps_job, loads
+from ._serialize import callable_blob, dumps_job, loads
 from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
 from ._worker import ERROR, KIND_RESULT, RESULT_HEAD, job_frame, worker_main
 
@@ -1087,7 +1087,7 @@ class Pool(concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer={initializer!r} is not callable")
         self._init_blob = (
-            dumps_job(callable_ref(initializer), tuple(initargs), {}) if initializer is not None else None
+            dumps_job(callable_blob(initializer), tuple(initargs), {}) if initializer is not None else None
         )
         self.max_tasks_per_worker = _check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1)
         mem = _check_seconds("max_memory_mb", max_memory_mb)
@@ -1103,6 +1103,7 @@ class Pool(concurrent.futures.Executor):
         self._slots = threading.BoundedSemaphore(max_pending) if max_pending is not None else None
         self._ids = itertools.count(1)
         self._inbox: deque[_Job] = deque()
+        self._last_callable: tuple[Callable[..., Any], bytes, str] | None = None
         self._drain_pending = False
         self._closed = False
         self._shutdown_lock = threading.Lock()
@@ -1164,26 +1165,28 @@ class Pool(concurrent.futures.Executor):
         )
         loop_now = time.monotonic()
         if at is not None:
-            due = loop_now + (to_epoch(at, "at") - time.time())
+            when = at if type(at) is float and math.isfinite(at) else to_epoch(at, "at")
+            due = loop_now + (when - time.time())
         elif after is not None:
             due = loop_now + to_seconds(after, "after", positive=False)
         else:
             due = loop_now
-        self._check_usable()
-        blob = dumps_job(callable_ref(fn), tuple(args), dict(kwargs or {}))
-        self._acquire_slot()
+        if self._closed or self._core.broken is not None:
+            self._check_usable()
+        last = self._last_callable  # a loop of submits mostly sends one function: skip the lookups
+        if last is not None and last[0] is fn:
+            fn_blob, default_name = last[1], last[2]
+        else:
+            fn_blob, default_name = callable_blob(fn), _job_name(fn)
+            self._last_callable = (fn, fn_blob, default_name)
+        blob = dumps_job(fn_blob, args if type(args) is tuple else tuple(args), kwargs or {})
         fut: JobFuture[T] = JobFuture()
         if self._slots is not None:
+            self._acquire_slot()
             fut.add_done_callback(self._release_slot)
+        # positional: id, name, blob, due, timeout, retries_left, retry_backoff, future
         job = _Job(
-            id=next(self._ids),
-            name=name or _job_name(fn),
-            blob=blob,
-            due=due,
-            timeout=timeout,
-            retries_left=retries or 0,
-            retry_backoff=backoff or 0.0,
-            future=fut,
+            next(self._ids), name or default_name, blob, due, timeout, retries or 0, backoff or 0.0, fut
         )
         if (
             timeout is None
@@ -1292,7 +1295,7 @@ class Pool(concurrent.futures.Executor):
             "retry_backoff": _check_seconds("retry_backoff", retry_backoff, allow_none=False),
         }
         self._check_usable()
-        blob = dumps_job(callable_ref(fn), tuple(args), dict(kwargs or {}))
+        blob = dumps_job(callable_blob(fn), tuple(args), dict(kwargs or {}))
         record = _Schedule(self, name or _job_name(fn), trigger, blob, opts)
         self._call(self._core.schedule_add, record)
         return Schedule(record)

@@ -9,6 +9,7 @@ bytes for the same reason.
 from __future__ import annotations
 
 import pickle
+import struct
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -70,24 +71,68 @@ def _dill_ref(fn: Callable[..., Any]) -> DillCallable:
         ) from exc
 
 
-def dumps_job(ref: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Serialize a job; raise SerializationError naming the argument that cannot be pickled."""
-    job = (ref, args, kwargs)
+def callable_blob(fn: Callable[..., Any]) -> bytes:
+    """``fn`` pickled (by reference, or as dill bytes), once per callable: most submits reuse it."""
     try:
-        return PICKLE + pickle.dumps(job, protocol=5)
-    except Exception:  # noqa: BLE001 - fall back to dill, then pinpoint the culprit
+        return _blobs[fn]
+    except (KeyError, TypeError):
         pass
-    import dill
-
+    blob = pickle.dumps(callable_ref(fn), protocol=5)
     try:
-        blob: bytes = dill.dumps(job, protocol=5, recurse=True)
-        return DILL + blob
-    except Exception as exc:
-        culprit = _culprit(args, kwargs)
-        raise SerializationError(
-            f"job cannot be pickled: {culprit}: {exc}. Pass data that pickles (plain values, "
-            "module-level functions and classes), or create the resource inside the job"
-        ) from exc
+        _blobs[fn] = blob
+    except TypeError:  # not weak-referenceable: fine, no cache
+        pass
+    return blob
+
+
+_blobs: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+_FN_LEN = struct.Struct("<I")
+FN_CACHE_MAX = 256  # loaded callables a worker keeps, by their bytes
+
+
+def dumps_job(fn_blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """A job for the wire: the callable's bytes (see callable_blob), then its pickled arguments.
+
+    Raises SerializationError naming the argument that cannot be pickled.
+    """
+    call = (args, kwargs)
+    try:
+        payload = PICKLE + pickle.dumps(call, protocol=5)
+    except Exception:  # noqa: BLE001 - fall back to dill, then pinpoint the culprit
+        import dill
+
+        try:
+            payload = DILL + dill.dumps(call, protocol=5, recurse=True)
+        except Exception as exc:
+            culprit = _culprit(args, kwargs)
+            raise SerializationError(
+                f"job cannot be pickled: {culprit}: {exc}. Pass data that pickles (plain values, "
+                "module-level functions and classes), or create the resource inside the job"
+            ) from exc
+    return _FN_LEN.pack(len(fn_blob)) + fn_blob + payload
+
+
+def load_job(
+    blob: bytes | memoryview, cache: dict[bytes, Callable[..., Any]] | None = None
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """The callable and arguments of a job from dumps_job; callables cached by their bytes."""
+    view = memoryview(blob)
+    (n,) = _FN_LEN.unpack_from(view, 0)
+    fn_blob = bytes(view[4 : 4 + n])
+    fn = cache.get(fn_blob) if cache is not None else None
+    if fn is None:
+        ref = pickle.loads(fn_blob)
+        if isinstance(ref, DillCallable):
+            import dill
+
+            ref = dill.loads(ref.blob)
+        fn = ref
+        if cache is not None:
+            if len(cache) >= FN_CACHE_MAX:
+                cache.clear()
+            cache[fn_blob] = fn
+    args, kwargs = loads(view[4 + n :])
+    return fn, args, kwargs
 
 
 def _culprit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from procman import _wire
 from procman._child import Channel, manager_gone
 
-from ._serialize import DillCallable, dumps_result, loads
+from ._serialize import dumps_result, load_job
 
 JOB_HEAD = struct.Struct("<Qd")
 RESULT_HEAD = struct.Struct("<QddqB")
@@ -28,7 +28,6 @@ KIND_RESULT = ord("R")
 OK = 0
 ERROR = 1
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-_FN_CACHE_MAX = 256
 
 
 def job_frame(job_id: int, due: float, blob: bytes) -> bytes:
@@ -42,7 +41,7 @@ def rss_kb() -> int:
 
 def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> int:
     if init_blob is not None:
-        fn, args, kwargs = loads(init_blob)
+        fn, args, kwargs = load_job(init_blob)
         fn(*args, **kwargs)  # an exception here ends the worker before "ready"
     chan.send({"t": "ready"})
     reader = _wire.FrameReader()
@@ -65,18 +64,7 @@ def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> in
         job_id, _due = JOB_HEAD.unpack_from(body, 1)
         started = time.monotonic()
         try:
-            ref, args, kwargs = loads(memoryview(body)[1 + JOB_HEAD.size :])
-            if isinstance(ref, DillCallable):
-                fn = fn_cache.get(ref.blob)
-                if fn is None:
-                    import dill
-
-                    fn = dill.loads(ref.blob)
-                    if len(fn_cache) >= _FN_CACHE_MAX:
-                        fn_cache.clear()
-                    fn_cache[ref.blob] = fn
-            else:
-                fn = ref
+            fn, args, kwargs = load_job(memoryview(body)[1 + JOB_HEAD.size :], fn_cache)
             payload = dumps_result(fn(*args, **kwargs))
             status = OK
         except BaseException as exc:  # noqa: BLE001 - every job error goes back to its future
