@@ -640,7 +640,7 @@ class _Core:
         with self.lock:
             if self.closing or self.broken is not None or self.queue or self.pool._inbox or not self.idle:
                 return False
-            w = self.idle.popleft()
+            w = self.idle.pop()  # the worker that finished last: its process is the likeliest awake
             child = w.child
             assert child is not None
             fut._try_start()
@@ -653,7 +653,7 @@ class _Core:
             # The pipe is closing (the worker died): undo, and let the loop deal with both.
             w.jobs.pop()
             w.state = _WState.IDLE
-            self.idle.appendleft(w)
+            self.idle.append(w)
             fut._kill_running = None
             fut._unstart()
             job.handed = False
