@@ -282,6 +282,16 @@ class _Table:
             return None
         return _Table(self.file, f"{self.name}.{key}" if self.name != TOP else key, self.data[key])
 
+    def tables(self, key: str) -> list[tuple[str, _Table]]:
+        """The sub-tables of ``[key]`` (``[daemons.web]``, ...), each with its name."""
+        section = self.table(key)
+        if section is None:
+            return []
+        section.known.update(section.data)
+        return [
+            (name, _Table(self.file, f"{section.name}.{name}", value)) for name, value in section.data.items()
+        ]
+
     def check_unknown(self) -> None:
         for key in self.data:
             if key not in self.known:
@@ -362,11 +372,7 @@ class _Loader:
             if sock is not None:
                 cfg.socket = self.base / sock
             section.check_unknown()
-        daemons = top.table("daemons")
-        if daemons is not None:
-            for name in daemons.data:
-                daemons.known.add(name)
-                cfg.daemons.append(self.daemon(name, daemons.table(name)))  # type: ignore[arg-type]
+        cfg.daemons = [self.daemon(name, t) for name, t in top.tables("daemons")]
         pool = top.table("pool")
         if pool is not None:
             cfg.pool = PoolConfig(
@@ -376,13 +382,9 @@ class _Loader:
                 max_memory_mb=pool.optional_number("max_memory_mb", above=True),
             )
             pool.check_unknown()
-        jobs = top.table("jobs")
-        if jobs is not None:
-            for name in jobs.data:
-                jobs.known.add(name)
-                cfg.jobs.append(self.job(name, jobs.table(name)))  # type: ignore[arg-type]
-            if cfg.pool is None:
-                cfg.pool = PoolConfig()
+        cfg.jobs = [self.job(name, t) for name, t in top.tables("jobs")]
+        if cfg.jobs and cfg.pool is None:
+            cfg.pool = PoolConfig()
         top.check_unknown()
         if not cfg.daemons and not cfg.jobs:
             raise ConfigError(f"{self.path}: nothing to run: add a [daemons.NAME] or a [jobs.NAME] table")

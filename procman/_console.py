@@ -148,7 +148,7 @@ class Console:
         k = event.kind
         took = f" in {event.duration:.3g}s" if event.duration is not None else ""
         if k is PoolEventKind.RUN_DONE:
-            self.line(event.name, f"run ok{took}: {_short(event.result)}")
+            self.line(event.name, f"run ok{took}: {short_repr(event.result)}")
         elif k is PoolEventKind.RUN_FAILED:
             err = event.error
             what = f"{type(err).__name__}: {err}" if err is not None else event.reason
@@ -163,7 +163,7 @@ class Console:
             self.line("pool", f"BROKEN: {event.reason}", "error")
 
 
-def _short(value: object, limit: int = 200) -> str:
+def short_repr(value: object, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ._config import Config, JobConfig
-from ._console import Console, ConsoleHandler
+from ._console import Console, ConsoleHandler, short_repr
 from ._control import ControlError, ControlServer, sd_notify
 from ._errors import DaemonError, ProcmanError, StartError
 from ._manager import AsyncManager
@@ -54,7 +54,7 @@ class _JobHandle:
                 failures=h.failures,
                 skipped=h.skipped,
                 missed=h.missed,
-                last_result=_short(h.last_result) if h.runs > h.failures else None,
+                last_result=short_repr(h.last_result) if h.runs > h.failures else None,
                 last_error=f"{type(err).__name__}: {err}" if err is not None else None,
             )
         else:
@@ -74,18 +74,15 @@ class _JobHandle:
                 failures=int(exc is not None),
                 skipped=0,
                 missed=0,
-                last_result=_short(fut.result(0)) if done and exc is None and not fut.cancelled() else None,
+                last_result=short_repr(fut.result(0))
+                if done and exc is None and not fut.cancelled()
+                else None,
                 last_error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
             )
         return row
 
     def cancel(self) -> None:
         self.handle.cancel()
-
-
-def _short(value: object, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _daemon_row(st: DaemonStatus) -> dict[str, Any]:
@@ -317,7 +314,7 @@ class Runner:
             return
         exc = fut.exception()
         if exc is None:
-            self.console.line(name, f"run ok: {_short(fut.result())}")
+            self.console.line(name, f"run ok: {short_repr(fut.result())}")
         else:
             self.console.line(name, f"run failed: {type(exc).__name__}: {exc}", "error")
 

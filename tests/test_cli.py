@@ -31,6 +31,13 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_procman(*args: str) -> subprocess.CompletedProcess[str]:
+    """One procman command to its end (bounded), its output captured."""
+    return subprocess.run(  # noqa: PLW1510 - the exit status is what the tests check
+        [sys.executable, "-m", "procman", *args], capture_output=True, text=True, env=_env(), timeout=60
+    )
+
+
 class Procman:
     """``procman run FILE`` in a subprocess, its output collected line by line."""
 
@@ -74,13 +81,7 @@ class Procman:
         raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines))
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
-            [sys.executable, "-m", "procman", *args, "--socket", str(self.sock)],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=60,
-        )
+        return run_procman(*args, "--socket", str(self.sock))
 
     def status(self) -> dict[str, Any]:
         out = self.ctl("status", "--json")
@@ -253,26 +254,14 @@ def test_systemd_ready_notification(procman_run: Any, tmp_path: Path) -> None:
 
 
 def test_control_commands_without_a_running_procman(tmp_path: Path) -> None:
-    out = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
-        [sys.executable, "-m", "procman", "status", "--socket", str(tmp_path / "none.sock")],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=60,
-    )
+    out = run_procman("status", "--socket", str(tmp_path / "none.sock"))
     assert out.returncode == 2 and "no procman is running" in out.stderr
 
 
 def test_a_second_procman_on_the_same_socket_is_refused(procman_run: Any, tmp_path: Path) -> None:
     p = procman_run(APP)
     p.wait_line(READY)
-    other = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
-        [sys.executable, "-m", "procman", "run", str(tmp_path / "app.toml"), "--socket", str(p.sock)],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=60,
-    )
+    other = run_procman("run", str(tmp_path / "app.toml"), "--socket", str(p.sock))
     assert other.returncode == 2 and "another procman is running" in other.stdout
     assert "starting" not in other.stdout
     assert p.status()["daemons"]  # the first one is untouched
@@ -422,20 +411,8 @@ def test_bad_config_is_refused_before_anything_starts(
     config = tmp_path / "bad.toml"
     config.write_text(text)
     for command in ("check", "run"):
-        out = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
-            [
-                sys.executable,
-                "-m",
-                "procman",
-                command,
-                str(config),
-                *(["--socket", str(tmp_path / "s.sock")] if command == "run" else []),
-            ],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=60,
-        )
+        socket_args = ["--socket", str(tmp_path / "s.sock")] if command == "run" else []
+        out = run_procman(command, str(config), *socket_args)
         assert out.returncode == 2, (command, out.stdout, out.stderr)
         assert str(config) in out.stderr
         for phrase in expected:
@@ -444,13 +421,7 @@ def test_bad_config_is_refused_before_anything_starts(
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    out = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
-        [sys.executable, "-m", "procman", "run", str(tmp_path / "nope.toml")],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=60,
-    )
+    out = run_procman("run", str(tmp_path / "nope.toml"))
     assert out.returncode == 2 and "nope.toml: no such file" in out.stderr
 
 
@@ -534,13 +505,7 @@ def test_control_commands_find_the_socket_from_the_config(procman_run: Any, tmp_
     p = Procman(config, tmp_path / "app.sock")
     try:
         p.wait_line(READY)
-        out = subprocess.run(  # noqa: PLW1510 - the exit status is what the test checks
-            [sys.executable, "-m", "procman", "status", "-c", str(config)],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=60,
-        )
+        out = run_procman("status", "-c", str(config))
         assert out.returncode == 0 and "alpha" in out.stdout, out.stderr
         p.proc.send_signal(signal.SIGTERM)
         assert p.wait_exit() == 0
