@@ -52,8 +52,15 @@ def get_context(method: str) -> Any:
     return ctx
 
 
+_guarded_in: int | None = None  # the pid that set up the guard (a forked host sets it up anew)
+
+
 def _guard_forkserver() -> None:
     """Before the forkserver starts: have it ignore SIGTERM sent to our process group (_fsguard)."""
+    global _guarded_in
+    if _guarded_in == os.getpid():
+        return
+    _guarded_in = os.getpid()
     from multiprocess import forkserver
 
     os.environ["_PROCMAN_FORKSERVER_PARENT"] = str(os.getpid())

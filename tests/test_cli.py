@@ -41,7 +41,9 @@ def run_procman(*args: str) -> subprocess.CompletedProcess[str]:
 class Procman:
     """``procman run FILE`` in a subprocess, its output collected line by line."""
 
-    def __init__(self, config: Path, sock: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, sock: Path, env: dict[str, str] | None = None, *, new_group: bool = False
+    ) -> None:
         self.sock = sock
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "procman", "run", str(config), "--socket", str(sock)],
@@ -49,6 +51,7 @@ class Procman:
             stderr=subprocess.STDOUT,
             env=env or _env(),
             text=True,
+            start_new_session=new_group,
         )
         self.lines: list[str] = []
         self.cond = threading.Condition()
@@ -509,5 +512,27 @@ def test_control_commands_find_the_socket_from_the_config(procman_run: Any, tmp_
         assert out.returncode == 0 and "alpha" in out.stdout, out.stderr
         p.proc.send_signal(signal.SIGTERM)
         assert p.wait_exit() == 0
+    finally:
+        p.close()
+
+
+def test_sigterm_to_the_whole_process_group_is_a_graceful_stop(tmp_path: Path) -> None:
+    # `timeout`, `kill -- -PGID` or a shell signal the whole group: the forkserver in it must not
+    # die (its children would die with it, by their parent-death signal) before procman stops them.
+    config = tmp_path / "app.toml"
+    config.write_text(APP)
+    p = Procman(config, tmp_path / "ctl.sock", new_group=True)
+    try:
+        p.wait_line(READY)
+        pids = {d["name"]: d["pid"] for d in p.status()["daemons"]}
+        os.killpg(p.proc.pid, signal.SIGTERM)
+        assert p.wait_exit() == 0
+        text = "\n".join(p.lines)
+        assert "alpha          | stopped (stopped)" in text or re.search(
+            r"alpha +\| stopped \(stopped\)", text
+        )
+        assert re.search(r"beta +\| stopped \(stopped\)", text)
+        assert "restart #" not in text  # nothing died under it and came back
+        assert not any(pid_alive(pid) for pid in pids.values())
     finally:
         p.close()
