@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import reprlib
 import sys
 import threading
 from collections import deque
@@ -163,8 +164,18 @@ class Console:
             self.line("pool", f"BROKEN: {event.reason}", "error")
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 160
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 12
+_REPR.maxlevel = 3
+
+
 def short_repr(value: object, limit: int = 200) -> str:
-    text = repr(value)
+    """A bounded repr: a job returning a million-item list costs a dozen items, not a million."""
+    try:
+        text = _REPR.repr(value)
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not take the output down
+        text = f"<{type(value).__name__}: repr failed: {exc!r}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
