@@ -24,6 +24,7 @@ from ._events import Event, EventKind
 COLORS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI foreground colours
 RESET = "\033[0m"
 KEEP_LINES = 1000  # per name, for `procman logs`
+KEEP_CHARS = 4096  # of each kept line: the memory kept is bounded by lines x chars x names
 QUEUE_LINES = 10_000
 ME = "procman"
 
@@ -62,7 +63,8 @@ class Console:
             ring = self.recent.get(name)
             if ring is None:
                 ring = self.recent[name] = deque(maxlen=KEEP_LINES)
-            ring.append(f"{now.isoformat(timespec='milliseconds')} {text}")
+            kept = text if len(text) <= KEEP_CHARS else text[:KEEP_CHARS] + f"... ({len(text)} chars)"
+            ring.append(f"{now.isoformat(timespec='milliseconds')} {kept}")
         label = f"{name:<{self.width}}"
         if self.color:
             label = f"\033[{self.colors.get(name, '37')}m{label}{RESET}"
