@@ -23,7 +23,6 @@ import faulthandler
 import inspect
 import logging
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -379,22 +378,7 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-def dumps_daemon(obj: object) -> bytes:
-    """Serialize a daemon for its child: pickle when it can, dill when pickle refuses."""
-    if type(obj).__module__ != "__main__":  # a script's __main__ may not be importable in the child
-        try:
-            return b"p" + pickle.dumps(obj, protocol=5)
-        except Exception:  # noqa: BLE001 - pickle refuses lambdas, closures, local classes
-            pass
-    import dill
-
-    blob: bytes = dill.dumps(obj, protocol=5, recurse=True)
-    return b"d" + blob
-
-
 def loads_daemon(blob: bytes) -> Any:
-    if blob[:1] == b"p":
-        return pickle.loads(blob[1:])
-    import dill
+    from . import _pickling
 
-    return dill.loads(blob[1:])
+    return _pickling.loads(blob)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ._child import dumps_daemon
+from . import _pickling
 from ._errors import DaemonError
 from ._names import check_name
 from ._policy import Restart, RestartPolicy
@@ -89,13 +89,9 @@ def make_spec(
     if dog is not None and dog <= 0:
         raise DaemonError(f"watchdog={watchdog!r} must be > 0 seconds, or None to disable it")
     try:
-        blob = dumps_daemon(daemon)
+        blob = _pickling.dumps(daemon)
     except Exception as exc:
-        raise DaemonError(
-            f"daemon {name!r} cannot be sent to its child process: {type(exc).__name__}: {exc}. "
-            "Keep unpicklable resources (sockets, locks, open files, clients) out of __init__ and "
-            "create them in start()"
-        ) from exc
+        raise DaemonError(_pickling.explain(daemon, f"daemon {name!r}", exc)) from exc
     assert start_t is not None and stop_t is not None and term_t is not None
     return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog, check_depends_on(name, depends_on))
 

@@ -18,6 +18,7 @@ still hold the write ends.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import select
 import signal
@@ -44,12 +45,94 @@ def get_context(method: str) -> Any:
     if ctx is None:
         ctx = multiprocess.get_context(method)
         if method == "forkserver":
-            # Note: like multiprocessing, each child still re-imports the host's main script (the
-            # "__main__" preload is a no-op in CPython 3.11), so heavy imports belong under the
-            # main guard, or use fork.
-            ctx.set_forkserver_preload(["procman._child", "orjson", "uvloop", "dill"])
+            ctx.set_forkserver_preload(["procman._child", "procman._pickling", "orjson", "uvloop", "dill"])
         _contexts[method] = ctx
     return ctx
+
+
+# Children never re-run the host's main script. multiprocessing's forkserver and spawn children
+# re-import it (as __mp_main__) so that pickles naming __main__ resolve; that is why scripts need
+# the main guard, why a script read from stdin or `-c` cannot start children, and why a script that
+# makes a pool at top level loops. Here what a child needs from __main__ travels by value instead
+# (procman._pickling), so the preparation data sent to a child leaves the main module out. fork
+# children are copies of the host and re-run nothing anyway.
+
+
+def _payload(popen: Any, process_obj: Any) -> io.BytesIO:
+    """What a forkserver or spawn child reads first: preparation data (no main module), process."""
+    from multiprocess import spawn
+    from multiprocess.context import reduction, set_spawning_popen
+
+    prep = spawn.get_preparation_data(process_obj._name)
+    prep.pop("init_main_from_path", None)
+    prep.pop("init_main_from_name", None)
+    buf = io.BytesIO()
+    set_spawning_popen(popen)
+    try:
+        reduction.dump(prep, buf)
+        reduction.dump(process_obj, buf)
+    finally:
+        set_spawning_popen(None)
+    return buf
+
+
+def _forkserver_popen() -> type[Any]:
+    from multiprocess import forkserver, popen_forkserver, util
+
+    class Popen(popen_forkserver.Popen):  # type: ignore[misc]
+        def _launch(self, process_obj: Any) -> None:
+            buf = _payload(self, process_obj)
+            self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+            # The child watches a duplicate of the data pipe's write end as its parent's sentinel.
+            parent_w = os.dup(w)
+            self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
+            with open(w, "wb", closefd=True) as f:
+                f.write(buf.getbuffer())
+            self.pid = forkserver.read_signed(self.sentinel)
+
+    return Popen
+
+
+def _spawn_popen() -> type[Any]:
+    from multiprocess import popen_spawn_posix, resource_tracker, spawn, util
+
+    class Popen(popen_spawn_posix.Popen):  # type: ignore[misc]
+        def _launch(self, process_obj: Any) -> None:
+            tracker_fd = resource_tracker.getfd()
+            self._fds.append(tracker_fd)
+            buf = _payload(self, process_obj)
+            parent_r, child_w = os.pipe()
+            child_r, parent_w = os.pipe()
+            try:
+                cmd = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r)
+                self._fds.extend([child_r, child_w])
+                self.pid = util.spawnv_passfds(spawn.get_executable(), cmd, self._fds)
+                self.sentinel = parent_r
+                with open(parent_w, "wb", closefd=False) as f:
+                    f.write(buf.getbuffer())
+            finally:
+                self.finalizer = util.Finalize(self, util.close_fds, [parent_r, parent_w])
+                os.close(child_r)
+                os.close(child_w)
+
+    return Popen
+
+
+_process_classes: dict[str, Any] = {}
+
+
+def process_class(method: str) -> Any:
+    """The Process class for ``method`` whose children do not re-run the host's main script."""
+    cls = _process_classes.get(method)
+    if cls is None:
+        base = get_context(method).Process
+        if method == "fork":
+            cls = base
+        else:
+            popen = _forkserver_popen() if method == "forkserver" else _spawn_popen()
+            cls = type(f"Procman{base.__name__}", (base,), {"_Popen": staticmethod(popen)})
+        _process_classes[method] = cls
+    return cls
 
 
 _guarded_in: int | None = None  # the pid that set up the guard (a forked host sets it up anew)
@@ -132,14 +215,13 @@ class Child:
         try:
             if self.method == "forkserver":
                 _guard_forkserver()
-            ctx = get_context(self.method)
             fds = tuple(FdBox(fd) for fd in child_ends)
             options: dict[str, Any] = dict(self.options or {})
             if self.method == "fork":
                 # A forked child inherits the parent's ends of its own pipes; holding the write end
                 # of its control pipe it would never see end of file when the manager dies.
                 options["close_fds"] = parent_ends
-            proc = ctx.Process(
+            proc = process_class(self.method)(
                 target=child_main,
                 args=(self.entry, fds, os.getpid(), options),
                 name=f"procman:{self.name}",

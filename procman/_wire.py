@@ -14,7 +14,6 @@ write from the single I/O thread (parent).
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import struct
 import traceback
@@ -108,8 +107,10 @@ def error_record(exc: BaseException) -> dict[str, Any]:
         "tb": tb,
     }
     try:
-        blob = pickle.dumps(exc, protocol=5)
-        pickle.loads(blob)  # some exceptions pickle but do not unpickle (required init args)
+        from . import _pickling
+
+        blob = _pickling.dumps_to_host(exc)  # a __main__ exception class by name: the host's own
+        _pickling.loads(blob)  # some exceptions pickle but do not unpickle (required init args)
         record["pickled"] = blob.hex()
     except Exception:  # noqa: BLE001 - any failure just means "send the text only"
         pass
@@ -130,7 +131,9 @@ def rebuild_error(record: dict[str, Any]) -> BaseException:
     blob = record.get("pickled")
     if isinstance(blob, str):
         try:
-            loaded = pickle.loads(bytes.fromhex(blob))
+            from . import _pickling
+
+            loaded = _pickling.loads(bytes.fromhex(blob))
             if isinstance(loaded, BaseException):
                 exc = loaded
         except Exception:  # noqa: BLE001 - fall back to the text form

@@ -361,7 +361,7 @@ BAD_INPUT = [
     ("invalid-name", lambda: Quick("Bad_Name"), {}, "invalid daemon name 'Bad_Name'"),
     ("not-a-daemon", object, {}, "is not a daemon"),
     ("a-class", lambda: Quick, {}, "not a daemon object"),
-    ("unpicklable", _with_socket, {}, "cannot be sent to its child process"),
+    ("unpicklable", _with_socket, {}, "cannot be sent to a child process"),
     ("negative-stop", lambda: Quick("neg"), {"stop_timeout": -1}, "stop_timeout=-1 must not be negative"),
     ("nan-start", lambda: Quick("nan"), {"start_timeout": float("nan")}, "start_timeout=nan"),
     ("bad-restart", lambda: Quick("rs"), {"restart": "sometimes"}, "restart='sometimes'"),

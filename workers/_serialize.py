@@ -1,93 +1,46 @@
-"""Job serialization: stdlib pickle first (about 2 us), dill only for what pickle refuses.
+"""Job serialization: what a job sends to its worker and what comes back (rules: procman._pickling).
 
-A callable that pickle refuses (a lambda, a closure, a function defined in ``__main__`` under
-spawn) is serialized by dill once and cached by identity, so a recurring job or a loop that submits
-the same lambda pays dill's ~100 us once, not per run. The worker caches the loaded callable by its
-bytes for the same reason.
+Importable functions and modules go by reference (stdlib pickle, about 2 us); what comes from
+``__main__`` (the host's script, ``-c``, stdin, the REPL), lambdas and closures go by value. A
+callable is serialized once and cached by identity, so a recurring job or a loop that submits the
+same lambda pays the by-value pickler (~100 us) once, not per run; the worker caches the loaded
+callable by its bytes for the same reason.
 """
 
 from __future__ import annotations
 
-import pickle
 import struct
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+from procman import _pickling
+
 from ._errors import SerializationError
-
-PICKLE = b"p"
-DILL = b"d"
-
-
-class DillCallable:
-    """A callable carried as dill bytes inside an otherwise plain pickle."""
-
-    __slots__ = ("blob",)
-
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (DillCallable, (self.blob,))
-
-
-_callables: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def _describe(obj: object) -> str:
-    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
-    return f"{name!s} ({type(obj).__module__}.{type(obj).__qualname__})"
-
-
-def callable_ref(fn: Callable[..., Any]) -> Any:
-    """What to put in the job tuple for ``fn``: itself when pickle takes it, else its dill bytes."""
-    try:
-        return _callables[fn]
-    except (KeyError, TypeError):
-        pass
-    ref: Any
-    try:
-        pickle.dumps(fn, protocol=5)
-        module = getattr(fn, "__module__", None)
-        ref = fn if module != "__main__" else _dill_ref(fn)
-    except Exception:  # noqa: BLE001 - pickle refuses lambdas and closures: dill takes them
-        ref = _dill_ref(fn)
-    try:
-        _callables[fn] = ref
-    except TypeError:  # not weak-referenceable (a builtin, a partial of one): fine, no cache
-        pass
-    return ref
-
-
-def _dill_ref(fn: Callable[..., Any]) -> DillCallable:
-    import dill
-
-    try:
-        return DillCallable(dill.dumps(fn, protocol=5, recurse=True))
-    except Exception as exc:
-        raise SerializationError(
-            f"the job's callable {_describe(fn)} cannot be pickled, even by dill: {exc}"
-        ) from exc
-
-
-def callable_blob(fn: Callable[..., Any]) -> bytes:
-    """``fn`` pickled (by reference, or as dill bytes), once per callable: most submits reuse it."""
-    try:
-        return _blobs[fn]
-    except (KeyError, TypeError):
-        pass
-    blob = pickle.dumps(callable_ref(fn), protocol=5)
-    try:
-        _blobs[fn] = blob
-    except TypeError:  # not weak-referenceable: fine, no cache
-        pass
-    return blob
-
 
 _blobs: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 _FN_LEN = struct.Struct("<I")
 FN_CACHE_MAX = 256  # loaded callables a worker keeps, by their bytes
+
+
+def callable_blob(fn: Callable[..., Any]) -> bytes:
+    """``fn`` serialized once per callable: most submits reuse it.
+
+    Raises SerializationError naming what in ``fn`` cannot be sent, and how to fix it.
+    """
+    try:
+        return _blobs[fn]
+    except (KeyError, TypeError):
+        pass
+    try:
+        blob = _pickling.dumps(fn)
+    except Exception as exc:
+        raise SerializationError(_pickling.explain(fn, "the job's callable", exc)) from exc
+    try:
+        _blobs[fn] = blob
+    except TypeError:  # not weak-referenceable (a builtin, a partial of one): fine, no cache
+        pass
+    return blob
 
 
 def dumps_job(fn_blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
@@ -97,18 +50,10 @@ def dumps_job(fn_blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     """
     call = (args, kwargs)
     try:
-        payload = PICKLE + pickle.dumps(call, protocol=5)
-    except Exception:  # noqa: BLE001 - fall back to dill, then pinpoint the culprit
-        import dill
-
-        try:
-            payload = DILL + dill.dumps(call, protocol=5, recurse=True)
-        except Exception as exc:
-            culprit = _culprit(args, kwargs)
-            raise SerializationError(
-                f"job cannot be pickled: {culprit}: {exc}. Pass data that pickles (plain values, "
-                "module-level functions and classes), or create the resource inside the job"
-            ) from exc
+        payload = _pickling.dumps(call)
+    except Exception as exc:
+        label, culprit = _culprit(args, kwargs)
+        raise SerializationError(_pickling.explain(culprit, f"the job's {label}", exc)) from exc
     return _FN_LEN.pack(len(fn_blob)) + fn_blob + payload
 
 
@@ -121,56 +66,35 @@ def load_job(
     fn_blob = bytes(view[4 : 4 + n])
     fn = cache.get(fn_blob) if cache is not None else None
     if fn is None:
-        ref = pickle.loads(fn_blob)
-        if isinstance(ref, DillCallable):
-            import dill
-
-            ref = dill.loads(ref.blob)
-        fn = ref
+        fn = _pickling.loads(fn_blob)
         if cache is not None:
             if len(cache) >= FN_CACHE_MAX:
                 cache.clear()
             cache[fn_blob] = fn
-    args, kwargs = loads(view[4 + n :])
+    args, kwargs = _pickling.loads(view[4 + n :])
     return fn, args, kwargs
 
 
-def _culprit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    import dill
-
+def _culprit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
     for i, arg in enumerate(args):
         try:
-            dill.dumps(arg, protocol=5, recurse=True)
+            _pickling.dumps(arg)
         except Exception:  # noqa: BLE001
-            return f"positional argument {i} is {_describe(arg)}"
+            return f"positional argument {i}", arg
     for key, value in kwargs.items():
         try:
-            dill.dumps(value, protocol=5, recurse=True)
+            _pickling.dumps(value)
         except Exception:  # noqa: BLE001
-            return f"keyword argument {key!r} is {_describe(value)}"
-    return "an argument"
+            return f"keyword argument {key!r}", value
+    return "arguments", (args, kwargs)
 
 
-def loads(blob: bytes | memoryview) -> Any:
-    if bytes(blob[:1]) == DILL:
-        import dill
-
-        return dill.loads(bytes(blob[1:]))
-    return pickle.loads(blob[1:])
+loads = _pickling.loads
 
 
 def dumps_result(value: Any) -> bytes:
-    """A result for the wire; dill when pickle refuses; SerializationError if neither can."""
+    """A result for the wire (the host's ``__main__`` classes by name); SerializationError if it can't go."""
     try:
-        return PICKLE + pickle.dumps(value, protocol=5)
-    except Exception:  # noqa: BLE001
-        pass
-    import dill
-
-    try:
-        blob: bytes = dill.dumps(value, protocol=5, recurse=True)
-        return DILL + blob
+        return _pickling.dumps_to_host(value)
     except Exception as exc:
-        raise SerializationError(
-            f"the job's result {_describe(value)} cannot be pickled to send it back: {exc}"
-        ) from exc
+        raise SerializationError(_pickling.explain(value, "the job's result", exc)) from exc

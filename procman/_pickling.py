@@ -1,0 +1,418 @@
+"""What crosses into a child: objects by reference wherever they can be imported, by value otherwise.
+
+Children never re-execute the host's main script (see ``_process``), so anything defined in
+``__main__`` (a script, ``python -c``, ``python -``, the REPL, a notebook) must travel by value, and
+everything importable must travel by reference so that a child sees its own module state, never a
+copy of the host's. The rules:
+
+* stdlib pickle first (about 2 us). Its output is used as is unless it names ``__main__``, which a
+  child does not have; then the pickler below takes over.
+* The pickler below is dill's with two changes. Modules that are imported under their name go by
+  reference, whatever their install mode (dill copies every module outside site-packages by value:
+  an editable install, the app's local modules, and restores that copy over the child's module).
+  A function defined in ``__main__`` goes by value with only the globals its code names, shared
+  between the functions of one pickle; a global that an importable module also holds (``from app
+  import CACHE``) goes by reference to that module. A lambda or closure defined in an importable
+  module goes by value with that module's own namespace as its globals (by reference).
+* A class from ``__main__`` goes by value and is adopted into the child's ``__main__``, so what the
+  child sends back (results, exceptions) refers to it by name and arrives as the host's own class.
+
+When something cannot be sent, :func:`explain` finds the object, global or attribute that failed
+and says how to fix it, instead of dill's long traceback (kept as ``__cause__``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dis
+import functools
+import importlib
+import io
+import pickle
+import sys
+import types
+from typing import Any
+
+PICKLE = b"p"
+DILL = b"d"
+MAIN_NAMES = ("__main__", "__mp_main__")
+_MAIN_MARK = b"__main__"
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), range)
+
+
+def dumps(obj: Any) -> bytes:
+    """``obj`` tagged for :func:`loads`: stdlib pickle when it suffices, else the pickler below.
+
+    Raises whatever pickling raised when neither can send ``obj`` (see :func:`explain`).
+    """
+    try:
+        blob = pickle.dumps(obj, protocol=5)
+    except Exception:  # noqa: BLE001 - pickle refuses lambdas, closures, local classes: by value
+        return DILL + dumps_by_value(obj)
+    if _MAIN_MARK in blob:  # refers to the host's __main__, which a child does not have
+        return DILL + dumps_by_value(obj)
+    return PICKLE + blob
+
+
+def loads(blob: bytes | memoryview) -> Any:
+    """The object of a :func:`dumps` blob."""
+    if bytes(blob[:1]) == DILL:
+        import dill
+
+        return dill.loads(bytes(blob[1:]))
+    return pickle.loads(blob[1:])
+
+
+def dumps_by_value(obj: Any) -> bytes:
+    """``obj`` pickled by the rules in the module docstring (dill underneath)."""
+    buf = io.BytesIO()
+    _pickler_class()(buf, protocol=5).dump(obj)
+    return buf.getvalue()
+
+
+def dumps_to_host(obj: Any) -> bytes:
+    """``obj`` from a child back to its host, tagged for :func:`loads`.
+
+    A class from ``__main__`` (the host's script, sent here by value) is written as a reference to
+    the host's ``__main__``, so that a result or an exception arrives as the host's own class:
+    ``isinstance`` and ``except`` work as in the script. Raises when nothing can send ``obj``.
+    """
+    try:
+        return PICKLE + pickle.dumps(obj, protocol=5)
+    except Exception:  # noqa: BLE001 - try by name into the host's __main__, then by value
+        pass
+    buf = io.BytesIO()
+    try:
+        _ToHostPickler(buf, protocol=5).dump(obj)
+        return PICKLE + buf.getvalue()
+    except Exception:  # noqa: BLE001
+        return DILL + dumps_by_value(obj)
+
+
+class _ToHostPickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and obj.__module__ in MAIN_NAMES and obj.__qualname__.isidentifier():
+            return (_module_attr, ("__main__", obj.__qualname__))
+        return NotImplemented
+
+
+# -- the pickler ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _pickler_class() -> type[Any]:
+    """dill's Pickler with our dispatch for modules, functions and types (built on first use)."""
+    import dill
+    from dill import _dill
+
+    base_dispatch = dill.Pickler.dispatch
+    dill_save_type = _dill.save_type
+    dill_save_module = _dill.save_module
+
+    class Dispatch(_dill.MetaCatchingDict):  # type: ignore[misc]
+        def __missing__(self, key: type) -> Any:
+            if issubclass(key, type):  # metaclasses (ABCMeta, EnumMeta, ...) as classes
+                return save_type
+            raise KeyError(key)
+
+    def save_module(pickler: Any, mod: types.ModuleType) -> None:
+        name = mod.__name__
+        if name not in MAIN_NAMES and sys.modules.get(name) is mod:
+            pickler.save_reduce(importlib.import_module, (name,), obj=mod)
+        else:
+            dill_save_module(pickler, mod)
+
+    def save_type(pickler: Any, cls: type) -> None:
+        dill_save_type(pickler, cls)
+        if cls.__module__ in MAIN_NAMES and cls.__qualname__.isidentifier():
+            # Adopt it into the child's __main__ (an object on the stack, popped at once).
+            pickler.save_reduce(_adopt_main, (cls,))
+            pickler.write(pickle.POP)
+
+    class Pickler(dill.Pickler):  # type: ignore[misc]
+        dispatch = Dispatch(base_dispatch)
+
+        def __init__(self, file: Any, protocol: int) -> None:
+            super().__init__(file, protocol=protocol, recurse=False, byref=False)
+            self.namespaces: dict[int, _Namespace] = {}
+
+    Pickler.dispatch[types.ModuleType] = save_module
+    Pickler.dispatch[types.FunctionType] = _save_function
+    Pickler.dispatch[type] = save_type
+    return Pickler
+
+
+def _save_function(pickler: Any, fn: types.FunctionType) -> None:
+    module_name = fn.__module__
+    module = sys.modules.get(module_name) if isinstance(module_name, str) else None
+    importable = (
+        module is not None
+        and module_name not in MAIN_NAMES
+        and getattr(module, "__dict__", None) is fn.__globals__
+    )
+    if importable and _located(module, fn):
+        pickler.save_global(fn)
+        return
+    values: dict[str, Any] | None
+    if importable:
+        namespace: Any = fn.__globals__  # dill writes an imported module's __dict__ by reference
+        values = None
+    else:
+        holder = pickler.namespaces.get(id(fn.__globals__))
+        if holder is None:
+            holder = pickler.namespaces[id(fn.__globals__)] = _Namespace(module_name, fn.__globals__)
+        namespace = holder
+        values = {}
+        for name in global_names(fn.__code__):
+            if name in fn.__globals__:
+                value = fn.__globals__[name]
+                values[name] = _by_reference(name, value) or value
+    cells = tuple(_cell_value(c) for c in fn.__closure__ or ())
+    state = (
+        values,
+        fn.__defaults__,
+        fn.__kwdefaults__,
+        cells,
+        fn.__qualname__,
+        module_name,
+        fn.__doc__,
+        fn.__annotations__ or None,
+        fn.__dict__ or None,
+    )
+    pickler.save_reduce(
+        _new_function,
+        (fn.__code__, namespace, fn.__name__, len(cells)),
+        state=state,
+        obj=fn,
+        state_setter=_fill_function,
+    )
+
+
+def _located(module: Any, fn: types.FunctionType) -> bool:
+    obj: Any = module
+    for part in fn.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return obj is fn
+
+
+@functools.lru_cache(maxsize=4096)
+def global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The global names ``code`` (and the code nested in it) reads or writes."""
+    names: dict[str, None] = {}
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME"):
+            names[str(ins.argval)] = None
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(dict.fromkeys(global_names(const)))
+    return tuple(names)
+
+
+def _by_reference(name: str, value: Any) -> _ModuleAttr | None:
+    """An importable module's attribute for ``value`` if one holds it under ``name``, else None.
+
+    ``from app import CACHE`` in a script: the child uses app's CACHE, not a copy of the host's.
+    Functions, classes and modules need no search (their own reducers refer to them by name).
+    """
+    if isinstance(value, (*_IMMUTABLE, types.FunctionType, type, types.ModuleType)):
+        return None
+    for mod_name, mod in list(sys.modules.items()):
+        if mod_name in MAIN_NAMES or mod is None:
+            continue
+        d = getattr(mod, "__dict__", None)
+        if isinstance(d, dict) and d.get(name) is value:
+            return _ModuleAttr(mod_name, name)
+    return None
+
+
+class _ModuleAttr:
+    """Pickles as ``getattr(import_module(module), name)``."""
+
+    __slots__ = ("module", "name")
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_module_attr, (self.module, self.name))
+
+
+def _module_attr(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+class _Namespace:
+    """Pickles as a fresh globals dict, one per host namespace within one pickle (memoized)."""
+
+    __slots__ = ("name", "source")
+
+    def __init__(self, name: str | None, source: dict[str, Any]) -> None:
+        self.name = name
+        self.source = source  # held so its id stays unique while the pickler runs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_new_namespace, (self.name,))
+
+
+def _new_namespace(name: str | None) -> dict[str, Any]:
+    return {"__name__": name, "__builtins__": builtins}
+
+
+class _EmptyCell:
+    def __reduce__(self) -> str:
+        return "EMPTY_CELL"
+
+
+EMPTY_CELL = _EmptyCell()
+
+
+def _cell_value(cell: types.CellType) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # not yet assigned
+        return EMPTY_CELL
+
+
+def _new_function(
+    code: types.CodeType, namespace: dict[str, Any], name: str, ncells: int
+) -> types.FunctionType:
+    closure = tuple(types.CellType() for _ in range(ncells)) if ncells else None
+    return types.FunctionType(code, namespace, name, None, closure)
+
+
+def _fill_function(fn: types.FunctionType, state: tuple[Any, ...]) -> None:
+    values, defaults, kwdefaults, cells, qualname, module, doc, annotations, fdict = state
+    if values:
+        fn.__globals__.update(values)
+    fn.__defaults__ = defaults
+    fn.__kwdefaults__ = kwdefaults
+    for cell, value in zip(fn.__closure__ or (), cells, strict=True):
+        if value is not EMPTY_CELL:
+            cell.cell_contents = value
+    fn.__qualname__ = qualname
+    fn.__module__ = module
+    fn.__doc__ = doc
+    if annotations:
+        fn.__annotations__ = annotations
+    if fdict:
+        fn.__dict__.update(fdict)
+
+
+def _adopt_main(cls: type) -> None:
+    """In a child, give ``__main__`` the class sent by value, unless it has one of that name."""
+    main = sys.modules.get("__main__")
+    if main is not None and not hasattr(main, cls.__qualname__):
+        setattr(main, cls.__qualname__, cls)
+
+
+# -- diagnosis -----------------------------------------------------------------------------------
+
+
+def explain(obj: Any, what: str, exc: BaseException) -> str:
+    """A few lines that say which part of ``obj`` cannot be sent, and how to fix it.
+
+    Args:
+        obj: what failed to pickle.
+        what: how to call it in the message ("the job's callable", "daemon 'web'").
+        exc: the error pickling raised.
+    """
+    path = _culprit_path(obj, depth=0, seen=set())
+    lines = [f"{what} is {describe(obj)}, which cannot be sent to a child process."]
+    if path:
+        steps = " -> ".join(step for step, _ in path)
+        lines.append(f"What fails: {steps}.")
+        bad = path[-1][1]
+    else:
+        bad = obj
+    lines.append(f"Reason: {type(exc).__name__}: {_short(str(exc))}")
+    lines.append(_fix_for(bad))
+    return "\n".join(lines)
+
+
+def describe(obj: Any) -> str:
+    """``name (module.Type)`` for a message."""
+    if isinstance(obj, types.ModuleType):
+        return f"module {obj.__name__!r}"
+    name = getattr(obj, "__qualname__", None)
+    module = getattr(obj, "__module__", None)
+    kind = type(obj)
+    if isinstance(name, str) and isinstance(module, str):
+        return f"{module}.{name} ({kind.__module__}.{kind.__qualname__})"
+    return f"a {kind.__module__}.{kind.__qualname__} object"
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fix_for(bad: Any) -> str:
+    kind = type(bad).__qualname__
+    if isinstance(bad, types.GeneratorType):
+        return "Fix: pass the data (a list) instead of a generator, or create the generator inside the job."
+    return (
+        f"Fix: a {kind} (an open resource such as a lock, socket, file, connection or compiled struct) "
+        "cannot be copied into another process. Create it inside the job or daemon (in start()), or keep "
+        "it at module level in an importable module and refer to it through that module "
+        "(`import helpers; helpers.THING`): importable modules are sent by reference, never copied."
+    )
+
+
+def _sendable(obj: Any) -> bool:
+    try:
+        dumps(obj)
+    except Exception:  # noqa: BLE001 - any failure means "not sendable"
+        return False
+    return True
+
+
+def _parts(obj: Any) -> list[tuple[str, Any]]:
+    """The named parts pickling ``obj`` by value would send, for the culprit search."""
+    parts: list[tuple[str, Any]] = []
+    if isinstance(obj, types.FunctionType):
+        module = sys.modules.get(obj.__module__) if isinstance(obj.__module__, str) else None
+        by_value = module is None or obj.__module__ in MAIN_NAMES or module.__dict__ is not obj.__globals__
+        if by_value:
+            for name in global_names(obj.__code__):
+                if name in obj.__globals__:
+                    label = f"global {name!r} of {obj.__module__}.{obj.__qualname__}"
+                    parts.append((label, obj.__globals__[name]))
+        for var, cell in zip(obj.__code__.co_freevars, obj.__closure__ or (), strict=False):
+            value = _cell_value(cell)
+            if value is not EMPTY_CELL:
+                parts.append((f"closure variable {var!r} of {obj.__qualname__}", value))
+        for i, default in enumerate(obj.__defaults__ or ()):
+            parts.append((f"default {i} of {obj.__qualname__}", default))
+    elif isinstance(obj, type):
+        for name, value in vars(obj).items():
+            if not name.startswith("__"):
+                parts.append((f"class attribute {obj.__qualname__}.{name}", value))
+    elif isinstance(obj, functools.partial):
+        parts.append(("the partial's function", obj.func))
+        parts.extend((f"partial argument {i}", a) for i, a in enumerate(obj.args))
+        parts.extend((f"partial keyword argument {k!r}", v) for k, v in obj.keywords.items())
+    elif isinstance(obj, dict):
+        parts.extend((f"key {k!r}", v) for k, v in list(obj.items())[:200])
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        parts.extend((f"item {i}", v) for i, v in enumerate(list(obj)[:200]))
+    else:
+        if type(obj).__module__ in MAIN_NAMES or not isinstance(obj, _IMMUTABLE):
+            parts.append((f"class {type(obj).__qualname__}", type(obj)))
+        state = getattr(obj, "__dict__", None)
+        if isinstance(state, dict):
+            parts.extend((f"attribute {type(obj).__qualname__}.{k}", v) for k, v in state.items())
+    return parts
+
+
+def _culprit_path(obj: Any, depth: int, seen: set[int]) -> list[tuple[str, Any]]:
+    if depth > 8 or id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    for label, part in _parts(obj):
+        if id(part) in seen or _sendable(part):
+            continue
+        return [(f"{label} is {describe(part)}", part), *_culprit_path(part, depth + 1, seen)]
+    return []
