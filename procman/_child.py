@@ -141,6 +141,15 @@ def _forget_forkserver() -> None:
     server._forkserver_address = None
 
 
+def set_title(title: str) -> None:
+    """Name this process for ps and top (``procman: web``), not ``python3 -c from multiprocess...``."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a dependency; without it the title stays as it was
+        return
+    setproctitle.setproctitle(title)
+
+
 GUARD_SCRIPT = 'trap "" TERM INT HUP; read _; kill -s KILL -- -"$1"'
 
 
@@ -179,6 +188,7 @@ def bootstrap(
     guard: bool = True,
     reader: bool = True,
     close_fds: tuple[int, ...] = (),
+    title: str | None = None,
 ) -> Channel:
     """Steps 1-5 above; returns the control channel. ``fds``: ctrl-in, ctrl-out, stdout, stderr.
 
@@ -190,6 +200,8 @@ def bootstrap(
     if not _alive(manager_pid) or os.getppid() == 1:
         os._exit(137)
     _forget_forkserver()
+    if title:
+        set_title(title)
     for fd in close_fds:  # the parent's ends of our pipes, inherited through fork
         try:
             os.close(fd)

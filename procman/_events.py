@@ -110,6 +110,13 @@ class EventDispatcher:
             event = self._queue.get()
             if event is None:
                 return
+            deliver = getattr(event, "deliver", None)  # a child's output line (procman._output)
+            if deliver is not None:
+                try:
+                    deliver()
+                except Exception:  # a broken output hook must not stop supervision
+                    log.exception("the output hook raised")
+                continue
             if self.hook is None:
                 continue
             try:

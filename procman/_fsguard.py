@@ -17,3 +17,9 @@ ENV = "_PROCMAN_FORKSERVER_PARENT"
 
 if "multiprocess.forkserver" in sys.modules and os.environ.get(ENV) == str(os.getppid()):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle("procman: forkserver")
+    except ImportError:  # pragma: no cover - a dependency
+        pass

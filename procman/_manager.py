@@ -16,6 +16,7 @@ from ._daemon import make_spec
 from ._errors import ManagerClosed
 from ._events import EventDispatcher, EventHook, log_event
 from ._loop import IOThread
+from ._output import Output, OutputRouter, check_output
 from ._policy import Restart, RestartPolicy
 from ._process import START_METHODS, preload
 from ._supervisor import DaemonStatus, StopOutcome, StopReport, Supervisor
@@ -43,15 +44,23 @@ atexit.register(_close_all_at_exit)
 
 
 class _Base:
-    def __init__(self, *, start_method: str = "forkserver", on_event: EventHook | None = log_event) -> None:
+    def __init__(
+        self,
+        *,
+        start_method: str = "forkserver",
+        on_event: EventHook | None = log_event,
+        output: Output = "auto",
+    ) -> None:
         if start_method not in START_METHODS:
             raise ValueError(
                 f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
             )
         self.start_method = start_method
+        check_output(output)
         self._events = EventDispatcher(on_event, "procman-events")
+        router = OutputRouter(output, "procman.daemon", "daemon", self._events.emit)
         self._io = IOThread("procman-io")
-        self._sup = Supervisor(self._io.loop, start_method, self._events.emit)
+        self._sup = Supervisor(self._io.loop, start_method, self._events.emit, output=router)
         self._closed = False
         _live.add(self)
 
@@ -112,6 +121,10 @@ class Manager(_Base):
         start_method: ``forkserver`` (default; safe when the host has threads), ``fork`` (fastest;
             the child inherits the host's memory) or ``spawn`` (a fresh interpreter).
         on_event: the hook that receives every lifecycle :class:`Event` (default: log them).
+        output: where the daemons' printed lines go: ``"auto"`` (default: to ``logging`` under
+            ``procman.daemon.<name>`` when the host configured logging, else to the host's
+            stdout/stderr as ``name | line``), ``"terminal"``, ``"logging"``, or a callable
+            ``(name, stream, line)`` run on the event thread.
 
     Example::
 

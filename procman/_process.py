@@ -45,7 +45,9 @@ def get_context(method: str) -> Any:
     if ctx is None:
         ctx = multiprocess.get_context(method)
         if method == "forkserver":
-            ctx.set_forkserver_preload(["procman._child", "procman._pickling", "orjson", "uvloop", "dill"])
+            ctx.set_forkserver_preload(
+                ["procman._child", "procman._pickling", "orjson", "uvloop", "dill", "setproctitle"]
+            )
         _contexts[method] = ctx
     return ctx
 
@@ -181,9 +183,11 @@ class Child:
         on_line: Callable[[str, str], None],
         on_exit: Callable[[int], None],
         options: dict[str, bool] | None = None,
+        title: str | None = None,
     ) -> None:
         self.loop = loop
         self.options = options
+        self.title = title or f"procman: {name}"  # what ps and top show for the child
         self.method = method
         self.entry = entry
         self.name = name
@@ -217,6 +221,7 @@ class Child:
                 _guard_forkserver()
             fds = tuple(FdBox(fd) for fd in child_ends)
             options: dict[str, Any] = dict(self.options or {})
+            options["title"] = self.title
             if self.method == "fork":
                 # A forked child inherits the parent's ends of its own pipes; holding the write end
                 # of its control pipe it would never see end of file when the manager dies.

@@ -28,6 +28,7 @@ from ._child import run_daemon
 from ._daemon import DaemonSpec
 from ._errors import DaemonError, DaemonExited, OperationTimeout, StartError, StateError
 from ._events import Event, EventKind
+from ._output import OutputRouter
 from ._policy import RestartTracker, Verdict
 from ._process import Child
 
@@ -126,10 +127,12 @@ class Supervisor:
         method: str,
         emit: Callable[[Event], None],
         clock: Callable[[], float] = time.monotonic,
+        output: OutputRouter | None = None,
     ) -> None:
         self.loop = loop
         self.method = method
         self.emit = emit
+        self.output = output or OutputRouter("logging", "procman.daemon", "daemon", emit)
         self.clock = clock
         self.slots: dict[str, _Slot] = {}
         self.running = False
@@ -387,7 +390,7 @@ class Supervisor:
             slot.pending_error = _wire.rebuild_error(msg)
 
     def _on_line(self, slot: _Slot, stream: str, line: str) -> None:
-        slot.log.info("%s", line, extra={"daemon": slot.name, "stream": stream})
+        self.output.line(slot.name, stream, line)
 
     def _arm_watchdog(self, slot: _Slot, child: Child) -> None:
         if slot.spec.watchdog is None:

@@ -256,7 +256,7 @@ def test_initializer_that_keeps_crashing_breaks_the_pool(events: Events) -> None
         fut = pool.submit(jobs.add, 1, 2)
         with pytest.raises(workers.PoolBroken) as info:
             fut.result(30)
-        assert "initializer keeps failing" in str(info.value)
+        assert "the initializer init_fails raised RuntimeError: database unreachable" in str(info.value)
         assert "database unreachable" in str(info.value)
         with pytest.raises(workers.PoolBroken):
             pool.submit(jobs.add, 1, 2)
@@ -555,7 +555,8 @@ def test_kill_ends_running_held_and_queued_jobs_at_once() -> None:
     try:
         for _ in range(3):
             [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(200)]]
-        blockers = [pool.submit(jobs.sleep, 60) for _ in range(2)]
+        # A job with a timeout is never held behind another one: both blockers run, one per worker.
+        blockers = [pool.submit_job(jobs.sleep, (60,), timeout=600) for _ in range(2)]
         rest = [pool.submit(jobs.add, i, 1) for i in range(300)]
         time.sleep(0.3)
         t = time.monotonic()

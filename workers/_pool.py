@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 from procman import _wire
 from procman._events import EventDispatcher, event_line
 from procman._loop import IOThread
+from procman._output import Output, OutputRouter, check_output
 from procman._process import START_METHODS, Child, preload
 
 from ._errors import (
@@ -74,13 +75,14 @@ from ._errors import (
 from ._futures import JobFuture
 from ._serialize import callable_blob, dumps_job, loads
 from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
-from ._worker import ERROR, KIND_RESULT, RESULT_HEAD, job_frame, worker_main
+from ._worker import ERROR, KIND_OUTPUT, KIND_RESULT, OUT_HEAD, RESULT_HEAD, job_frame, worker_main
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
 
 DEFAULT_MISFIRE_GRACE = 300.0  # seconds; APScheduler's 1 s silently drops runs on a busy host
 INIT_FAILURE_LIMIT = 3  # consecutive worker start failures before the pool is broken
+INIT_BACKOFF = 0.1  # seconds before the first new attempt after a failed start, doubling
 STOP_GRACE = 5.0  # seconds a retiring worker has to exit after its stop message
 LATENCY_SAMPLES = 10_000
 SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on a timer
@@ -126,7 +128,9 @@ def log_pool_event(event: PoolEvent) -> None:
     if event.kind is PoolEventKind.POOL_BROKEN:
         level = logging.ERROR
     head = f"{event.kind.value} [{event.name}]" if event.name else event.kind.value
-    log.log(level, event_line(head, event.pid, event.reason, event.error))
+    # A failed run nobody awaits: its traceback (the worker's, as the cause) is the only trace of it.
+    exc_info = event.error if event.kind is PoolEventKind.RUN_FAILED else None
+    log.log(level, event_line(head, event.pid, event.reason, event.error), exc_info=exc_info)
 
 
 @dataclass(frozen=True)
@@ -288,7 +292,17 @@ class _WState(StrEnum):
 
 
 class _Worker:
-    __slots__ = ("child", "jobs", "pending_error", "state", "stop_timer", "tasks", "timer")
+    __slots__ = (
+        "child",
+        "error_stage",
+        "index",
+        "jobs",
+        "pending_error",
+        "state",
+        "stop_timer",
+        "tasks",
+        "timer",
+    )
 
     def __init__(self) -> None:
         self.child: Child | None = None
@@ -300,6 +314,8 @@ class _Worker:
         self.timer: asyncio.TimerHandle | None = None
         self.stop_timer: asyncio.TimerHandle | None = None
         self.pending_error: BaseException | None = None
+        self.error_stage = ""
+        self.index = 0  # 1..max_workers among the live workers: "procman: worker 2 (pool)"
 
     @property
     def job(self) -> _Job | None:
@@ -322,6 +338,7 @@ class _Core:
         self.idle: deque[_Worker] = deque()
         self.retiring: set[_Worker] = set()
         self.init_failures = 0
+        self.failures_logged: set[str] = set()
         self.broken: BaseException | None = None
         self.closing = False
         self.counts = dict.fromkeys(
@@ -347,11 +364,14 @@ class _Core:
             return
         pool = self.pool
         w = _Worker()
+        used = {x.index for x in self.workers} | {x.index for x in self.retiring}
+        w.index = next(i for i in itertools.count(1) if i not in used)
         child = Child(
             self.loop,
             pool.start_method,
             functools.partial(worker_main, pool._init_blob, pool.max_memory_mb is not None),
             name="worker",
+            title=f"procman: worker {w.index} ({pool.name})",
             on_frame=lambda body: None,
             on_line=functools.partial(self.on_line, w),
             on_exit=lambda code: None,
@@ -361,22 +381,38 @@ class _Core:
         child.on_exit = functools.partial(self.on_exit, w, child)
         try:
             child.start()
-        except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: retry shortly
-            log.error("workers: could not start a worker process: %r", exc)
-            self.loop.call_later(0.5, self.spawn_worker)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: retry, bounded
+            self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
             return
         w.child = child
         self.workers.add(w)
         self.pool._events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=child.pid))
 
     def on_line(self, w: _Worker, stream: str, line: str) -> None:
+        """A line written to a worker's file descriptors (C code, programs a job started)."""
         pid = w.child.pid if w.child is not None else None
-        logging.getLogger("workers.worker").info("%s", line, extra={"worker_pid": pid, "stream": stream})
+        self.pool._output.line("pool", stream, line, worker_pid=pid)
+
+    def on_output(self, w: _Worker, body: bytes) -> None:
+        """Lines a job printed (sys.stdout/stderr in the worker), shown under the job's name."""
+        job_id, stream = OUT_HEAD.unpack_from(body, 1)
+        name = "pool"
+        for job in w.jobs:
+            if job.id == job_id:
+                name = job.name
+                break
+        text = bytes(body[1 + OUT_HEAD.size :]).decode("utf-8", "replace")
+        pid = w.child.pid if w.child is not None else None
+        out = self.pool._output
+        for line in text.split("\n"):
+            out.line(name, "stderr" if stream == 2 else "stdout", line, worker_pid=pid)
 
     def on_frame(self, w: _Worker, child: Child, body: bytes) -> None:
         kind = body[0]
         if kind == KIND_RESULT:
             self.on_result(w, body)
+        elif kind == KIND_OUTPUT:
+            self.on_output(w, body)
         elif kind == _wire.KIND_JSON:
             msg = _wire.decode_json(body)
             t = msg.get("t")
@@ -387,6 +423,7 @@ class _Core:
                 self.dispatch()
             elif t == "error":
                 w.pending_error = _wire.rebuild_error(msg)
+                w.error_stage = str(msg.get("stage", ""))
 
     def on_result(self, w: _Worker, body: bytes) -> None:
         job_id, started, finished, rss, status = RESULT_HEAD.unpack_from(body, 1)
@@ -475,22 +512,26 @@ class _Core:
             self.dispatch()
             return
         if was is _WState.STARTING:
-            self.init_failures += 1
             error = w.pending_error
             self.pool._events.emit(
                 PoolEvent(
                     PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"before ready: {reason}", error=error
                 )
             )
-            if self.init_failures >= INIT_FAILURE_LIMIT and not self.closing and self.broken is None:
-                broken = PoolBroken(
-                    f"{self.init_failures} worker processes in a row died before they were ready "
-                    f"(last: {reason}); the initializer keeps failing"
-                    + (f" with {type(error).__name__}: {error}" if error is not None else "")
-                )
-                broken.__cause__ = error
-                self.break_pool(broken)
+            if self.closing:
+                self.dispatch()
+                self.check_idle()
                 return
+            if error is not None and w.error_stage == "initializer":
+                what = f"the initializer {self.pool._init_name} raised {type(error).__name__}: {error}"
+            elif error is not None:
+                what = f"a worker process failed to start ({reason}): {type(error).__name__}: {error}"
+            else:
+                what = f"a worker process died before it was ready: {reason}" + _crash_hint(code)
+            self.start_failed(what, error)
+            self.dispatch()
+            self.check_idle()
+            return
         elif job is not None:
             if job.cancelled_running:
                 self.counts["cancelled"] += 1
@@ -518,6 +559,29 @@ class _Core:
             self.spawn_worker()
         self.dispatch()
         self.check_idle()
+
+    def start_failed(self, what: str, error: BaseException | None) -> None:
+        """A worker could not start: retry with backoff, and break the pool after a few in a row.
+
+        Each distinct failure is logged once (not once per attempt); the pool breaks with
+        PoolBroken carrying the child's own exception and traceback as its ``__cause__``.
+        """
+        if self.closing or self.broken is not None:
+            return
+        self.init_failures += 1
+        if what not in self.failures_logged:
+            self.failures_logged.add(what)
+            log.error("workers: %s", what)
+        if self.init_failures >= INIT_FAILURE_LIMIT:
+            broken = PoolBroken(
+                f"the pool's workers cannot start: {self.init_failures} attempts in a row failed; "
+                f"last: {what}"
+            )
+            broken.__cause__ = error
+            self.break_pool(broken)
+            return
+        self.counts["worker_restarts"] += 1
+        self.loop.call_later(INIT_BACKOFF * 2 ** (self.init_failures - 1), self.spawn_worker)
 
     def break_pool(self, error: BaseException) -> None:
         self.broken = error
@@ -909,8 +973,8 @@ class _Core:
         while self.queue:
             self.fail_final(self.queue.popleft(), abandoned)
 
-    async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.pool._drain_inbox()  # jobs submitted just before shutdown() are in
         # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
         for _, _, item in self.heap:
@@ -934,7 +998,8 @@ class _Core:
             fut = self.loop.create_future()
             self.idle_waiters.append(fut)
             try:
-                await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                await asyncio.wait_for(fut, left)
             except TimeoutError:
                 pass
         with self.lock:  # no direct hand-off from here on
@@ -1004,7 +1069,8 @@ _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 def _shutdown_pools_at_exit() -> None:
     for pool in list(_pools):
         try:
-            pool.shutdown(wait=True, cancel_futures=True, timeout=2.0)
+            # As concurrent.futures does at exit: the jobs already submitted run to the end.
+            pool.shutdown(wait=True)
         except Exception:
             log.exception("workers: error while shutting a pool down at exit")
 
@@ -1056,6 +1122,11 @@ class Pool(concurrent.futures.Executor):
         retries, retry_backoff: default retries per job (0: a job runs at most once) and the first
             retry's delay (doubling after each).
         on_event: hook receiving every :class:`PoolEvent` (default: log them).
+        output: where what jobs print goes: ``"auto"`` (default: to ``logging`` under
+            ``workers.job.<name>`` when the host configured logging, else to the host's
+            stdout/stderr as ``name | line``), ``"terminal"``, ``"logging"``, or a callable
+            ``(name, stream, line)`` run on the event thread.
+        name: the pool's name in the workers' process titles (``procman: worker 2 (pool)``).
     """
 
     def __init__(
@@ -1074,6 +1145,8 @@ class Pool(concurrent.futures.Executor):
         retries: int = 0,
         retry_backoff: float = 0.1,
         on_event: Callable[[PoolEvent], None] | None = log_pool_event,
+        output: Output = "auto",
+        name: str = "pool",
     ) -> None:
         if max_workers is None:
             max_workers = len(os.sched_getaffinity(0)) or 1
@@ -1084,11 +1157,16 @@ class Pool(concurrent.futures.Executor):
                 f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
             )
         self.start_method = start_method
+        if not isinstance(name, str) or not name.isprintable():
+            raise ValueError(f"name={name!r} must be a printable string (it names the workers in ps)")
+        self.name = name
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer={initializer!r} is not callable")
         self._init_blob = (
             dumps_job(callable_blob(initializer), tuple(initargs), {}) if initializer is not None else None
         )
+        self._init_name = _job_name(initializer) if initializer is not None else ""
+        check_output(output)
         self.max_tasks_per_worker = _check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1)
         mem = _check_seconds("max_memory_mb", max_memory_mb)
         self.max_memory_mb = mem
@@ -1108,6 +1186,7 @@ class Pool(concurrent.futures.Executor):
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._events = EventDispatcher(on_event, "workers-events")
+        self._output = OutputRouter(output, "workers.job", "job", self._events.emit)
         if start_method == "forkserver":
             preload("workers")  # every worker imports it: import it once in the forkserver
         self._io = IOThread("workers-io")
@@ -1312,16 +1391,21 @@ class Pool(concurrent.futures.Executor):
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float = 60.0) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
         """Stop accepting jobs, cancel timed jobs not yet due and every schedule, stop the workers.
 
+        As with concurrent.futures, ``shutdown()`` (and leaving a ``with Pool()`` block) waits for
+        the queued and running jobs to finish, however long they take; pass ``timeout`` to bound it.
+
         Args:
-            wait: wait for queued and running jobs to finish (at most ``timeout`` seconds; jobs
-                still unfinished then fail with PoolClosed and their workers are killed).
+            wait: wait for queued and running jobs to finish.
             cancel_futures: cancel the queued jobs instead of running them.
-            timeout: the bound on the whole shutdown, in seconds.
+            timeout: None (default) waits as long as the jobs run; a number of seconds bounds the
+                wait: jobs still unfinished then fail with PoolClosed and their workers are killed.
         """
-        timeout = _check_seconds("timeout", timeout, allow_none=False) or 0.0
+        timeout = _check_seconds("timeout", timeout)
         with self._shutdown_lock:
             if self._closed:
                 return
@@ -1338,7 +1422,10 @@ class Pool(concurrent.futures.Executor):
             fut.add_done_callback(release)
             return
         try:
-            fut.result(timeout + 10.0)
+            fut.result(None if timeout is None else timeout + 10.0)
+        except BaseException:  # e.g. Ctrl-C while waiting: no job may outlive the pool
+            self.kill()
+            raise
         finally:
             release()
 

@@ -11,9 +11,11 @@ only the process dying (segfault, os._exit, a signal) fails the job as WorkerCra
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import struct
+import sys
 import time
 from typing import Any
 
@@ -23,6 +25,9 @@ from procman._child import Channel, manager_gone
 from ._serialize import dumps_result, load_job
 
 JOB_HEAD = struct.Struct("<Qd")
+OUT_HEAD = struct.Struct("<QB")  # job id (0: none), stream (1 stdout, 2 stderr)
+OUT_MAX = 65536  # bytes of printed text per frame (a longer line goes in pieces)
+KIND_OUTPUT = ord("O")
 RESULT_HEAD = struct.Struct("<QddqB")
 KIND_RESULT = ord("R")
 OK = 0
@@ -39,10 +44,81 @@ def rss_kb() -> int:
         return int(f.read().split()[1]) * _PAGE_KB
 
 
+class JobOutput(io.TextIOBase):
+    """The worker's ``sys.stdout``/``sys.stderr``: complete lines go to the parent tagged with the
+    running job's id (one ``O`` frame: OUT_HEAD + utf-8 lines), so that what a job prints is shown
+    under the job's name, in order with its result. Writes to the file descriptors themselves (C
+    code, programs the job starts) still go to the worker's log pipes.
+    """
+
+    def __init__(self, chan: Channel, stream: int, fd: int) -> None:
+        super().__init__()
+        self._chan = chan
+        self._stream = stream
+        self._fd = fd
+        self._buf: list[str] = []
+        self.job_id = 0
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "replace"
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if "\n" not in text:
+            self._buf.append(text)
+            if sum(map(len, self._buf)) > OUT_MAX:
+                self.end_line()
+            return len(text)
+        head, _, rest = text.rpartition("\n")
+        self._buf.append(head)
+        self._send("".join(self._buf))
+        self._buf = [rest] if rest else []
+        return len(text)
+
+    def end_line(self) -> None:
+        """Send a partial line (the job ended, or the line grew past OUT_MAX)."""
+        if self._buf:
+            self._send("".join(self._buf))
+            self._buf = []
+
+    def _send(self, lines: str) -> None:
+        data = lines.encode("utf-8", "replace")
+        head = OUT_HEAD.pack(self.job_id, self._stream)
+        for i in range(0, len(data), OUT_MAX):
+            self._chan.send_raw(_wire.encode_raw(b"O", head + data[i : i + OUT_MAX]))
+
+
 def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> int:
+    outs = (JobOutput(chan, 1, 1), JobOutput(chan, 2, 2))
+    sys.stdout, sys.stderr = outs
     if init_blob is not None:
-        fn, args, kwargs = load_job(init_blob)
-        fn(*args, **kwargs)  # an exception here ends the worker before "ready"
+        try:
+            fn, args, kwargs = load_job(init_blob)
+            fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported, and this worker ends before "ready"
+            for out in outs:
+                out.end_line()
+            record = _wire.error_record(exc)
+            record["stage"] = "initializer"
+            chan.send(record)
+            return 1
+        for out in outs:
+            out.end_line()
     chan.send({"t": "ready"})
     reader = _wire.FrameReader()
     pending: list[bytes] = []
@@ -62,6 +138,8 @@ def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> in
                 return 0
             continue
         job_id, _due = JOB_HEAD.unpack_from(body, 1)
+        for out in outs:
+            out.job_id = job_id
         started = time.monotonic()
         try:
             fn, args, kwargs = load_job(memoryview(body)[1 + JOB_HEAD.size :], fn_cache)
@@ -71,5 +149,8 @@ def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> in
             payload = pickle.dumps(_wire.error_record(exc), protocol=5)
             status = ERROR
         finished = time.monotonic()
+        for out in outs:
+            out.end_line()
+            out.job_id = 0
         rss = rss_kb() if measure_rss else 0
         send(_wire.encode_raw(b"R", RESULT_HEAD.pack(job_id, started, finished, rss, status) + payload))
