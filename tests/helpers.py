@@ -56,6 +56,23 @@ def proc_table() -> dict[int, tuple[int, str]]:
     return table
 
 
+def session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session ``sid`` (a script started with start_new_session)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] != b"Z" and int(fields[3]) == sid:
+            out.append(int(entry))
+    return out
+
+
 def descendants(roots: set[int] | list[int]) -> set[int]:
     """Every live process whose ancestry passes through one of ``roots`` (roots excluded)."""
     children: dict[int, list[int]] = {}

@@ -1,0 +1,382 @@
+"""A newcomer's first hour: scripts as users write them (no main guard, -c, stdin), run for real.
+
+Each script runs in a fresh interpreter of the project's venv, in a session of its own, with a
+bounded timeout; whatever it leaves behind fails the test.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import session_members
+
+import workers
+
+METHODS = ["forkserver", "fork", "spawn"]
+
+
+def run_script(
+    tmp_path: Path, code: str, *, how: str = "file", args: tuple[str, ...] = (), timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as a user would (``how``: "file", "stdin" or "-c"); nothing may outlive it."""
+    code = textwrap.dedent(code)
+    if how == "file":
+        script = tmp_path / "script.py"
+        script.write_text(code)
+        cmd = [sys.executable, str(script), *args]
+        stdin = None
+    elif how == "stdin":
+        cmd, stdin = [sys.executable, "-", *args], code
+    else:
+        cmd, stdin = [sys.executable, "-c", code, *args], None
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+        deadline = time.monotonic() + 5
+        while session_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = session_members(proc.pid)
+        assert not left, f"processes outlived the script: {left}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+NO_GUARD = """
+    import sys, procman, workers
+    print("TOP-LEVEL", flush=True)          # must run once, in the host only
+    method = sys.argv[1] if len(sys.argv) > 1 else "forkserver"
+
+    def square(x):
+        return x * x
+
+    class Greeter:
+        name = "greeter"
+        def start(self):
+            procman.heartbeat()
+            print("hello from", self.name)
+        def stop(self):
+            pass
+
+    pool = workers.Pool(2, start_method=method)
+    print("squares", list(pool.map(square, range(5))))
+    print("lambda", pool.submit(lambda: square(7)).result(30))
+    pool.shutdown()
+    manager = procman.Manager(start_method=method)
+    manager.register(Greeter(), watchdog=30)
+    manager.start(timeout=30)
+    manager.stop(timeout=30)
+    manager.close()
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_script_without_main_guard_runs_its_top_level_code_once(tmp_path: Path, method: str) -> None:
+    res = run_script(tmp_path, NO_GUARD, args=(method,))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("TOP-LEVEL") == 1, res.stdout
+    assert "squares [0, 1, 4, 9, 16]" in res.stdout
+    assert "lambda 49" in res.stdout
+    assert "greeter | hello from greeter" in res.stdout
+    assert "bootstrapping" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("how", ["stdin", "-c"])
+def test_scripts_from_stdin_and_dash_c_work(tmp_path: Path, how: str) -> None:
+    res = run_script(tmp_path, NO_GUARD, how=how)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("TOP-LEVEL") == 1
+    assert "squares [0, 1, 4, 9, 16]" in res.stdout and "greeter | hello from greeter" in res.stdout
+
+
+def test_a_lambda_using_an_app_module_sees_the_workers_state_and_never_copies_it(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        textwrap.dedent(
+            """
+            STATE = "host"
+            BIG = "x" * 10_000_000          # must never travel with a job
+            def init():
+                global STATE
+                STATE = "set by the worker's initializer"
+            def state():
+                return STATE
+            lam = lambda: (STATE, len(BIG))  # defined in the module itself
+            """
+        )
+    )
+    res = run_script(
+        tmp_path,
+        """
+        import app, workers
+        from workers._serialize import callable_blob
+        pool = workers.Pool(1, initializer=app.init)
+        job = lambda: app.state()
+        print("state:", pool.submit(job).result(30))
+        print("module lambda:", pool.submit(app.lam).result(30))
+        print("sizes:", len(callable_blob(job)), len(callable_blob(app.lam)))
+        pool.shutdown()
+        """,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "state: set by the worker's initializer" in res.stdout
+    assert "module lambda: (\"set by the worker's initializer\", 10000000)" in res.stdout
+    sizes = [int(x) for x in res.stdout.split("sizes:")[1].split()]
+    assert max(sizes) < 10_000, sizes
+
+
+def test_a_main_job_using_a_local_module_holding_a_struct(tmp_path: Path) -> None:
+    (tmp_path / "codec.py").write_text(
+        'import struct\nHDR = struct.Struct("<I")\ndef pack(n):\n    return HDR.pack(n)\n'
+    )
+    res = run_script(
+        tmp_path,
+        """
+        import workers, codec
+        from codec import HDR
+
+        def frame(n):                      # defined in __main__: travels by value
+            return codec.pack(n) + HDR.pack(n + 1)
+
+        with workers.Pool(2) as pool:
+            print(pool.submit(frame, 1).result(30))
+        """,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "b'\\x01\\x00\\x00\\x00\\x02\\x00\\x00\\x00'" in res.stdout
+
+
+def test_what_cannot_be_sent_is_named_with_the_fix_in_a_few_lines(tmp_path: Path) -> None:
+    res = run_script(
+        tmp_path,
+        """
+        import socket, workers
+        CONN = socket.socket()
+
+        def guarded():
+            return CONN.fileno()
+
+        pool = workers.Pool(1)
+        try:
+            pool.submit(guarded)
+        except workers.SerializationError as exc:
+            print("MESSAGE<<" + str(exc) + ">>")
+            print("CAUSE", type(exc.__cause__).__name__)
+        print("still works:", pool.submit(abs, -3).result(30))
+        pool.shutdown()
+        """,
+    )
+    assert res.returncode == 0, res.stderr
+    message = res.stdout.split("MESSAGE<<")[1].split(">>")[0]
+    assert "__main__.guarded" in message
+    assert "global 'CONN'" in message and "socket" in message
+    assert "Fix:" in message
+    assert len(message.splitlines()) <= 6
+    assert "CAUSE " in res.stdout and "CAUSE NoneType" not in res.stdout
+    assert "still works: 3" in res.stdout
+
+
+def test_main_classes_come_back_as_the_hosts_own(tmp_path: Path) -> None:
+    res = run_script(
+        tmp_path,
+        """
+        import workers
+
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        class Refused(Exception):
+            pass
+
+        def make(x):
+            return Point(x)
+
+        def refuse():
+            raise Refused("no")
+
+        with workers.Pool(1) as pool:
+            p = pool.submit(make, 3).result(30)
+            print("isinstance", isinstance(p, Point), p.x)
+            try:
+                pool.submit(refuse).result(30)
+            except Refused as exc:
+                print("caught", exc)
+        """,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "isinstance True 3" in res.stdout and "caught no" in res.stdout
+
+
+def test_prints_and_crash_tracebacks_reach_the_terminal_without_logging(tmp_path: Path) -> None:
+    res = run_script(
+        tmp_path,
+        """
+        import threading, time, procman, workers
+
+        def chatty(i):
+            for j in range(100):
+                print(f"line {i}.{j}")
+            return i
+
+        with workers.Pool(2) as pool:
+            assert sum(pool.map(chatty, range(200))) == sum(range(200))
+
+        class Fragile:
+            name = "fragile"
+            def start(self):
+                threading.Thread(target=self.crash).start()
+            def crash(self):
+                time.sleep(0.2)
+                raise RuntimeError("lost the broker")
+            def stop(self):
+                pass
+
+        with procman.Manager() as manager:
+            manager.register(Fragile(), restart="never")
+            manager.start(timeout=30)
+            for _ in range(300):
+                if manager.status()["fragile"].state.value != "running":
+                    break
+                time.sleep(0.05)
+        """,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    job_lines = [line for line in res.stdout.splitlines() if line.startswith("chatty | line ")]
+    assert len(job_lines) == 20_000
+    assert "fragile | Traceback (most recent call last):" in res.stderr
+    assert "fragile | RuntimeError: lost the broker" in res.stderr
+
+
+def test_output_can_go_to_a_callable_or_logging(caplog: pytest.LogCaptureFixture) -> None:
+    got: list[tuple[str, str, str]] = []
+    done = threading.Event()
+
+    def hook(source: str, stream: str, line: str) -> None:
+        got.append((source, stream, line))
+        if line == "bye":
+            done.set()
+
+    with workers.Pool(1, output=hook) as pool:
+        pool.submit(print, "bye").result(30)
+        assert done.wait(10)
+    assert ("print", "stdout", "bye") in got
+    caplog.set_level(logging.INFO)
+    with workers.Pool(1, output="logging") as pool:
+        pool.submit(print, "to logging").result(30)
+    records = [r for r in caplog.records if r.getMessage() == "to logging"]
+    assert records and records[0].name == "workers.job.print" and records[0].job == "print"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="output='loud' is not supported"):
+        workers.Pool(1, output="loud")  # type: ignore[arg-type]
+
+
+def _init_fails() -> None:
+    raise ConnectionError("database unreachable")
+
+
+def test_workers_that_cannot_start_break_the_pool_with_the_childs_error_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="workers")
+    pool = workers.Pool(4, initializer=_init_fails, on_event=None)
+    try:
+        with pytest.raises(workers.PoolBroken) as info:
+            pool.submit(abs, 1).result(30)
+        assert "the initializer _init_fails raised ConnectionError: database unreachable" in str(info.value)
+        cause = info.value.__cause__
+        assert isinstance(cause, ConnectionError)
+        assert "in _init_fails" in str(cause.__cause__)  # the worker's own traceback
+        logged = [r for r in caplog.records if "database unreachable" in r.getMessage()]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
+        with pytest.raises(workers.PoolBroken):
+            pool.submit(abs, 1)
+    finally:
+        pool.shutdown()
+
+
+def test_shutdown_waits_for_running_jobs_like_concurrent_futures() -> None:
+    assert inspect.signature(workers.Pool.shutdown).parameters["timeout"].default is None
+    with workers.Pool(1) as pool:
+        running = pool.submit(time.sleep, 1.5)
+        queued = pool.submit(abs, -2)
+    assert running.result(0) is None and queued.result(0) == 2  # done when the block ended
+
+
+def test_processes_are_named_for_ps(tmp_path: Path) -> None:
+    res = run_script(
+        tmp_path,
+        """
+        import os, procman, workers
+
+        class Web:
+            name = "web"
+            def start(self):
+                pass
+            def stop(self):
+                pass
+
+        def titles():
+            out = []
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as f:
+                            out.append(f.read().split(b"\\0")[0].decode())
+                    except OSError:
+                        pass
+            return out
+
+        with procman.Manager() as manager, workers.Pool(2, name="reports") as pool:
+            manager.register(Web())
+            manager.start(timeout=30)
+            pool.submit(abs, 1).result(30)
+            mine = [t for t in titles() if t.startswith("procman: ")]
+            print(sorted(set(mine)))
+        """,
+    )
+    assert res.returncode == 0, res.stderr
+    for title in ("procman: web", "procman: worker 1 (reports)", "procman: worker 2 (reports)"):
+        assert f"'{title}'" in res.stdout, res.stdout
+    assert "'procman: forkserver'" in res.stdout
+
+
+def test_a_script_failing_right_after_making_a_pool_exits_with_only_its_own_error(tmp_path: Path) -> None:
+    # The pool's workers are still starting when the script dies; the exit hooks must stop them
+    # before multiprocess removes the forkserver's socket (the race showed ~1 run in 4).
+    for _ in range(4):
+        res = run_script(
+            tmp_path,
+            """
+            import workers
+            pool = workers.Pool(2)
+            pool.submit(lambda: None)
+            raise SystemExit("the script's own error")
+            """,
+        )
+        assert res.returncode == 1
+        assert res.stderr.strip() == "the script's own error", res.stderr
