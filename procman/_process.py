@@ -28,18 +28,18 @@ from typing import Any
 
 import multiprocess
 from multiprocess import process as mp_process
-from multiprocess import util as _mp_util  # noqa: F401 - imported now for the order of exit hooks
-
-# multiprocess.util registers, when first imported, an exit hook that removes the forkserver's
-# socket directory and joins children. Importing it here, before procman and workers register their
-# own exit hooks, makes ours run first (atexit runs in reverse order): pools and managers stop their
-# children while the forkserver still works. Imported lazily instead, it could run first, and a
-# worker still starting at exit would fail on a vanished socket.
+from multiprocess import util as _mp_util  # noqa: F401 - see _EXIT_HOOK_ORDER
 
 from . import _wire
 from ._child import FdBox, child_main
 
 START_METHODS = ("forkserver", "fork", "spawn")
+
+# _EXIT_HOOK_ORDER: multiprocess.util registers, when first imported, an exit hook that removes the
+# forkserver's socket directory. Importing it above, before procman and workers register their own
+# exit hooks, makes ours run first (atexit runs in reverse order): pools and managers stop their
+# children while the forkserver still works. Imported lazily instead, it could run first, and a
+# worker still starting at exit would fail on a vanished socket.
 
 _contexts: dict[str, Any] = {}
 MAX_LINE = 65536  # bytes of a log line without newline before it is logged as it stands
