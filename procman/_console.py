@@ -19,6 +19,7 @@ from collections import deque
 from datetime import datetime
 from typing import Any, TextIO
 
+from ._errors import RemoteTraceback
 from ._events import Event, EventKind
 
 COLORS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI foreground colours
@@ -26,6 +27,7 @@ RESET = "\033[0m"
 KEEP_LINES = 1000  # per name, for `procman logs`
 KEEP_CHARS = 4096  # of each kept line: the memory kept is bounded by lines x chars x names
 QUEUE_LINES = 10_000
+TRACEBACK_LINES = 200  # of a failed run's traceback shown; the middle of a longer one is left out
 ME = "procman"
 
 
@@ -117,6 +119,14 @@ class Console:
             return
         self._writer.join(timeout)
 
+    def run_failed(self, name: str, error: BaseException | None, took: str = "", reason: str = "") -> None:
+        """A failed job run: one line with the error, then the worker's traceback, under the job's name."""
+        what = f"{type(error).__name__}: {error}" if error is not None else reason
+        summary, *more = f"run failed{took}: {what}".splitlines()  # a message may span lines
+        self.line(name, summary, "error")
+        for text in more + traceback_lines(error):
+            self.line(name, text, "error")
+
     # -- sources -------------------------------------------------------------------------------
 
     def daemon_event(self, event: Event) -> None:
@@ -153,9 +163,7 @@ class Console:
         if k is PoolEventKind.RUN_DONE:
             self.line(event.name, f"run ok{took}: {short_repr(event.result)}")
         elif k is PoolEventKind.RUN_FAILED:
-            err = event.error
-            what = f"{type(err).__name__}: {err}" if err is not None else event.reason
-            self.line(event.name, f"run failed{took}: {what}", "error")
+            self.run_failed(event.name, event.error, took, event.reason)
         elif k in (PoolEventKind.RUN_SKIPPED, PoolEventKind.RUN_MISSED, PoolEventKind.RUN_QUEUED):
             self.line(event.name, f"{k.value}: {event.reason}", "warning")
         elif k in (PoolEventKind.JOB_TIMED_OUT, PoolEventKind.JOB_RETRY):
@@ -164,6 +172,24 @@ class Console:
             self.line("pool", f"{k.value} (pid {event.pid}): {event.reason}", "warning")
         elif k is PoolEventKind.POOL_BROKEN:
             self.line("pool", f"BROKEN: {event.reason}", "error")
+
+
+def traceback_lines(error: BaseException | None, limit: int = TRACEBACK_LINES) -> list[str]:
+    """The lines of the traceback a worker or child sent with ``error`` (its ``__cause__``), if any.
+
+    A job's exception comes back from its worker with the worker's traceback, as text, in a
+    :class:`RemoteTraceback` cause. Errors raised here (a timeout, a crashed worker) have none: their
+    message says it all. Beyond ``limit`` lines, the middle is left out: the head says where the
+    run started, the tail where and why it failed.
+    """
+    cause = error.__cause__ if error is not None else None
+    if not isinstance(cause, RemoteTraceback):
+        return []
+    lines = cause.tb.rstrip("\n").splitlines()
+    if len(lines) > limit:
+        head, tail = limit // 10, limit - limit // 10 - 1
+        lines = [*lines[:head], f"... ({len(lines) - head - tail} lines left out) ...", *lines[-tail:]]
+    return lines
 
 
 _REPR = reprlib.Repr()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import socket
@@ -41,10 +42,29 @@ def runtime_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"procman-{os.getuid()}"
 
 
+def config_key(config_path: str | os.PathLike[str]) -> Path:
+    """The config file's absolute path, symlinks resolved: what ``run`` and ``-c`` both name it by."""
+    return Path(os.path.realpath(config_path))
+
+
 def default_socket(config_path: str | os.PathLike[str]) -> Path:
-    """The socket of the procman running ``config_path`` (named after the file's stem)."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(config_path).stem) or "procman"
-    return runtime_dir() / f"{stem}.sock"
+    """The socket of the procman running ``config_path``: ``<stem>-<hash>.sock`` in :func:`runtime_dir`.
+
+    The hash is the first 10 hex digits of the SHA-256 of the file's absolute path, so two projects
+    that both have an ``app.toml`` get two sockets, and ``procman status -c app.toml`` finds the one
+    of that very file.
+    """
+    path = config_key(config_path)
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:10]
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem) or "procman"
+    d = runtime_dir()
+    # AF_UNIX paths are limited to SUN_PATH_MAX bytes: a long stem is cut, and when even a short one
+    # does not fit (a very deep runtime directory) the name is the hash alone. If that is still too
+    # long, ControlServer.start says so and asks for --socket or [procman] socket.
+    room = SUN_PATH_MAX - len(os.fsencode(d / f"-{digest}.sock"))
+    if room < 1:
+        return d / f"{digest}.sock"
+    return d / f"{stem[:room]}-{digest}.sock"
 
 
 def _private_dir(path: Path) -> None:

@@ -10,8 +10,8 @@ to the host's own stdout/stderr, prefixed with its source's name as honcho and `
 
 Lines are written by the owner's event thread (the same one that delivers events, so a crash's
 traceback comes before the event reporting the exit), never by the I/O loop: a terminal or pipe that
-blocks never stalls supervision. At most :data:`MAX_QUEUED` lines wait; beyond that, lines are
-dropped and a note says how many.
+blocks never stalls supervision. At most :data:`MAX_QUEUED` bytes of lines wait (a terminal that
+stays blocked that long is not being read); beyond that, lines are dropped and a note says how many.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ OutputHook = Callable[[str, str, str], None]
 
 Output = Literal["auto", "terminal", "logging"] | OutputHook
 OUTPUTS = ("auto", "terminal", "logging")
-MAX_QUEUED = 10_000
+MAX_QUEUED = 32 * 1024 * 1024
 
 
 def check_output(output: object) -> Output:
@@ -84,7 +84,7 @@ class OutputRouter:
             if self._queued >= MAX_QUEUED:
                 self._dropped += 1
                 return
-            self._queued += 1
+            self._queued += len(text) + 64
         self._emit(_Line(self, source, stream, text))
 
     def _logging_configured(self, source: str) -> bool:
@@ -94,8 +94,9 @@ class OutputRouter:
     def deliver(self, item: _Line) -> None:
         """Write one line (on the event thread)."""
         with self._lock:
-            self._queued -= 1
+            self._queued -= len(item.text) + 64
             dropped, self._dropped = self._dropped, 0
+            last = self._queued == 0
         note = f"({dropped} lines dropped: output came faster than it was read)" if dropped else ""
         if callable(self.output):
             if note:
@@ -108,6 +109,7 @@ class OutputRouter:
             if note:
                 sys.stderr.write(f"{item.source:<{self.width}} | {note}\n")
             out.write(f"{item.source:<{self.width}} | {item.text}\n")
-            out.flush()
+            if last or item.stream == "stderr":  # flushed once the backlog is written
+                out.flush()
         except (OSError, ValueError):  # the host's stdout is closed or gone: nowhere to write
             pass

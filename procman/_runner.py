@@ -22,7 +22,7 @@ from typing import Any
 
 from ._config import Config, JobConfig
 from ._console import Console, ConsoleHandler, short_repr
-from ._control import ControlError, ControlServer, sd_notify
+from ._control import ControlError, ControlServer, config_key, sd_notify
 from ._errors import DaemonError, ProcmanError, StartError
 from ._manager import AsyncManager
 from ._process import preload
@@ -163,7 +163,8 @@ class Runner:
             daemons = [_daemon_row(statuses[d.name]) for d in self.cfg.daemons if d.name in statuses]
         return {
             "pid": os.getpid(),
-            "config": str(self.cfg.path),
+            "config": str(config_key(self.cfg.path)),
+            "socket": str(self.socket_path.absolute()),
             "started": datetime.fromtimestamp(self.started_at).isoformat(timespec="seconds"),
             "stopping": self.stop_requested.is_set(),
             "daemons": daemons,
@@ -316,7 +317,7 @@ class Runner:
         if exc is None:
             self.console.line(name, f"run ok: {short_repr(fut.result())}")
         else:
-            self.console.line(name, f"run failed: {type(exc).__name__}: {exc}", "error")
+            self.console.run_failed(name, exc)
 
     async def shutdown(self) -> int:
         cfg = self.cfg

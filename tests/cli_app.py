@@ -59,6 +59,15 @@ def fails() -> None:
     raise ValueError("job failed on purpose")
 
 
+def _settings() -> dict[str, str]:
+    return {}
+
+
+def lookup(key: str = "missing-key") -> str:
+    """Fails one call deep in the worker: KeyError: 'missing-key'."""
+    return _settings()[key]
+
+
 NOT_CALLABLE = 42
 
 

@@ -37,6 +37,8 @@ def run_script(
         stdin = None
     elif how == "stdin":
         cmd, stdin = [sys.executable, "-", *args], code
+    elif how == "repl":  # the interactive interpreter reading the lines as typed
+        cmd, stdin = [sys.executable, "-i", "-q", *args], code
     else:
         cmd, stdin = [sys.executable, "-c", code, *args], None
     proc = subprocess.Popen(
@@ -112,6 +114,40 @@ def test_scripts_from_stdin_and_dash_c_work(tmp_path: Path, how: str) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("TOP-LEVEL") == 1
     assert "squares [0, 1, 4, 9, 16]" in res.stdout and "greeter | hello from greeter" in res.stdout
+
+
+REPL_LINES = """
+import workers
+square = lambda x: x * x
+def cube(x): return x ** 3
+
+pool = workers.Pool(2)
+print("squares", list(pool.map(square, range(4))), "cube", pool.submit(cube, 3).result(30))
+pool.shutdown()
+"""
+
+NOTEBOOK = """
+import sys, types, workers
+# A notebook kernel runs each cell as code compiled from a pseudo-file, in its own __main__ namespace.
+main = types.ModuleType("__main__")
+sys.modules["__main__"] = main
+cell1 = "def double(x):\\n    return 2 * x\\nfactor = 10\\n"
+cell2 = (
+    "import workers\\npool = workers.Pool(2)\\n"
+    "print('cells', pool.submit(lambda: double(factor)).result(30))\\npool.shutdown()\\n"
+)
+for i, cell in enumerate((cell1, cell2)):
+    exec(compile(cell, f"<ipython-input-{i}>", "exec"), main.__dict__)
+"""
+
+
+def test_the_repl_and_a_notebook_style_namespace_work(tmp_path: Path) -> None:
+    res = run_script(tmp_path, REPL_LINES, how="repl")
+    assert res.returncode == 0, res.stderr
+    assert "squares [0, 1, 4, 9] cube 27" in res.stdout
+    res = run_script(tmp_path, NOTEBOOK)
+    assert res.returncode == 0, res.stderr
+    assert "cells 20" in res.stdout
 
 
 def test_a_lambda_using_an_app_module_sees_the_workers_state_and_never_copies_it(tmp_path: Path) -> None:
