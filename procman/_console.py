@@ -76,6 +76,10 @@ class Console:
                 text = f"\033[1;31m{text}{RESET}"
         self._put(f"{stamp} {label} | {text}\n")
 
+    def child_line(self, source: str, stream: str, text: str) -> None:
+        """The output hook of the manager and the pool: a daemon's or job's printed line, under its name."""
+        self.line(source, text)
+
     def info(self, text: str) -> None:
         self.line(ME, text)
 

@@ -243,7 +243,7 @@ class Runner:
         cfg = self.cfg
         code = EXIT_OK
         manager = self.manager = AsyncManager(
-            start_method=cfg.start_method, on_event=self.console.daemon_event
+            start_method=cfg.start_method, on_event=self.console.daemon_event, output=self.console.child_line
         )
         try:
             for d in cfg.daemons:
@@ -259,6 +259,7 @@ class Runner:
                     max_tasks_per_worker=cfg.pool.max_tasks_per_worker,
                     max_memory_mb=cfg.pool.max_memory_mb,
                     on_event=self.console.pool_event,
+                    output=self.console.child_line,  # a job's prints under the job's name
                 )
             if cfg.daemons:
                 self.console.info(f"starting {len(cfg.daemons)} daemon(s); control socket {self.socket_path}")

@@ -65,6 +65,7 @@ def _settings() -> dict[str, str]:
 
 def lookup(key: str = "missing-key") -> str:
     """Fails one call deep in the worker: KeyError: 'missing-key'."""
+    print(f"looking up {key}")  # a job's print: shown under the job's name
     return _settings()[key]
 
 

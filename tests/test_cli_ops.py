@@ -330,6 +330,7 @@ at = {at}
         ("bad", r"run failed in \S+: KeyError: 'missing-key'"),
         ("once", r"run failed: KeyError"),
     ):
+        p.wait_line(rf"{job} +\| looking up missing-key$")  # what the job printed, under its name
         p.wait_line(rf"{job} +\| {summary}")
         p.wait_line(rf"{job} +\| KeyError: 'missing-key'$")
         with p.cond:
@@ -346,6 +347,7 @@ at = {at}
     assert "run failed in" in text and "Traceback (most recent call last):" in text
     assert re.search(r'  File ".*cli_app\.py", line \d+, in lookup\n', text), text
     assert "KeyError: 'missing-key'\n" in text
+    assert "looking up missing-key\n" in text
     once = p.ctl("logs", "once")
     assert "Traceback (most recent call last):" in once.stdout and "in lookup" in once.stdout
     _stop_all(p)

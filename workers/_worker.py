@@ -146,6 +146,9 @@ def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> in
             payload = dumps_result(fn(*args, **kwargs))
             status = OK
         except BaseException as exc:  # noqa: BLE001 - every job error goes back to its future
+            tb = exc.__traceback__
+            if tb is not None and tb.tb_next is not None:  # start at the job, not at this loop
+                exc.__traceback__ = tb.tb_next
             payload = pickle.dumps(_wire.error_record(exc), protocol=5)
             status = ERROR
         finished = time.monotonic()
