@@ -6,7 +6,8 @@
     start_timeout = 30             # seconds for every daemon to be ready
     stop_timeout = 30              # seconds for everything to stop
     start_method = "forkserver"    # or "fork", "spawn"
-    socket = "run/app.sock"        # control socket (default: in $XDG_RUNTIME_DIR/procman/)
+    socket = "run/app.sock"        # control socket, relative to this file (default: STEM-HASH.sock
+                                   # in $XDG_RUNTIME_DIR/procman/, HASH from this file's absolute path)
 
     [daemons.web]                  # the key is the daemon's name
     factory = "app.web:HttpServer" # a Python daemon: a callable returning one, called with...
@@ -53,7 +54,6 @@ import importlib
 import inspect
 import math
 import os
-import re
 import shlex
 import sys
 import tomllib
@@ -236,7 +236,7 @@ class _Table:
         seconds = _duration(value)
         if seconds is None or seconds < 0 or (positive and seconds == 0):
             what = "a number of seconds" + (" > 0" if positive else " >= 0")
-            raise self.error_at(key, value, f'{what} (e.g. 10, 2.5 or "1m30s")')
+            raise self.error_at(key, value, f'{what} (e.g. 10, 2.5, "30s", "5m", "1h30m", "1d" or "500ms")')
         return seconds
 
     def integer(self, key: str, default: int | None, *, minimum: int) -> int | None:
@@ -302,23 +302,14 @@ class _Table:
                 raise self.fail(key, f"unknown key; {expected}")
 
 
-_DURATION = re.compile(
-    r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?"
-)
-
-
 def _duration(value: object) -> float | None:
-    """Seconds from a number or a string such as "90s", "1m30s", "2h", "250ms"; None if neither."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str) and value.strip():
-        m = _DURATION.fullmatch(value.strip())
-        if m and any(m.groups()):
-            h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
-            return h * 3600 + mi * 60 + s + ms / 1000
-    return None
+    """Seconds from a number or a string such as "90s", "1h30m", "1d", "250ms"; None if neither.
+
+    The same reader as ``Pool.schedule(every=...)``: :func:`workers._triggers.parse_duration`.
+    """
+    from workers._triggers import parse_duration
+
+    return parse_duration(value)
 
 
 def _show(value: object) -> str:
@@ -557,12 +548,12 @@ class _Loader:
             from workers._triggers import Cron
 
             try:
-                Cron(cron, tz)
+                Cron(cron, tz)  # checks the expression field by field, then the time zone
             except ScheduleError as exc:
-                key = "timezone" if tz is not None and "time zone" in str(exc) else "cron"
-                raise t.fail(
-                    key, str(exc).replace("tz=", "timezone = ").replace("cron=", "cron = ")
-                ) from None
+                message = str(exc)
+                if message.startswith("tz="):
+                    raise t.fail("timezone", "timezone = " + message.removeprefix("tz=")) from None
+                raise t.fail("cron", message.removeprefix("cron ")) from None
         at = self.at(t) if t.has("at") else None
         job = JobConfig(
             name=name,

@@ -391,7 +391,7 @@ BAD = [
     (
         "bad cron",
         '[jobs.j]\nfunction = "cli_app:square"\ncron = "61 * * * *"\n',
-        ["[jobs.j] cron", "not a valid cron expression"],
+        ["[jobs.j] cron", "minute 61 is out of range 0-59"],
     ),
     (
         "bad tz",

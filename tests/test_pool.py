@@ -424,7 +424,7 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], str]] = [
     ({"every": 1, "cron": "* * * * *"}, "exactly one of every="),
     ({"every": 0}, "every=0 must be > 0"),
     ({"every": -5}, "every=-5"),
-    ({"cron": "every day"}, "not a valid cron expression"),
+    ({"cron": "every day"}, "has 2 fields; use five"),
     ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "not a known time zone"),
     ({"every": 1, "overlap": "sometimes"}, "overlap='sometimes'"),
     ({"every": 1, "start": 100.0, "end": 50.0}, "is before start"),

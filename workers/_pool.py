@@ -1312,7 +1312,7 @@ class Pool(concurrent.futures.Executor):
         fn: Callable[..., Any],
         /,
         *,
-        every: float | timedelta | None = None,
+        every: float | timedelta | str | None = None,
         cron: str | None = None,
         tz: str | None = None,
         start: datetime | float | None = None,
@@ -1331,8 +1331,10 @@ class Pool(concurrent.futures.Executor):
         """Run ``fn`` on a recurring schedule: ``every`` an interval or on a ``cron`` expression.
 
         Args:
-            every: seconds or a timedelta; runs are anchored at ``start + k * every`` (no drift).
-            cron: a cron expression, evaluated in ``tz`` (default: the local time zone).
+            every: seconds, a timedelta or a string such as "30s", "5m", "1h30m", "1d",
+                "500ms"; runs are anchored at ``start + k * every`` (no drift).
+            cron: five fields, ``minute hour day-of-month month day-of-week`` (or an alias such as
+                ``@daily``), evaluated in ``tz`` (default: the local time zone).
             start, end: the schedule's window (datetime or epoch seconds).
             max_instances: runs of this schedule allowed at once; a run due while that many are
                 going is skipped (``overlap="skip"``) or queued behind them (``overlap="queue"``),
