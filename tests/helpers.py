@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import procman
+from workers import PoolEvent, PoolEventKind
 
 
 class Recorder:
@@ -39,38 +40,37 @@ class Recorder:
             return [e for e in self.events if e.kind is kind and (name is None or e.name == name)]
 
 
+def _live_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, fields after the command name) of every live (non-zombie) process, from /proc/PID/stat."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()  # state, ppid, pgrp, session, ...
+        if fields and fields[0] != b"Z":
+            yield int(entry), fields
+
+
 def proc_table() -> dict[int, tuple[int, str]]:
     """Every live (non-zombie) process: pid -> (parent pid, state letter), read from /proc."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] != b"Z":
-            table[int(entry)] = (int(fields[1]), fields[0].decode())
-    return table
+    return {pid: (int(fields[1]), fields[0].decode()) for pid, fields in _live_stats()}
 
 
-def session_members(sid: int) -> list[int]:
-    """Live (non-zombie) processes of session ``sid`` (a script started with start_new_session)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] != b"Z" and int(fields[3]) == sid:
-            out.append(int(entry))
-    return out
+def session_members(sid: int) -> dict[int, str]:
+    """Live processes of session ``sid`` (a script started with start_new_session): pid -> command line."""
+    found: dict[int, str] = {}
+    for pid, fields in _live_stats():
+        if int(fields[3]) == sid:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+    return found
 
 
 def descendants(roots: set[int] | list[int]) -> set[int]:
@@ -96,3 +96,28 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
+class Events:
+    """A pool event hook that records events and lets a test wait for a condition on them."""
+
+    def __init__(self) -> None:
+        self.items: list[PoolEvent] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, event: PoolEvent) -> None:
+        with self.cond:
+            self.items.append(event)
+            self.cond.notify_all()
+
+    def wait(self, pred: Callable[[list[PoolEvent]], bool], timeout: float = 15.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: pred(self.items), timeout), [e.kind for e in self.items]
+
+    def names(self) -> set[str]:
+        with self.cond:
+            return {e.name for e in self.items}
+
+    def of(self, kind: PoolEventKind) -> list[PoolEvent]:
+        with self.cond:
+            return [e for e in self.items if e.kind is kind]

@@ -16,30 +16,11 @@ from typing import Any
 
 import jobs
 import pytest
-from helpers import pid_alive
+from helpers import Events, pid_alive
 
 import procman
 import workers
-from workers import PoolEvent, PoolEventKind
-
-
-class Events:
-    def __init__(self) -> None:
-        self.items: list[PoolEvent] = []
-        self.cond = threading.Condition()
-
-    def __call__(self, event: PoolEvent) -> None:
-        with self.cond:
-            self.items.append(event)
-            self.cond.notify_all()
-
-    def wait(self, pred: Callable[[list[PoolEvent]], bool], timeout: float = 15.0) -> None:
-        with self.cond:
-            assert self.cond.wait_for(lambda: pred(self.items), timeout), [e.kind for e in self.items]
-
-    def of(self, kind: PoolEventKind) -> list[PoolEvent]:
-        with self.cond:
-            return [e for e in self.items if e.kind is kind]
+from workers import PoolEventKind
 
 
 @pytest.fixture

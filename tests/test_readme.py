@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import session_members
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -91,25 +92,6 @@ def _env() -> dict[str, str]:
     for name in ("PYTHONUNBUFFERED", "PYTHONPATH", "PYTHONSTARTUP", "NOTIFY_SOCKET"):
         env.pop(name, None)
     return env
-
-
-def session_pids(sid: int) -> dict[int, str]:
-    """Live (non-zombie) processes of session ``sid``: pid -> command line, read from /proc."""
-    found: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if fields[0] == b"Z" or int(fields[3]) != sid:  # state, ppid, pgrp, session
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 class Sample:
@@ -188,14 +170,14 @@ class Sample:
         """No process of this run's session outlives it (its helpers get a short grace)."""
         assert self.proc.poll() is not None, "the sample itself is still running"
         deadline = time.monotonic() + LEFTOVER_GRACE
-        while (left := session_pids(self.sid)) and time.monotonic() < deadline:
+        while (left := session_members(self.sid)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not left, f"processes left behind after {LEFTOVER_GRACE}s: {left}\n{self.output()}"
 
     def kill(self) -> None:
         """Whatever happened: SIGKILL the whole session, reap the sample, join the readers."""
         for _ in range(3):  # a process may fork while we kill: look again
-            pids = session_pids(self.sid)
+            pids = session_members(self.sid)
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
