@@ -416,3 +416,31 @@ def test_a_script_failing_right_after_making_a_pool_exits_with_only_its_own_erro
         )
         assert res.returncode == 1
         assert res.stderr.strip() == "the script's own error", res.stderr
+
+
+def test_a_workers_job_output_sends_whole_lines_tagged_with_the_job() -> None:
+    from procman import _wire
+    from workers._worker import OUT_HEAD, OUT_MAX, JobOutput
+
+    class Chan:
+        def __init__(self) -> None:
+            self.frames: list[tuple[int, int, str]] = []
+
+        def send_raw(self, frame: bytes) -> None:
+            body = next(_wire.FrameReader().feed(frame))
+            job_id, stream = OUT_HEAD.unpack_from(body, 1)
+            self.frames.append((job_id, stream, bytes(body[1 + OUT_HEAD.size :]).decode()))
+
+    chan = Chan()
+    out = JobOutput(chan, 1, 1)  # type: ignore[arg-type]
+    out.job_id = 7
+    for _ in range(1000):
+        out.write(".")
+    assert chan.frames == []  # no newline yet: nothing sent
+    out.write("!\nsecond\nthird")
+    assert chan.frames == [(7, 1, "." * 1000 + "!\nsecond")]
+    out.end_line()  # the job ended: its partial line goes too
+    assert chan.frames[-1] == (7, 1, "third")
+    out.write("x" * (OUT_MAX + 10))  # a line without end is sent in pieces, never held without bound
+    assert sum(len(t) for _, _, t in chan.frames[2:]) == OUT_MAX + 10
+    assert out.fileno() == 1 and out.writable()

@@ -57,6 +57,7 @@ class JobOutput(io.TextIOBase):
         self._stream = stream
         self._fd = fd
         self._buf: list[str] = []
+        self._size = 0  # characters in _buf
         self.job_id = 0
 
     @property
@@ -81,13 +82,15 @@ class JobOutput(io.TextIOBase):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         if "\n" not in text:
             self._buf.append(text)
-            if sum(map(len, self._buf)) > OUT_MAX:
+            self._size += len(text)
+            if self._size > OUT_MAX:
                 self.end_line()
             return len(text)
         head, _, rest = text.rpartition("\n")
         self._buf.append(head)
         self._send("".join(self._buf))
         self._buf = [rest] if rest else []
+        self._size = len(rest)
         return len(text)
 
     def end_line(self) -> None:
@@ -95,6 +98,7 @@ class JobOutput(io.TextIOBase):
         if self._buf:
             self._send("".join(self._buf))
             self._buf = []
+            self._size = 0
 
     def _send(self, lines: str) -> None:
         data = lines.encode("utf-8", "replace")
