@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -104,71 +106,108 @@ RUNNER = textwrap.dedent(
     import procman
     from daemons import Quick, Stubborn
 
+    def say(*parts):  # one write per line: print() writes text and newline apart, and threads interleave
+        sys.stdout.write(" ".join(map(str, parts)) + "\\n")
+        sys.stdout.flush()
+
     if __name__ == "__main__":
-        m = procman.Manager(on_event=None)
+        m = procman.Manager(on_event=lambda e: say("EVENT", e.name, e.kind.value))
         m.register(Quick("calm"))
         if sys.argv[1] == "stubborn":
             m.register(Stubborn("stubborn"), stop_timeout=60, term_timeout=60)
         started = threading.Event()
-        threading.Thread(target=lambda: started.wait(60) and print("READY", flush=True), daemon=True).start()
+        threading.Thread(target=lambda: started.wait(60) and say("READY"), daemon=True).start()
         import signal
         mine = lambda signum, frame: None
         signal.signal(signal.SIGTERM, mine)
         before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
         report = procman.run_until_signal(m, stop_timeout=60, started=started)
         after = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-        print("RESTORED", before == after and after[1] is mine, flush=True)
-        print("REPORT", sorted((n, o.value) for n, o in report.outcomes.items()), flush=True)
+        say("RESTORED", before == after and after[1] is mine)
+        say("REPORT", sorted((n, o.value) for n, o in report.outcomes.items()))
         m.close()
         sys.exit(0 if report.clean else 1)
     """
 )
 
 
-def _start_runner(tmp_path: Path, mode: str) -> subprocess.Popen[str]:
-    script = tmp_path / "runner.py"
-    script.write_text(RUNNER.format(tests=str(TESTS)))
-    proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:  # the daemons' own prints come first ("calm | ..."): output is visible
-        seen.append(line)
-        if line.strip() == "READY":
-            return proc
-        if len(seen) > 100:
-            break
-    proc.kill()
-    proc.wait(10)
-    raise AssertionError(f"the runner never printed READY: {seen}")
+class Runner:
+    """The runner script as a subprocess; its stdout lines read by a thread, waited on with bounds."""
+
+    def __init__(self, tmp_path: Path, mode: str) -> None:
+        script = tmp_path / "runner.py"
+        script.write_text(RUNNER.format(tests=str(TESTS)))
+        self.proc = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.wait_line("READY")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_line(self, text: str, timeout: float = 30) -> None:
+        # "in" a line, not the whole line: print() writes its text and its newline separately, so
+        # a daemon's line written by the manager's output thread may land between the two.
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.seen):
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                raise AssertionError(f"the runner never printed {text!r}: {self.seen}")
+            self.seen.append(line)
+
+    def finish(self, timeout: float = 30) -> str:
+        """Wait for the exit; everything it printed."""
+        self.proc.wait(timeout)
+        self.reader.join(10)
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.seen.append(line)
+        return "\n".join(self.seen)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def test_run_until_signal_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
-    proc = _start_runner(tmp_path, "calm")
+    runner = Runner(tmp_path, "calm")
     try:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 0
+        runner.proc.send_signal(signal.SIGTERM)
+        out = runner.finish()
+        assert runner.proc.returncode == 0
         assert "REPORT [('calm', 'stopped')]" in out
         assert "RESTORED True" in out  # the host's own handlers are back
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        runner.close()
 
 
 def test_second_signal_kills_at_once(tmp_path: Path) -> None:
-    proc = _start_runner(tmp_path, "stubborn")
+    runner = Runner(tmp_path, "stubborn")
     try:
-        proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)  # let the graceful stop begin (the stubborn daemon ignores it)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-        assert proc.returncode == 1
+        runner.proc.send_signal(signal.SIGINT)
+        runner.wait_line("EVENT calm stopped")  # the graceful stop is under way (stubborn ignores it)
+        runner.proc.send_signal(signal.SIGINT)
+        out = runner.finish()
+        assert runner.proc.returncode == 1
         assert "('stubborn', 'killed')" in out and "('calm', 'stopped')" in out
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        runner.close()
 
 
 @pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
