@@ -288,6 +288,9 @@ class Supervisor:
                     failures[slot.name] = error
                 else:
                     ready.add(slot.name)
+                    # Supervised from its READY on, not from the whole batch's: a daemon that
+                    # crashes while a sibling is still starting is restarted by its policy.
+                    slot.supervised = True
         if not failures:
             for slot in starting.values():
                 failures[slot.name] = OperationTimeout(
@@ -302,10 +305,14 @@ class Supervisor:
                     "before the start deadline"
                 )
         if not failures:
-            for slot in slots:
-                slot.supervised = True
             return failures
-        # All or nothing: take down what this call started.
+        # All or nothing: take down what this call started, restarts by policy included.
+        for slot in slots:
+            slot.supervised = False
+            if slot.restart_timer is not None:
+                slot.restart_timer.cancel()
+                slot.restart_timer = None
+                slot.state = DaemonState.STOPPED
         spawned = [s for s in slots if s not in waiting]
         cleanup = self.loop.time() + max((s.spec.stop_timeout for s in spawned), default=0) + 5
         await asyncio.gather(*(self._abort_start(s, cleanup) for s in spawned))

@@ -168,6 +168,16 @@ def test_crash_loop_gives_up_while_sibling_keeps_serving(recorder: Recorder) -> 
         assert [e.delay for e in recorder.of(EventKind.BACKING_OFF, "flaky")]
 
 
+def test_a_crash_while_a_sibling_is_still_starting_is_restarted_by_policy(recorder: Recorder) -> None:
+    with procman.Manager(on_event=recorder) as m:
+        m.register(Crasher("flaky", "exit", after=0.01), restart=FAST)
+        m.register(Quick("slow", delay=1.0))  # flaky is ready, and crashes, while this one starts
+        m.start(timeout=30)
+        recorder.wait_kind(EventKind.GAVE_UP, "flaky")  # supervised: restarted, then gave up
+        assert m.status()["flaky"].restarts == 3
+        assert m.status()["slow"].state is DaemonState.RUNNING
+
+
 def test_never_restart_leaves_daemon_exited(recorder: Recorder) -> None:
     with procman.Manager(on_event=recorder) as m:
         m.register(Crasher("once", "exit", after=0.01), restart="never")

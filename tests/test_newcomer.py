@@ -387,10 +387,15 @@ def test_processes_are_named_for_ps(tmp_path: Path) -> None:
                         pass
             return out
 
+        import time
+        want = {"procman: web", "procman: worker 1 (reports)", "procman: worker 2 (reports)"}
         with procman.Manager() as manager, workers.Pool(2, name="reports") as pool:
             manager.register(Web())
             manager.start(timeout=30)
             pool.submit(abs, 1).result(30)
+            deadline = time.monotonic() + 30  # the second worker may still be starting
+            while not want <= set(titles()) and time.monotonic() < deadline:
+                time.sleep(0.02)
             mine = [t for t in titles() if t.startswith("procman: ")]
             print(sorted(set(mine)))
         """,
