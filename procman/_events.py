@@ -7,6 +7,8 @@ gave up).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -93,6 +95,15 @@ def event_line(head: str, pid: int | None, *details: object) -> str:
     return " ".join(parts)
 
 
+class _Marker:
+    """Put on the event queue by flush(): delivered in order, after everything emitted before it."""
+
+    __slots__ = ("deliver",)
+
+    def __init__(self, deliver: Callable[[], None]) -> None:
+        self.deliver = deliver
+
+
 class EventDispatcher:
     """Delivers events, in order, to one hook on a thread of its own (shared with :mod:`workers`)."""
 
@@ -123,6 +134,37 @@ class EventDispatcher:
                 self.hook(event)
             except Exception:  # a broken hook must not stop supervision
                 log.exception("the event hook raised on %s", event)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every event emitted so far was delivered (at most ``timeout`` seconds).
+
+        So that a call returns after the hook saw what the call caused. A no-op on the event
+        thread itself (a hook that calls the manager would wait for itself).
+        """
+        if threading.current_thread() is self._thread or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self._queue.put(_Marker(done.set))
+        done.wait(timeout)
+
+    async def flush_async(self, timeout: float = 5.0) -> None:
+        """:meth:`flush` for asyncio callers: awaits instead of blocking the loop."""
+        if threading.current_thread() is self._thread or not self._thread.is_alive():
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def release() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        def delivered() -> None:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
+                loop.call_soon_threadsafe(release)
+
+        self._queue.put(_Marker(delivered))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fut, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         self._queue.put(None)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import atexit
 import logging
 import weakref
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
 
 from ._daemon import make_spec
 from ._errors import ManagerClosed
@@ -23,6 +23,7 @@ from ._supervisor import DaemonStatus, StopOutcome, StopReport, Supervisor
 
 log = logging.getLogger("procman")
 
+T = TypeVar("T")
 MARGIN = 10.0  # seconds allowed beyond a call's own timeout for cleanup and reaping
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 30.0
@@ -63,6 +64,19 @@ class _Base:
         self._sup = Supervisor(self._io.loop, start_method, self._events.emit, output=router)
         self._closed = False
         _live.add(self)
+
+    def _settled(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+        """Run a supervisor call; return once the events it caused reached the hook."""
+        try:
+            return self._io.call(coro, timeout, what)
+        finally:
+            self._events.flush()
+
+    async def _settled_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await self._io.call_async(coro)
+        finally:
+            await self._events.flush_async()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -169,13 +183,13 @@ class Manager(_Base):
         )
         if self.start_method == "forkserver":
             preload(type(daemon).__module__)
-        self._io.call(self._sup.register(spec), spec.start_timeout + MARGIN, "register()")
+        self._settled(self._sup.register(spec), spec.start_timeout + MARGIN, "register()")
 
     def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
         """Stop the daemon ``name`` if it runs and unregister it."""
         self._check_open()
         timeout = _check_call_timeout("remove", timeout)
-        return self._io.call(self._sup.remove(name, timeout), timeout + MARGIN, "remove()")
+        return self._settled(self._sup.remove(name, timeout), timeout + MARGIN, "remove()")
 
     def start(self, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
         """Start every registered daemon concurrently; all or nothing.
@@ -186,7 +200,7 @@ class Manager(_Base):
         """
         self._check_open()
         timeout = _check_call_timeout("start", timeout)
-        self._io.call(self._sup.start(timeout), timeout + MARGIN, "start()")
+        self._settled(self._sup.start(timeout), timeout + MARGIN, "start()")
 
     def stop(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopReport:
         """Stop every daemon concurrently within ``timeout`` seconds; see :class:`StopReport`.
@@ -195,7 +209,7 @@ class Manager(_Base):
         """
         self._check_open()
         timeout = _check_call_timeout("stop", timeout)
-        return self._io.call(self._sup.stop(timeout), timeout + MARGIN, "stop()")
+        return self._settled(self._sup.stop(timeout), timeout + MARGIN, "stop()")
 
     def restart(self, name: str, *, timeout: float = DEFAULT_START_TIMEOUT) -> StopOutcome:
         """Stop the daemon ``name`` gracefully (if it runs), start it again, wait until it is ready.
@@ -209,13 +223,13 @@ class Manager(_Base):
         """
         self._check_open()
         timeout = _check_call_timeout("restart", timeout)
-        return self._io.call(self._sup.restart(name, timeout), timeout + MARGIN, "restart()")
+        return self._settled(self._sup.restart(name, timeout), timeout + MARGIN, "restart()")
 
     def stop_daemon(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
         """Stop one daemon gracefully; it stays registered and stopped until :meth:`restart`."""
         self._check_open()
         timeout = _check_call_timeout("stop_daemon", timeout)
-        return self._io.call(self._sup.stop_one(name, timeout), timeout + MARGIN, "stop_daemon()")
+        return self._settled(self._sup.stop_one(name, timeout), timeout + MARGIN, "stop_daemon()")
 
     def kill(self) -> None:
         """SIGKILL every daemon's process group now, without waiting (safe in a signal handler).
@@ -280,37 +294,37 @@ class AsyncManager(_Base):
         )
         if self.start_method == "forkserver":
             preload(type(daemon).__module__)
-        await self._io.call_async(self._sup.register(spec))
+        await self._settled_async(self._sup.register(spec))
 
     async def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
         """See :meth:`Manager.remove`."""
         self._check_open()
         timeout = _check_call_timeout("remove", timeout)
-        return await self._io.call_async(self._sup.remove(name, timeout))
+        return await self._settled_async(self._sup.remove(name, timeout))
 
     async def start(self, *, timeout: float = DEFAULT_START_TIMEOUT) -> None:
         """See :meth:`Manager.start`."""
         self._check_open()
         timeout = _check_call_timeout("start", timeout)
-        await self._io.call_async(self._sup.start(timeout))
+        await self._settled_async(self._sup.start(timeout))
 
     async def stop(self, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopReport:
         """See :meth:`Manager.stop`."""
         self._check_open()
         timeout = _check_call_timeout("stop", timeout)
-        return await self._io.call_async(self._sup.stop(timeout))
+        return await self._settled_async(self._sup.stop(timeout))
 
     async def restart(self, name: str, *, timeout: float = DEFAULT_START_TIMEOUT) -> StopOutcome:
         """See :meth:`Manager.restart`."""
         self._check_open()
         timeout = _check_call_timeout("restart", timeout)
-        return await self._io.call_async(self._sup.restart(name, timeout))
+        return await self._settled_async(self._sup.restart(name, timeout))
 
     async def stop_daemon(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
         """See :meth:`Manager.stop_daemon`."""
         self._check_open()
         timeout = _check_call_timeout("stop_daemon", timeout)
-        return await self._io.call_async(self._sup.stop_one(name, timeout))
+        return await self._settled_async(self._sup.stop_one(name, timeout))
 
     def kill(self) -> None:
         """See :meth:`Manager.kill`."""

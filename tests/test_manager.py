@@ -454,3 +454,19 @@ def test_output_without_newlines_is_logged_in_bounded_pieces(caplog_all: pytest.
     pieces = [ln for ln in lines if ln.startswith("x")]
     assert sum(len(p) for p in pieces) == 1_000_000
     assert max(len(p) for p in pieces) <= 65536 + 65536
+
+
+def test_calls_return_after_the_hook_saw_the_events_they_caused() -> None:
+    seen: list[tuple[str, EventKind]] = []
+
+    def slow_hook(event: procman.Event) -> None:
+        time.sleep(0.02)  # a hook that takes its time: the calls must still wait for it
+        seen.append((event.name, event.kind))
+
+    with procman.Manager(on_event=slow_hook) as m:
+        for i in range(4):
+            m.register(Quick(f"q{i}"))
+        m.start(timeout=30)
+        assert {n for n, k in seen if k is EventKind.READY} == {"q0", "q1", "q2", "q3"}
+        m.stop(timeout=30)
+        assert {n for n, k in seen if k is EventKind.STOPPED} == {"q0", "q1", "q2", "q3"}
