@@ -18,7 +18,7 @@ from ._events import EventDispatcher, EventHook, log_event
 from ._loop import IOThread
 from ._output import Output, OutputRouter, check_output
 from ._policy import Restart, RestartPolicy
-from ._process import START_METHODS, preload
+from ._process import START_METHODS, preload, warn_if_fork
 from ._supervisor import DaemonStatus, StopOutcome, StopReport, Supervisor
 
 log = logging.getLogger("procman")
@@ -57,6 +57,7 @@ class _Base:
                 f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
             )
         self.start_method = start_method
+        warn_if_fork(start_method)
         check_output(output)
         self._events = EventDispatcher(on_event, "procman-events")
         router = OutputRouter(output, "procman.daemon", "daemon", self._events.emit)

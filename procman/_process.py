@@ -23,6 +23,7 @@ import os
 import select
 import signal
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,39 @@ from . import _wire
 from ._child import FdBox, child_main
 
 START_METHODS = ("forkserver", "fork", "spawn")
+
+# Python 3.12+ warns (DeprecationWarning) at every fork of a process that runs threads, and under
+# start_method="fork" procman's own I/O thread always runs. That is one repeated, unexplained line
+# per child; procman says it once, in its own words, when fork is chosen (warn_if_fork), and puts a
+# filter for exactly that message from multiprocess's fork call in front before each fork (a filter
+# set once would lose to any later simplefilter, pytest's included; catch_warnings would race with
+# other threads when it restores the list).
+
+
+def _quiet_fork_warning() -> None:
+    warnings.filterwarnings(
+        "ignore",
+        message=r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks",
+        category=DeprecationWarning,
+        module=r"multiprocess\.popen_fork",
+    )
+
+
+_fork_warned = False
+FORK_WARNING = (
+    "start_method='fork' copies a process that runs threads (procman's I/O thread at least): a lock "
+    "another thread holds at that instant stays locked in the child and can deadlock it, which is "
+    "why Python 3.12+ deprecates forking such a process. Use start_method='forkserver' (the default) "
+    "unless you need fork's speed or the host's memory in the children. (Shown once.)"
+)
+
+
+def warn_if_fork(method: str, stacklevel: int = 3) -> None:
+    """Warn once per process that fork copies a threaded host (see FORK_WARNING)."""
+    global _fork_warned
+    if method == "fork" and not _fork_warned:
+        _fork_warned = True
+        warnings.warn(FORK_WARNING, RuntimeWarning, stacklevel=stacklevel)
 
 # _EXIT_HOOK_ORDER: multiprocess.util registers, when first imported, an exit hook that removes the
 # forkserver's socket directory. Importing it above, before procman and workers register their own
@@ -253,6 +287,7 @@ class Child:
             options: dict[str, Any] = dict(self.options or {})
             options["title"] = self.title
             if self.method == "fork":
+                _quiet_fork_warning()
                 # A forked child inherits the parent's ends of its own pipes; holding the write end
                 # of its control pipe it would never see end of file when the manager dies.
                 options["close_fds"] = parent_ends

@@ -449,3 +449,30 @@ def test_a_workers_job_output_sends_whole_lines_tagged_with_the_job() -> None:
     out.write("x" * (OUT_MAX + 10))  # a line without end is sent in pieces, never held without bound
     assert sum(len(t) for _, _, t in chan.frames[2:]) == OUT_MAX + 10
     assert out.fileno() == 1 and out.writable()
+
+
+def test_fork_is_warned_about_once_in_our_words(tmp_path: Path) -> None:
+    res = run_script(
+        tmp_path,
+        """
+        import warnings, procman, workers
+        warnings.simplefilter("default")      # as -W default / pytest: DeprecationWarnings shown
+        pools = [workers.Pool(1, start_method="fork") for _ in range(2)]
+        print([p.submit(abs, -i).result(30) for i, p in enumerate(pools)])
+        with procman.Manager(start_method="fork") as manager:
+            pass
+        for p in pools:
+            p.shutdown()
+        """,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("RuntimeWarning: start_method='fork'") == 1, res.stderr
+    assert "script.py:4: RuntimeWarning" in res.stderr  # points at the user's own line
+    assert "start_method='forkserver'" in res.stderr and "multi-threaded" not in res.stderr
+
+
+def test_the_default_pool_size_is_the_cpus_this_process_may_use() -> None:
+    from workers._pool import default_workers
+
+    expected = os.process_cpu_count() if hasattr(os, "process_cpu_count") else len(os.sched_getaffinity(0))
+    assert default_workers() == expected

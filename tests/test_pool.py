@@ -552,3 +552,37 @@ def test_kill_ends_running_held_and_queued_jobs_at_once() -> None:
         assert time.monotonic() - t < 10  # not the 60 s the jobs would have taken
     finally:
         pool.shutdown(wait=False)
+
+
+def test_map_returns_results_in_input_order(pool: workers.Pool) -> None:
+    assert list(pool.map(jobs.add, range(50), range(50))) == [2 * i for i in range(50)]
+    assert list(pool.map(jobs.add, [1, 2, 3], [10])) == [11]  # stops with the shortest input
+    with socket.socket() as sock, pytest.raises(workers.SerializationError):
+        pool.map(jobs.echo, [sock])  # submit errors raise at the call, as in the stdlib
+
+
+def test_map_buffersize_bounds_what_is_submitted_ahead(pool: workers.Pool) -> None:
+    consumed = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal consumed
+        while True:
+            consumed += 1
+            yield consumed
+
+    results = pool.map(jobs.echo, endless(), buffersize=4)
+    first = [next(results) for _ in range(10)]
+    assert first == list(range(1, 11))
+    assert consumed <= 10 + 4  # never more than buffersize ahead of what was read
+    results.close()  # leaving early cancels what was submitted ahead
+    with pytest.raises(ValueError, match="buffersize=0"):
+        pool.map(jobs.echo, [1], buffersize=0)
+
+
+def test_map_timeout_covers_the_whole_iteration(pool: workers.Pool) -> None:
+    results = pool.map(jobs.sleep, [0.0, 30.0], timeout=0.5)
+    assert next(results) == 0.0
+    with pytest.raises(TimeoutError):
+        next(results)
+    results.close()
+    assert pool.submit(jobs.add, 1, 1).result(30) == 2  # the timed-out job was cancelled, not left running

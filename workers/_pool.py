@@ -61,7 +61,7 @@ from procman import _wire
 from procman._events import EventDispatcher, event_line
 from procman._loop import IOThread
 from procman._output import Output, OutputRouter, check_output
-from procman._process import START_METHODS, Child, preload
+from procman._process import START_METHODS, Child, preload, warn_if_fork
 
 from ._errors import (
     JobTimeout,
@@ -1075,6 +1075,19 @@ def _shutdown_pools_at_exit() -> None:
             log.exception("workers: error while shutting a pool down at exit")
 
 
+def default_workers() -> int:
+    """The CPUs this process may run on: ``os.process_cpu_count()`` (3.13+: affinity and ``-X
+    cpu_count``), else the affinity mask, else ``os.cpu_count()``."""
+    count = getattr(os, "process_cpu_count", None)
+    if count is not None:
+        n: int | None = count()
+    elif hasattr(os, "sched_getaffinity"):
+        n = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - not Linux
+        n = os.cpu_count()
+    return n or 1
+
+
 def _check_count(what: str, value: object, *, minimum: int, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
@@ -1110,7 +1123,8 @@ class Pool(concurrent.futures.Executor):
     fails only itself, ``cancel()`` works on running jobs, and futures are awaitable.
 
     Args:
-        max_workers: number of worker processes (default: the machine's cores).
+        max_workers: number of worker processes (default: the CPUs this process may use,
+            os.process_cpu_count() on 3.13+, the affinity mask before).
         start_method: ``forkserver`` (default), ``fork`` or ``spawn``.
         initializer, initargs: run in each worker before its first job; a worker whose initializer
             raises is replaced, and after 3 such failures in a row the pool is broken (PoolBroken).
@@ -1149,7 +1163,7 @@ class Pool(concurrent.futures.Executor):
         name: str = "pool",
     ) -> None:
         if max_workers is None:
-            max_workers = len(os.sched_getaffinity(0)) or 1
+            max_workers = default_workers()
         _check_count("max_workers", max_workers, minimum=1, allow_none=False)
         self.max_workers: int = max_workers
         if start_method not in START_METHODS:
@@ -1157,6 +1171,7 @@ class Pool(concurrent.futures.Executor):
                 f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
             )
         self.start_method = start_method
+        warn_if_fork(start_method)
         if not isinstance(name, str) or not name.isprintable():
             raise ValueError(f"name={name!r} must be a printable string (it names the workers in ps)")
         self.name = name
@@ -1387,9 +1402,41 @@ class Pool(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        buffersize: int | None = None,
     ) -> Iterator[T]:
-        """As :meth:`concurrent.futures.Executor.map` (``chunksize`` is accepted and ignored)."""
-        return super().map(fn, *iterables, timeout=timeout)
+        """As :meth:`concurrent.futures.Executor.map`, on every Python version.
+
+        ``buffersize`` (Python 3.14's addition, available here on all versions) bounds the jobs
+        submitted ahead of the one whose result is next, so an endless input never floods the
+        queue. ``chunksize`` is accepted and ignored (jobs are dispatched one by one, prefetched).
+        The results come in input order; leaving the iterator early cancels what has not run.
+        """
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError(f"buffersize={buffersize!r} must be None or a positive integer")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables, strict=False)
+        ahead = calls if buffersize is None else itertools.islice(calls, buffersize)
+        pending = deque(self.submit(fn, *call) for call in ahead)  # submit errors raise here, as stdlib
+
+        def results() -> Iterator[T]:
+            try:
+                while pending:
+                    fut = pending.popleft()
+                    if buffersize is not None:
+                        for call in itertools.islice(calls, 1):
+                            pending.append(self.submit(fn, *call))
+                    left = None if deadline is None else deadline - time.monotonic()
+                    try:
+                        value = fut.result(left)
+                    except BaseException:  # timed out or interrupted: that job goes too
+                        fut.cancel()
+                        raise
+                    yield value
+            finally:
+                for fut in pending:
+                    fut.cancel()
+
+        return results()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
