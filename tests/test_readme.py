@@ -326,7 +326,12 @@ def test_guardless_sample_on_every_start_method(method: str, how: str, tmp_path:
     try:
         assert run.wait() == 0, run.output()
         _guardless_output(run)
-        assert run.stderr == [], run.output()
+        stderr = run.stderr
+        if method == "fork":  # fork copies a threaded host: said once, as the README's versions section says
+            # the warning, and the script's line when Python has its source (not for -c or stdin)
+            assert len(stderr) <= 2 and "RuntimeWarning: start_method='fork'" in stderr[0], run.output()
+            stderr = []
+        assert stderr == [], run.output()
         run.assert_nothing_left()
     finally:
         run.kill()
