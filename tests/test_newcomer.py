@@ -476,3 +476,28 @@ def test_the_default_pool_size_is_the_cpus_this_process_may_use() -> None:
 
     expected = os.process_cpu_count() if hasattr(os, "process_cpu_count") else len(os.sched_getaffinity(0))
     assert default_workers() == expected
+
+
+def test_jobs_left_running_at_exit_complete(tmp_path: Path) -> None:
+    res = run_script(
+        tmp_path,
+        """
+        import time, workers
+
+        def slow_write(path):
+            time.sleep(0.5)
+            with open(path, "w") as f:
+                f.write("done")
+
+        pool = workers.Pool(1)
+        pool.submit(slow_write, "running.txt")
+        pool.submit(slow_write, "queued.txt")
+        pool.shutdown(wait=False)              # and then the script ends: the jobs still complete
+        other = workers.Pool(1)
+        other.submit(slow_write, "never-shut-down.txt")
+        print("script ended", flush=True)
+        """,
+    )
+    assert res.returncode == 0, res.stderr
+    for name in ("running.txt", "queued.txt", "never-shut-down.txt"):
+        assert (tmp_path / name).read_text() == "done", name

@@ -586,3 +586,15 @@ def test_map_timeout_covers_the_whole_iteration(pool: workers.Pool) -> None:
         next(results)
     results.close()
     assert pool.submit(jobs.add, 1, 1).result(30) == 2  # the timed-out job was cancelled, not left running
+
+
+def test_shutdown_without_waiting_still_runs_queued_and_running_jobs() -> None:
+    pool = workers.Pool(1)
+    running = pool.submit(jobs.sleep, 0.3)
+    queued = [pool.submit(jobs.add, i, 1) for i in range(5)]
+    pool.shutdown(wait=False)  # returns at once; the jobs still finish, as in concurrent.futures
+    with pytest.raises(workers.PoolClosed):
+        pool.submit(jobs.add, 1, 1)
+    assert running.result(30) == 0.3
+    assert [f.result(30) for f in queued] == [1, 2, 3, 4, 5]
+    pool.shutdown(wait=True)  # a second call waits for the first one to end

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import heapq
 import itertools
@@ -994,7 +995,9 @@ class _Core:
                 if job.future is not None:
                     job.future.cancel()
                 self.counts["cancelled"] += 1
-        if wait and self.busy() and self.broken is None:
+        # Queued and running jobs finish whether or not the caller waits (concurrent.futures):
+        # wait=False only means shutdown() returns at once.
+        if self.busy() and self.broken is None:
             fut = self.loop.create_future()
             self.idle_waiters.append(fut)
             try:
@@ -1200,6 +1203,7 @@ class Pool(concurrent.futures.Executor):
         self._drain_pending = False
         self._closed = False
         self._shutdown_lock = threading.Lock()
+        self._shutdown_fut: concurrent.futures.Future[None] | None = None
         self._events = EventDispatcher(on_event, "workers-events")
         self._output = OutputRouter(output, "workers.job", "job", self._events.emit)
         if start_method == "forkserver":
@@ -1456,16 +1460,21 @@ class Pool(concurrent.futures.Executor):
         """
         timeout = _check_seconds("timeout", timeout)
         with self._shutdown_lock:
-            if self._closed:
-                return
-            self._closed = True
-        _pools.discard(self)
-        fut = self._io.submit(self._core.shutdown(wait, cancel_futures, timeout))
+            earlier = self._shutdown_fut
+            if earlier is None:
+                self._closed = True
+                fut = self._shutdown_fut = self._io.submit(self._core.shutdown(wait, cancel_futures, timeout))
+        if earlier is not None:  # a second call: wait for the first one's jobs if asked to
+            if wait and not self._io.in_loop_thread():
+                with contextlib.suppress(concurrent.futures.CancelledError, TimeoutError):
+                    earlier.result(timeout)
+            return
 
         def release(_f: object = None) -> None:
             self._io.close()
             self._events.close()
             self._fail_inbox()
+            _pools.discard(self)
 
         if not wait:  # like concurrent.futures: queued jobs still run, the cleanup goes on behind
             fut.add_done_callback(release)
