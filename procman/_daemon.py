@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from . import _pickling
 from ._errors import DaemonError
 from ._names import check_name
-from ._policy import Restart, RestartPolicy
+from ._policy import MAX_SECONDS, Restart, RestartPolicy
 
 
 @runtime_checkable
@@ -46,13 +46,18 @@ class DaemonSpec:
 
 
 def check_timeout(what: str, value: object, *, allow_none: bool = False) -> float | None:
-    """A non-negative finite number of seconds, or a DaemonError naming ``what``."""
+    """A non-negative finite number of seconds up to MAX_SECONDS, or a DaemonError naming ``what``."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise DaemonError(f"{what}={value!r} must be a number of seconds")
     if value < 0:
         raise DaemonError(f"{what}={value!r} must not be negative (seconds)")
+    if value > MAX_SECONDS:
+        raise DaemonError(
+            f"{what}={value!r} is more than 100 years; give a number of seconds"
+            + (", or None for no deadline" if allow_none else "")
+        )
     return float(value)
 
 

@@ -23,6 +23,10 @@ from enum import StrEnum
 
 from ._errors import DaemonError
 
+MAX_SECONDS = 100 * 365 * 24 * 3600.0
+"""The longest duration accepted anywhere (100 years): beyond it the event loop's timers overflow
+(``OverflowError`` after the action began), so it is refused at the call instead."""
+
 
 class Restart(StrEnum):
     """When a daemon is restarted after its process ends on its own."""
@@ -66,10 +70,13 @@ class RestartPolicy:
             ) from None
         for key in ("backoff_initial", "backoff_max", "reset_after", "within"):
             value = getattr(self, key)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise DaemonError(f"RestartPolicy {key}={value!r} must be a number >= 0 (seconds)")
-        if not isinstance(self.backoff_factor, (int, float)) or self.backoff_factor < 1:
-            raise DaemonError(f"RestartPolicy backoff_factor={self.backoff_factor!r} must be >= 1")
+            if not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS:  # NaN fails too
+                raise DaemonError(
+                    f"RestartPolicy {key}={value!r} must be a number of seconds from 0 to 100 years"
+                )
+        factor = self.backoff_factor
+        if not isinstance(factor, (int, float)) or not 1 <= factor <= 1000:
+            raise DaemonError(f"RestartPolicy backoff_factor={self.backoff_factor!r} must be from 1 to 1000")
         if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
             raise DaemonError(f"RestartPolicy jitter={self.jitter!r} must be in [0, 1)")
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -598,3 +599,30 @@ def test_shutdown_without_waiting_still_runs_queued_and_running_jobs() -> None:
     assert running.result(30) == 0.3
     assert [f.result(30) for f in queued] == [1, 2, 3, 4, 5]
     pool.shutdown(wait=True)  # a second call waits for the first one to end
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: p.schedule(jobs.now, every=1e-9), "less than 0.001s"),
+        (lambda p: p.schedule(jobs.now, every=float("inf")), "every=inf"),
+        (lambda p: p.schedule(jobs.now, every=1e308), "more than 100 years"),
+        (lambda p: p.submit_job(jobs.add, (1, 2), timeout=1e10), "from 0 to 100 years"),
+        (lambda p: p.submit_job(jobs.add, (1, 2), retries=1, retry_backoff=1e308), "retry_backoff=1e+308"),
+        (lambda p: p.shutdown(timeout=float("inf")), "timeout=inf"),
+    ],
+)
+def test_durations_beyond_any_timer_are_refused_at_the_call(
+    pool: workers.Pool, call: Callable[[workers.Pool], Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(pool)
+    assert pool.submit(jobs.add, 2, 3).result(30) == 5  # nothing else is affected
+
+
+def test_a_restart_policy_refuses_nan_and_huge_values() -> None:
+    for kwargs in ({"backoff_initial": float("nan")}, {"within": 1e12}, {"backoff_factor": float("nan")}):
+        with pytest.raises(procman.DaemonError, match="RestartPolicy"):
+            procman.RestartPolicy(**kwargs)  # type: ignore[arg-type]
+    with procman.Manager(on_event=None) as m, pytest.raises(procman.DaemonError, match="100 years"):
+        m.start(timeout=1e10)

@@ -62,6 +62,7 @@ from procman import _wire
 from procman._events import EventDispatcher, event_line
 from procman._loop import IOThread
 from procman._output import Output, OutputRouter, check_output
+from procman._policy import MAX_SECONDS
 from procman._process import START_METHODS, Child, preload, warn_if_fork
 
 from ._errors import (
@@ -83,6 +84,7 @@ log = logging.getLogger("workers")
 
 DEFAULT_MISFIRE_GRACE = 300.0  # seconds; APScheduler's 1 s silently drops runs on a busy host
 INIT_FAILURE_LIMIT = 3  # consecutive worker start failures before the pool is broken
+MIN_INTERVAL = 0.001  # seconds: the shortest every= of a schedule
 INIT_BACKOFF = 0.1  # seconds before the first new attempt after a failed start, doubling
 STOP_GRACE = 5.0  # seconds a retiring worker has to exit after its stop message
 LATENCY_SAMPLES = 10_000
@@ -1107,9 +1109,11 @@ def _check_seconds(what: str, value: object, *, allow_none: bool = True) -> floa
         or not isinstance(value, (int, float))
         or not math.isfinite(value)
         or value < 0
+        or value > MAX_SECONDS  # timers overflow beyond it, after the action began
     ):
         raise ValueError(
-            f"{what}={value!r} must be a number of seconds >= 0" + (" or None" if allow_none else "")
+            f"{what}={value!r} must be a number of seconds from 0 to 100 years"
+            + (", or None" if allow_none else "")
         )
     return float(value)
 
@@ -1379,7 +1383,13 @@ class Pool(concurrent.futures.Executor):
         if every is not None:
             if tz is not None:
                 raise ScheduleError("tz= applies to cron= schedules only")
-            trigger = Every(to_seconds(every, "every"), start_t, end_t)
+            interval = to_seconds(every, "every")
+            if interval < MIN_INTERVAL:  # t + interval == t for tiny ones: the timer would spin
+                raise ScheduleError(
+                    f"every={every!r} is less than {MIN_INTERVAL}s: "
+                    "a schedule runs at most 1,000 times a second"
+                )
+            trigger = Every(interval, start_t, end_t)
         else:
             assert cron is not None
             trigger = Cron(cron, tz, start_t, end_t)

@@ -26,6 +26,8 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from procman._policy import MAX_SECONDS
+
 from ._errors import ScheduleError
 
 
@@ -126,6 +128,8 @@ def to_seconds(value: timedelta | float | str, what: str, *, positive: bool = Tr
         raise ScheduleError(
             f"{what}={value!r} must be {'> 0' if positive else '>= 0'} seconds; use {DURATION_FORMS}"
         )
+    if seconds > MAX_SECONDS:
+        raise ScheduleError(f"{what}={value!r} is more than 100 years; use {DURATION_FORMS}")
     return seconds
 
 
