@@ -87,8 +87,8 @@ def test_restart_types(restart: str, failed: bool, verdict: Verdict) -> None:
     ("kwargs", "message"),
     [
         ({"restart": "sometimes"}, "restart='sometimes' is not a restart type"),
-        ({"backoff_initial": -1}, "backoff_initial=-1 must be a number >= 0"),
-        ({"backoff_factor": 0.5}, "backoff_factor=0.5 must be >= 1"),
+        ({"backoff_initial": -1}, "backoff_initial=-1 must be a number of seconds from 0 to 100 years"),
+        ({"backoff_factor": 0.5}, "backoff_factor=0.5 must be from 1 to 1000"),
         ({"jitter": 1.5}, "jitter=1.5 must be in [0, 1)"),
         ({"max_restarts": -2}, "max_restarts=-2"),
         ({"within": "soon"}, "within='soon'"),
