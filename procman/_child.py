@@ -264,6 +264,7 @@ def child_main(
 ) -> None:
     """The target of every supervised process: bootstrap, run ``entry``, exit with its code."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver ignores it (see _fsguard)
+    os.environ.pop("_PROCMAN_FORKSERVER_PARENT", None)  # for the forkserver only, not the daemons
     raw = tuple(f.fd if isinstance(f, FdBox) else int(f) for f in fds)
     chan = bootstrap((raw[0], raw[1], raw[2], raw[3]), manager_pid, **(options or {}))
     code = 1

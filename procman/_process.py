@@ -445,8 +445,9 @@ class Child:
                 for line in lines:
                     self.on_line(stream, line.decode("utf-8", "replace").rstrip("\r"))
             if len(buf) > MAX_LINE:  # output without newlines must not grow without bound
-                self.on_line(stream, bytes(buf).decode("utf-8", "replace"))
-                buf.clear()
+                cut = _wire.utf8_cut(buf, MAX_LINE)  # never inside a character
+                self.on_line(stream, bytes(buf[:cut]).decode("utf-8", "replace"))
+                del buf[:cut]
             if len(data) < 65536:
                 break
 

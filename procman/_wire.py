@@ -93,6 +93,20 @@ def read_frame(fd: int, reader: FrameReader, pending: list[bytes]) -> bytes | No
     return pending.pop(0)
 
 
+def utf8_cut(data: bytes | bytearray, limit: int) -> int:
+    """The largest cut <= ``limit`` that does not split a UTF-8 character of ``data``.
+
+    For text cut into pieces (a line without end, a long print): a cut inside a character would
+    show as U+FFFD on both sides.
+    """
+    if limit >= len(data):
+        return len(data)
+    cut = limit
+    while cut > 0 and limit - cut < 3 and data[cut] & 0xC0 == 0x80:  # a continuation byte
+        cut -= 1
+    return cut if cut > 0 else limit
+
+
 # ---------------------------------------------------------------------------------------------
 # Exceptions across the pipe
 

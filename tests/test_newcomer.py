@@ -501,3 +501,25 @@ def test_jobs_left_running_at_exit_complete(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     for name in ("running.txt", "queued.txt", "never-shut-down.txt"):
         assert (tmp_path / name).read_text() == "done", name
+
+
+def test_long_lines_are_cut_between_characters_and_no_marker_leaks(tmp_path: Path) -> None:
+    res = run_script(
+        tmp_path,
+        """
+        import os, sys, workers
+
+        def long_line():
+            print("é" * 100_000)           # 200,000 bytes: sent in pieces
+            return os.environ.get("_PROCMAN_FORKSERVER_PARENT")
+
+        with workers.Pool(1) as pool:
+            marker = pool.submit(long_line).result(30)
+        print("marker:", marker)  # after shutdown, which writes out every pending line first
+        """,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    job_text = "".join(line.split(" | ", 1)[1] for line in lines if line.startswith("long_line |"))
+    assert job_text == "é" * 100_000  # no U+FFFD where the pieces meet
+    assert "marker: None" in res.stdout

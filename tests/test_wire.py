@@ -60,3 +60,16 @@ def test_public_names_are_pinned() -> None:
         assert hasattr(procman, name), name
     assert set(procman.__all__) >= {"Manager", "AsyncManager", "CommandDaemon", "RestartPolicy", "heartbeat"}
     assert isinstance(workers.__all__, tuple)
+
+
+def test_utf8_cut_never_splits_a_character() -> None:
+    text = "é€😀" * 1000
+    data = text.encode()
+    pieces, rest = [], data
+    while rest:
+        cut = _wire.utf8_cut(rest, 1001)
+        assert 0 < cut <= 1001
+        pieces.append(rest[:cut].decode("utf-8"))  # strict: each piece is whole characters
+        rest = rest[cut:]
+    assert "".join(pieces) == text
+    assert _wire.utf8_cut(b"abc", 10) == 3

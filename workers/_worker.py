@@ -103,8 +103,10 @@ class JobOutput(io.TextIOBase):
     def _send(self, lines: str) -> None:
         data = lines.encode("utf-8", "replace")
         head = OUT_HEAD.pack(self.job_id, self._stream)
-        for i in range(0, len(data), OUT_MAX):
-            self._chan.send_raw(_wire.encode_raw(b"O", head + data[i : i + OUT_MAX]))
+        while data:
+            cut = _wire.utf8_cut(data, OUT_MAX)  # pieces of a long line never split a character
+            self._chan.send_raw(_wire.encode_raw(b"O", head + data[:cut]))
+            data = data[cut:]
 
 
 def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> int:
