@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import re
 import signal
@@ -626,3 +627,14 @@ def test_a_restart_policy_refuses_nan_and_huge_values() -> None:
             procman.RestartPolicy(**kwargs)  # type: ignore[arg-type]
     with procman.Manager(on_event=None) as m, pytest.raises(procman.DaemonError, match="100 years"):
         m.start(timeout=1e10)
+
+
+def test_a_cancelled_future_keeps_the_executor_contract(pool: workers.Pool) -> None:
+    blocker = pool.submit_job(jobs.sleep, (0.5,), timeout=60)
+    other = pool.submit_job(jobs.sleep, (0.5,), timeout=60)
+    queued = pool.submit(jobs.add, 1, 1)  # behind two running jobs: still pending
+    assert queued.cancel() and queued.cancelled() and queued.done()
+    done, _ = concurrent.futures.wait([queued], timeout=5)  # seen as done at once
+    assert done == {queued}
+    assert queued.set_running_or_notify_cancel() is False  # as documented, not RuntimeError
+    assert blocker.result(30) == 0.5 and other.result(30) == 0.5

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from concurrent.futures._base import (  # the states are not public; Future itself uses them
+    CANCELLED,
     CANCELLED_AND_NOTIFIED,
     FINISHED,
     PENDING,
@@ -72,6 +73,19 @@ class JobFuture(Future[T]):
             kill()
         self._invoke_callbacks()  # type: ignore[attr-defined]
         return True
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """As concurrent.futures documents: False if the future was cancelled, else RUNNING.
+
+        cancel() here notifies waiters at once (so ``wait()``/``as_completed()`` see a cancelled
+        job without waiting for the pool to reach it), which leaves the state the stdlib method
+        only expects after its own notification: a cancelled future answers False, not an error.
+        """
+        with self._condition:
+            if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                self._state = CANCELLED_AND_NOTIFIED
+                return False
+        return super().set_running_or_notify_cancel()
 
     def _try_start(self) -> bool:
         """PENDING -> RUNNING; False if it was cancelled meanwhile (never raises)."""
