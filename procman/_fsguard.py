@@ -17,9 +17,6 @@ ENV = "_PROCMAN_FORKSERVER_PARENT"
 
 if "multiprocess.forkserver" in sys.modules and os.environ.get(ENV) == str(os.getppid()):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        import setproctitle
+    from ._child import set_title  # preloaded in the forkserver before this module
 
-        setproctitle.setproctitle("procman: forkserver")
-    except ImportError:  # pragma: no cover - a dependency
-        pass
+    set_title("procman: forkserver")

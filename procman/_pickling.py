@@ -142,19 +142,27 @@ def _pickler_class() -> type[Any]:
     return Pickler
 
 
-def _save_function(pickler: Any, fn: types.FunctionType) -> None:
+def _home_module(fn: types.FunctionType) -> types.ModuleType | None:
+    """The imported module whose namespace ``fn`` runs in, or None (``__main__``, exec'd code).
+
+    Such a function keeps that module's live namespace in a child; any other goes by value with
+    the globals its code names.
+    """
     module_name = fn.__module__
     module = sys.modules.get(module_name) if isinstance(module_name, str) else None
-    importable = (
-        module is not None
-        and module_name not in MAIN_NAMES
-        and getattr(module, "__dict__", None) is fn.__globals__
-    )
-    if importable and _located(module, fn):
+    if module is None or module_name in MAIN_NAMES or getattr(module, "__dict__", None) is not fn.__globals__:
+        return None
+    return module
+
+
+def _save_function(pickler: Any, fn: types.FunctionType) -> None:
+    module_name = fn.__module__
+    module = _home_module(fn)
+    if module is not None and _located(module, fn):
         pickler.save_global(fn)
         return
     values: dict[str, Any] | None
-    if importable:
+    if module is not None:
         namespace: Any = fn.__globals__  # dill writes an imported module's __dict__ by reference
         values = None
     else:
@@ -373,9 +381,7 @@ def _parts(obj: Any) -> list[tuple[str, Any]]:
     """The named parts pickling ``obj`` by value would send, for the culprit search."""
     parts: list[tuple[str, Any]] = []
     if isinstance(obj, types.FunctionType):
-        module = sys.modules.get(obj.__module__) if isinstance(obj.__module__, str) else None
-        by_value = module is None or obj.__module__ in MAIN_NAMES or module.__dict__ is not obj.__globals__
-        if by_value:
+        if _home_module(obj) is None:  # sent with copies of its globals: any of them may fail
             for name in global_names(obj.__code__):
                 if name in obj.__globals__:
                     label = f"global {name!r} of {obj.__module__}.{obj.__qualname__}"

@@ -76,7 +76,7 @@ class RestartPolicy:
                 )
         factor = self.backoff_factor
         if not isinstance(factor, (int, float)) or not 1 <= factor <= 1000:
-            raise DaemonError(f"RestartPolicy backoff_factor={self.backoff_factor!r} must be from 1 to 1000")
+            raise DaemonError(f"RestartPolicy backoff_factor={factor!r} must be from 1 to 1000")
         if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
             raise DaemonError(f"RestartPolicy jitter={self.jitter!r} must be in [0, 1)")
         if not isinstance(self.max_restarts, int) or self.max_restarts < 0:

@@ -170,6 +170,14 @@ def _spawn_popen() -> type[Any]:
 _popens: dict[str, Any] = {}
 
 
+def _popen(method: str, process_obj: Any) -> Any:
+    """Launch ``process_obj`` with our Popen class for ``method`` (made once, on first use)."""
+    cls = _popens.get(method)
+    if cls is None:
+        cls = _popens[method] = _forkserver_popen() if method == "forkserver" else _spawn_popen()
+    return cls(process_obj)
+
+
 class ForkServerProcess(mp_context.ForkServerProcess):  # type: ignore[misc]
     """A forkserver child that does not re-run the host's main script.
 
@@ -179,8 +187,7 @@ class ForkServerProcess(mp_context.ForkServerProcess):  # type: ignore[misc]
 
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
-        popen = _popens.get("forkserver") or _popens.setdefault("forkserver", _forkserver_popen())
-        return popen(process_obj)
+        return _popen("forkserver", process_obj)
 
 
 class SpawnProcess(mp_context.SpawnProcess):  # type: ignore[misc]
@@ -188,8 +195,7 @@ class SpawnProcess(mp_context.SpawnProcess):  # type: ignore[misc]
 
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
-        popen = _popens.get("spawn") or _popens.setdefault("spawn", _spawn_popen())
-        return popen(process_obj)
+        return _popen("spawn", process_obj)
 
 
 def process_class(method: str) -> Any:

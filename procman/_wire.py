@@ -93,7 +93,7 @@ def read_frame(fd: int, reader: FrameReader, pending: list[bytes]) -> bytes | No
     return pending.pop(0)
 
 
-def utf8_cut(data: bytes | bytearray, limit: int) -> int:
+def utf8_cut(data: bytes | bytearray | memoryview, limit: int) -> int:
     """The largest cut <= ``limit`` that does not split a UTF-8 character of ``data``.
 
     For text cut into pieces (a line without end, a long print): a cut inside a character would

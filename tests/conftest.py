@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from daemons import Quick
-from helpers import Recorder, descendants
+from helpers import Events, Recorder, descendants
 
 import procman
 from procman._process import get_context
@@ -72,6 +72,12 @@ def no_leaks() -> Iterator[None]:
     if fds > fds_before:
         problems.append(f"leaked {fds - fds_before} file descriptors")
     pytest.fail("; ".join(problems))
+
+
+@pytest.fixture
+def events() -> Events:
+    """A pool's event hook that records what it gets (see helpers.Events)."""
+    return Events()
 
 
 @pytest.fixture

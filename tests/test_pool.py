@@ -26,11 +26,6 @@ from workers import PoolEventKind
 
 
 @pytest.fixture
-def events() -> Events:
-    return Events()
-
-
-@pytest.fixture
 def pool(events: Events) -> Iterator[workers.Pool]:
     p = workers.Pool(2, on_event=events)
     try:

@@ -26,11 +26,6 @@ ROOT = TESTS.parent
 
 
 @pytest.fixture
-def events() -> Events:
-    return Events()
-
-
-@pytest.fixture
 def pool(events: Events) -> Iterator[workers.Pool]:
     p = workers.Pool(1, on_event=events)
     try:
@@ -176,26 +171,23 @@ def test_procman_check_reports_one_line(
 def test_procman_check_command(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
+
+    def check(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "procman", "check", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+
     bad = _config(tmp_path, 'cron = "0 0 2 * * *"')
-    out = subprocess.run(
-        [sys.executable, "-m", "procman", "check", str(bad)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    out = check(bad)
     assert out.returncode == 2, out
     assert f"{bad}: [jobs.j] cron: '0 0 2 * * *' has 6 fields; use five" in out.stderr
     good = tmp_path / "good.toml"
     good.write_text('[jobs.j]\nfunction = "cli_app:square"\nargs = [3]\nevery = "5m"\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "procman", "check", str(good)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    out = check(good)
     assert out.returncode == 0, out
     assert "ok: 0 daemon(s), 1 job(s)" in out.stdout

@@ -521,17 +521,14 @@ class _Core:
                     PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"before ready: {reason}", error=error
                 )
             )
-            if self.closing:
-                self.dispatch()
-                self.check_idle()
-                return
-            if error is not None and w.error_stage == "initializer":
-                what = f"the initializer {self.pool._init_name} raised {type(error).__name__}: {error}"
-            elif error is not None:
-                what = f"a worker process failed to start ({reason}): {type(error).__name__}: {error}"
-            else:
-                what = f"a worker process died before it was ready: {reason}" + _crash_hint(code)
-            self.start_failed(what, error)
+            if not self.closing:
+                if error is not None and w.error_stage == "initializer":
+                    what = f"the initializer {self.pool._init_name} raised {type(error).__name__}: {error}"
+                elif error is not None:
+                    what = f"a worker process failed to start ({reason}): {type(error).__name__}: {error}"
+                else:
+                    what = f"a worker process died before it was ready: {reason}" + _crash_hint(code)
+                self.start_failed(what, error)
             self.dispatch()
             self.check_idle()
             return

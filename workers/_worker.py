@@ -101,7 +101,7 @@ class JobOutput(io.TextIOBase):
             self._size = 0
 
     def _send(self, lines: str) -> None:
-        data = lines.encode("utf-8", "replace")
+        data = memoryview(lines.encode("utf-8", "replace"))  # slices of it copy nothing
         head = OUT_HEAD.pack(self.job_id, self._stream)
         while data:
             cut = _wire.utf8_cut(data, OUT_MAX)  # pieces of a long line never split a character
