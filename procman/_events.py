@@ -125,14 +125,14 @@ class EventDispatcher:
             if deliver is not None:
                 try:
                     deliver()
-                except Exception:  # a broken output hook must not stop supervision
+                except BaseException:  # a broken output hook (SystemExit too) must not stop supervision
                     log.exception("the output hook raised")
                 continue
             if self.hook is None:
                 continue
             try:
                 self.hook(event)
-            except Exception:  # a broken hook must not stop supervision
+            except BaseException:  # a broken hook (SystemExit too) must not stop supervision
                 log.exception("the event hook raised on %s", event)
 
     def flush(self, timeout: float = 5.0) -> None:

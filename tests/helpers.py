@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import procman
@@ -121,3 +122,25 @@ class Events:
     def of(self, kind: PoolEventKind) -> list[PoolEvent]:
         with self.cond:
             return [e for e in self.items if e.kind is kind]
+
+
+def titled(prefix: str) -> set[int]:
+    """Pids of live processes whose title (command line) starts with ``prefix``."""
+    found: set[int] = set()
+    for pid, _ in _live_stats():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if cmdline.replace(b"\0", b" ").decode(errors="replace").startswith(prefix):
+            found.add(pid)
+    return found
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll ``pred`` until true; fail the test if ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

@@ -136,3 +136,38 @@ def record(path: str, tag: int) -> int:
 def record_then_exit(path: str, tag: int) -> None:
     record(path, tag)
     os._exit(7)
+
+
+class Holder:
+    """An object whose bound method is submitted: the pool must not keep it alive."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def get(self) -> int:
+        return self.value
+
+
+def size(data: bytes, extra: int = 0) -> int:
+    return len(data) + extra
+
+
+def wait_for_path(path: str) -> None:
+    """An initializer that blocks until ``path`` exists (bounded: gives up after 60 s)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class ExitsOnDel:
+    """An argument whose destructor ends the worker process (a C extension's cleanup gone wrong).
+
+    Only in a process other than the one that made it: the test's own copy dies harmlessly.
+    """
+
+    def __init__(self) -> None:
+        self.home = os.getpid()
+
+    def __del__(self) -> None:
+        if os.getpid() != self.home:
+            os._exit(9)

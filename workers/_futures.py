@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
@@ -16,6 +17,7 @@ from concurrent.futures._base import (  # the states are not public; Future itse
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_LOG = logging.getLogger("concurrent.futures")  # where Future logs a failing done-callback
 _MAKE_CONDITION = threading.Lock()
 
 
@@ -71,7 +73,7 @@ class JobFuture(Future[T]):
                 return super().cancel()
         if kill is not None:
             kill()
-        self._invoke_callbacks()  # type: ignore[attr-defined]
+        self._invoke_callbacks()
         return True
 
     def set_running_or_notify_cancel(self) -> bool:
@@ -127,7 +129,18 @@ class JobFuture(Future[T]):
             if cond._waiters:  # type: ignore[attr-defined]  # threading.Condition's own list
                 cond.notify_all()
         if self.__dict__.get("_callback_list"):
-            self._invoke_callbacks()  # type: ignore[attr-defined]
+            self._invoke_callbacks()
+
+    def _invoke_callbacks(self) -> None:
+        """As Future's, but a callback raising SystemExit (or any BaseException) on the pool's
+        thread is logged like any error instead of ending that thread (and with it the pool)."""
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
+                    raise  # Ctrl-C in the caller's own thread (cancel()) stays the caller's
+                _LOG.exception("exception calling callback for %r", self)
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()

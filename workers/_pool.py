@@ -59,6 +59,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from procman import _wire
+from procman._child import FdBox
 from procman._events import EventDispatcher, event_line
 from procman._loop import IOThread
 from procman._output import Output, OutputRouter, check_output
@@ -75,9 +76,18 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._futures import JobFuture
-from ._serialize import callable_blob, dumps_job, loads
+from ._serialize import CACHE_MAX, callable_blob, dumps_job, loads
 from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
-from ._worker import ERROR, KIND_OUTPUT, KIND_RESULT, OUT_HEAD, RESULT_HEAD, job_frame, worker_main
+from ._worker import (
+    ERROR,
+    KIND_OUTPUT,
+    KIND_RESULT,
+    OUT_HEAD,
+    RESULT_HEAD,
+    StartedBoard,
+    job_frame,
+    worker_main,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
@@ -86,6 +96,7 @@ DEFAULT_MISFIRE_GRACE = 300.0  # seconds; APScheduler's 1 s silently drops runs 
 INIT_FAILURE_LIMIT = 3  # consecutive worker start failures before the pool is broken
 MIN_INTERVAL = 0.001  # seconds: the shortest every= of a schedule
 INIT_BACKOFF = 0.1  # seconds before the first new attempt after a failed start, doubling
+INIT_BACKOFF_MAX = 5.0  # seconds: the longest wait between attempts to start a worker
 STOP_GRACE = 5.0  # seconds a retiring worker has to exit after its stop message
 LATENCY_SAMPLES = 10_000
 SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on a timer
@@ -175,6 +186,7 @@ class _Job:
     attempt: int = 0
     ran: float | None = None  # seconds its last attempt ran in the worker
     handed: bool = False  # the future went RUNNING (set once, kept across retries and re-queues)
+    ticket: int = 0  # this attempt's number on the wire (unique per hand-off to a worker)
     timed_out: bool = False
     cancelled_running: bool = False
 
@@ -187,8 +199,7 @@ class ScheduleState(StrEnum):
 
 
 class _Schedule:
-    def __init__(self, pool: Pool, name: str, trigger: Trigger, blob: bytes, opts: dict[str, Any]) -> None:
-        self.pool = pool
+    def __init__(self, name: str, trigger: Trigger, blob: bytes, opts: dict[str, Any]) -> None:
         self.name = name
         self.trigger = trigger
         self.blob = blob  # the job, callable included, serialized once for every run
@@ -217,8 +228,9 @@ class _Schedule:
 class Schedule:
     """The handle of a recurring job: cancel, pause/resume, and what it did so far."""
 
-    def __init__(self, record: _Schedule) -> None:
+    def __init__(self, record: _Schedule, pool: Pool) -> None:
         self._r = record
+        self._pool = pool  # a schedule in hand keeps its pool (and so itself) alive
 
     @property
     def name(self) -> str:
@@ -265,14 +277,14 @@ class Schedule:
 
     def cancel(self) -> None:
         """No more runs; a run under way finishes."""
-        self._r.pool._call(self._r.pool._core.schedule_cancel, self._r)
+        self._pool._call(self._pool._core.schedule_cancel, self._r)
 
     def pause(self) -> None:
-        self._r.pool._call(self._r.pool._core.schedule_pause, self._r)
+        self._pool._call(self._pool._core.schedule_pause, self._r)
 
     def resume(self) -> None:
         """Resume from the next scheduled time after now (runs missed while paused are not made up)."""
-        self._r.pool._call(self._r.pool._core.schedule_resume, self._r)
+        self._pool._call(self._pool._core.schedule_resume, self._r)
 
     def wait(self, runs: int, timeout: float) -> bool:
         """Block until at least ``runs`` runs completed; False if ``timeout`` ran out first."""
@@ -301,6 +313,7 @@ class _Worker:
         "index",
         "jobs",
         "pending_error",
+        "slot",
         "state",
         "stop_timer",
         "tasks",
@@ -319,6 +332,7 @@ class _Worker:
         self.pending_error: BaseException | None = None
         self.error_stage = ""
         self.index = 0  # 1..max_workers among the live workers: "procman: worker 2 (pool)"
+        self.slot = -1  # its slot on the StartedBoard
 
     @property
     def job(self) -> _Job | None:
@@ -326,12 +340,42 @@ class _Worker:
         return self.jobs[0] if self.jobs else None
 
 
-class _Core:
-    """The pool's state, touched only on the I/O loop."""
+@dataclass(frozen=True)
+class _Settings:
+    """What the I/O loop needs to know of its Pool's options."""
 
-    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
-        self.pool = pool
+    name: str
+    start_method: str
+    init_blob: bytes | None
+    init_name: str
+    max_tasks_per_worker: int | None
+    max_memory_mb: float | None
+
+
+class _Core:
+    """The pool's state, touched only on the I/O loop (and try_direct, under ``lock``).
+
+    It never refers to its Pool: the loop's thread keeps the core alive, and a Pool that nobody
+    holds any more must be collectable, so that its finalizer can release the workers.
+    """
+
+    def __init__(
+        self,
+        settings: _Settings,
+        loop: asyncio.AbstractEventLoop,
+        events: EventDispatcher,
+        output: OutputRouter,
+    ) -> None:
+        self.cfg = settings
         self.loop = loop
+        self.events = events
+        self.output = output
+        self.ids = itertools.count(1)
+        self.tickets = itertools.count(1)
+        self.board = StartedBoard()
+        # Jobs submitted from other threads on their way to the loop (see Pool.submit_job).
+        self.inbox: deque[_Job] = deque()
+        self.drain_pending = False
         self.queue: deque[_Job] = deque()
         self.heap: list[tuple[float, int, Any]] = []
         self.seq = itertools.count()
@@ -341,6 +385,7 @@ class _Core:
         self.idle: deque[_Worker] = deque()
         self.retiring: set[_Worker] = set()
         self.init_failures = 0
+        self.outside_kills = 0  # workers killed by a signal from outside while starting, in a row
         self.failures_logged: set[str] = set()
         self.broken: BaseException | None = None
         self.closing = False
@@ -350,7 +395,7 @@ class _Core:
         self.lateness: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.run_avg: float | None = None  # moving average of a job's run time in the worker
-        self.recycling = pool.max_tasks_per_worker is not None or pool.max_memory_mb is not None
+        self.recycling = settings.max_tasks_per_worker is not None or settings.max_memory_mb is not None
         self.prefetch_soon = False
         # Guards handing a job to an idle worker, which submit() may do from the caller's thread
         # (try_direct) as well as the loop; reentrant because dispatch can start a schedule's run.
@@ -365,16 +410,19 @@ class _Core:
     def spawn_worker(self) -> None:
         if self.closing or self.broken is not None:
             return
-        pool = self.pool
+        cfg = self.cfg
         w = _Worker()
         used = {x.index for x in self.workers} | {x.index for x in self.retiring}
         w.index = next(i for i in itertools.count(1) if i not in used)
+        w.slot = self.board.take()
         child = Child(
             self.loop,
-            pool.start_method,
-            functools.partial(worker_main, pool._init_blob, pool.max_memory_mb is not None),
+            cfg.start_method,
+            functools.partial(
+                worker_main, cfg.init_blob, cfg.max_memory_mb is not None, FdBox(self.board.fd), w.slot
+            ),
             name="worker",
-            title=f"procman: worker {w.index} ({pool.name})",
+            title=f"procman: worker {w.index} ({cfg.name})",
             on_frame=lambda body: None,
             on_line=functools.partial(self.on_line, w),
             on_exit=lambda code: None,
@@ -385,28 +433,29 @@ class _Core:
         try:
             child.start()
         except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: retry, bounded
+            self.board.give_back(w.slot)
             self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
             return
         w.child = child
         self.workers.add(w)
-        self.pool._events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=child.pid))
+        self.events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=child.pid))
 
     def on_line(self, w: _Worker, stream: str, line: str) -> None:
         """A line written to a worker's file descriptors (C code, programs a job started)."""
         pid = w.child.pid if w.child is not None else None
-        self.pool._output.line("pool", stream, line, worker_pid=pid)
+        self.output.line("pool", stream, line, worker_pid=pid)
 
     def on_output(self, w: _Worker, body: bytes) -> None:
         """Lines a job printed (sys.stdout/stderr in the worker), shown under the job's name."""
         job_id, stream = OUT_HEAD.unpack_from(body, 1)
         name = "pool"
         for job in w.jobs:
-            if job.id == job_id:
+            if job.ticket == job_id:
                 name = job.name
                 break
         text = bytes(body[1 + OUT_HEAD.size :]).decode("utf-8", "replace")
         pid = w.child.pid if w.child is not None else None
-        out = self.pool._output
+        out = self.output
         for line in text.split("\n"):
             out.line(name, "stderr" if stream == 2 else "stdout", line, worker_pid=pid)
 
@@ -420,7 +469,7 @@ class _Core:
             msg = _wire.decode_json(body)
             t = msg.get("t")
             if t == "ready" and w.state is _WState.STARTING:
-                self.init_failures = 0
+                self.init_failures = self.outside_kills = 0
                 w.state = _WState.IDLE
                 self.idle.append(w)
                 self.dispatch()
@@ -431,7 +480,7 @@ class _Core:
     def on_result(self, w: _Worker, body: bytes) -> None:
         job_id, started, finished, rss, status = RESULT_HEAD.unpack_from(body, 1)
         jobs = w.jobs
-        if not jobs or jobs[0].id != job_id:
+        if not jobs or jobs[0].ticket != job_id:
             return
         job = jobs.popleft()
         if w.timer is not None:
@@ -440,16 +489,16 @@ class _Core:
         if jobs:  # the next held job is running now: from here on it can be cancelled
             nxt = jobs[0].future
             if nxt is not None and nxt._kill_running is None:
-                nxt._kill_running = functools.partial(self.pool._cancel_running, jobs[0])
+                nxt._kill_running = functools.partial(self.cancel_running_threadsafe, jobs[0])
         w.tasks += 1
         job.ran = ran = finished - started
         self.run_avg = ran if self.run_avg is None else self.run_avg + RUN_AVG_WEIGHT * (ran - self.run_avg)
         self.lateness.append(started - job.due)
         # The worker first (idle again, or topped up), the job's outcome last: a caller woken by
         # its result then finds the worker free and the I/O thread about to let go of the GIL.
-        pool = self.pool
-        if (pool.max_tasks_per_worker is not None and w.tasks >= pool.max_tasks_per_worker) or (
-            pool.max_memory_mb is not None and rss > pool.max_memory_mb * 1024
+        cfg = self.cfg
+        if (cfg.max_tasks_per_worker is not None and w.tasks >= cfg.max_tasks_per_worker) or (
+            cfg.max_memory_mb is not None and rss > cfg.max_memory_mb * 1024
         ):
             self.retire(w, f"after {w.tasks} jobs, rss {rss // 1024} MB")
             self.dispatch()
@@ -490,7 +539,7 @@ class _Core:
         assert child is not None
         child.send(_wire.encode_json({"t": "stop"}))
         w.stop_timer = self.loop.call_later(STOP_GRACE, child.kill)
-        self.pool._events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=child.pid, reason=reason))
+        self.events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=child.pid, reason=reason))
         self.spawn_worker()
 
     def on_exit(self, w: _Worker, child: Child, code: int) -> None:
@@ -503,32 +552,35 @@ class _Core:
         with self.lock:
             if w in self.idle:
                 self.idle.remove(w)
-        job = w.jobs.popleft() if w.jobs else None
-        while w.jobs:  # held behind the running job, never started: first in line again, in order
-            held = w.jobs.pop()
-            if self.closing:  # killed (Pool.kill) or shutting down: nothing will run it
-                self.fail_final(held, PoolClosed("the pool was shut down before this job ran"))
-            else:
-                self.queue.appendleft(held)
+        started = self.board.read(w.slot)
+        self.board.give_back(w.slot)
+        # Only the job the worker marked as started dies with it. The first job in hand may never
+        # have been read (written to a worker killed meanwhile); the ones held behind never ran.
+        job = None
+        if w.jobs and (started is None or started == w.jobs[0].ticket):
+            job = w.jobs.popleft()
+        while w.jobs:  # never started: first in line again, in order
+            self.requeue(w.jobs.pop())
         reason = _wire.describe_exit(code)
         if was is _WState.RETIRING or (self.closing and job is None):
             self.dispatch()
             return
         if was is _WState.STARTING:
             error = w.pending_error
-            self.pool._events.emit(
+            self.events.emit(
                 PoolEvent(
                     PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"before ready: {reason}", error=error
                 )
             )
             if not self.closing:
                 if error is not None and w.error_stage == "initializer":
-                    what = f"the initializer {self.pool._init_name} raised {type(error).__name__}: {error}"
+                    what = f"the initializer {self.cfg.init_name} raised {type(error).__name__}: {error}"
                 elif error is not None:
                     what = f"a worker process failed to start ({reason}): {type(error).__name__}: {error}"
                 else:
                     what = f"a worker process died before it was ready: {reason}" + _crash_hint(code)
-                self.start_failed(what, error)
+                outside = error is None and code < 0 and -code not in _SELF_INFLICTED
+                self.start_failed(what, error, counts=not outside)
             self.dispatch()
             self.check_idle()
             return
@@ -539,7 +591,7 @@ class _Core:
             elif job.timed_out:
                 self.counts["timed_out"] += 1
                 err: BaseException = JobTimeout(f"job {job.name!r} ran past its timeout of {job.timeout}s")
-                self.pool._events.emit(PoolEvent(PoolEventKind.JOB_TIMED_OUT, job.name, child.pid, str(err)))
+                self.events.emit(PoolEvent(PoolEventKind.JOB_TIMED_OUT, job.name, child.pid, str(err)))
                 self.job_failed(job, err)
             else:
                 self.counts["crashed"] += 1
@@ -548,30 +600,51 @@ class _Core:
                     + _crash_hint(code),
                     code,
                 )
-                self.pool._events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, child.pid, reason))
+                self.events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, child.pid, reason))
                 self.job_failed(job, err)
         else:
-            self.pool._events.emit(
-                PoolEvent(PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"idle: {reason}")
-            )
+            self.events.emit(PoolEvent(PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"idle: {reason}"))
         if not self.closing:
             self.counts["worker_restarts"] += 1
             self.spawn_worker()
         self.dispatch()
         self.check_idle()
 
-    def start_failed(self, what: str, error: BaseException | None) -> None:
+    def requeue(self, job: _Job) -> None:
+        """A job handed to a worker that died before starting it: first in line again."""
+        job.timed_out = False
+        fut = job.future
+        if fut is not None and fut.done():  # cancelled meanwhile (its worker was killed for it)
+            if job.cancelled_running:
+                self.counts["cancelled"] += 1
+            return
+        job.cancelled_running = False
+        if self.closing:  # killed (Pool.kill) or shutting down: nothing will run it
+            self.fail_final(job, PoolClosed("the pool was shut down before this job ran"))
+        else:
+            self.queue.appendleft(job)
+
+    def start_failed(self, what: str, error: BaseException | None, *, counts: bool = True) -> None:
         """A worker could not start: retry with backoff, and break the pool after a few in a row.
 
         Each distinct failure is logged once (not once per attempt); the pool breaks with
-        PoolBroken carrying the child's own exception and traceback as its ``__cause__``.
+        PoolBroken carrying the child's own exception and traceback as its ``__cause__``. A
+        worker killed from outside while starting (``counts=False``: the operator, the OOM
+        killer) says nothing of the next one: it is replaced, after the same backoff, but never
+        breaks the pool.
         """
         if self.closing or self.broken is not None:
             return
-        self.init_failures += 1
         if what not in self.failures_logged:
             self.failures_logged.add(what)
             log.error("workers: %s", what)
+        if not counts:
+            self.outside_kills += 1
+            self.counts["worker_restarts"] += 1
+            delay = min(INIT_BACKOFF * 2 ** (self.outside_kills - 1), INIT_BACKOFF_MAX)
+            self.loop.call_later(delay, self.spawn_worker)
+            return
+        self.init_failures += 1
         if self.init_failures >= INIT_FAILURE_LIMIT:
             broken = PoolBroken(
                 f"the pool's workers cannot start: {self.init_failures} attempts in a row failed; "
@@ -585,7 +658,7 @@ class _Core:
 
     def break_pool(self, error: BaseException) -> None:
         self.broken = error
-        self.pool._events.emit(PoolEvent(PoolEventKind.POOL_BROKEN, reason=str(error), error=error.__cause__))
+        self.events.emit(PoolEvent(PoolEventKind.POOL_BROKEN, reason=str(error), error=error.__cause__))
         while self.queue:
             self.fail_final(self.queue.popleft(), error)
         for _, _, item in self.heap:
@@ -669,7 +742,7 @@ class _Core:
                 late = time.monotonic() - job.due
                 if late > sched.grace:  # waited for a worker beyond the misfire grace
                     sched.missed += 1
-                    self.pool._events.emit(
+                    self.events.emit(
                         PoolEvent(
                             PoolEventKind.RUN_MISSED, sched.name, reason=f"no worker free for {late:.3g}s"
                         )
@@ -700,9 +773,9 @@ class _Core:
         """
         fut = job.future
         assert fut is not None
-        frame = job_frame(job.id, job.due, job.blob)
+        frame = self.frame(job)
         with self.lock:
-            if self.closing or self.broken is not None or self.queue or self.pool._inbox or not self.idle:
+            if self.closing or self.broken is not None or self.queue or self.inbox or not self.idle:
                 return False
             w = self.idle.pop()  # the worker that finished last: its process is the likeliest awake
             child = w.child
@@ -711,7 +784,7 @@ class _Core:
             job.handed = True
             w.state = _WState.BUSY
             w.jobs.append(job)
-            fut._kill_running = functools.partial(self.pool._cancel_running, job)
+            fut._kill_running = functools.partial(self.cancel_running_threadsafe, job)
             if child.send_now(frame):
                 return True
             # The pipe is closing (the worker died): undo, and let the loop deal with both.
@@ -722,6 +795,11 @@ class _Core:
             fut._unstart()
             job.handed = False
             return False
+
+    def frame(self, job: _Job) -> bytes:
+        """The job's frame for one hand-off, under a new ticket (see StartedBoard)."""
+        job.ticket = ticket = next(self.tickets)
+        return job_frame(ticket, job.due, job.blob)
 
     def dispatch(self) -> None:
         with self.lock:
@@ -740,10 +818,10 @@ class _Core:
             w.jobs.append(job)
             fut = job.future
             if fut is not None and fut._kill_running is None:
-                fut._kill_running = functools.partial(self.pool._cancel_running, job)
+                fut._kill_running = functools.partial(self.cancel_running_threadsafe, job)
             if job.timeout is not None:
                 w.timer = self.loop.call_later(job.timeout, self.on_job_timeout, w, job)
-            w.child.send(job_frame(job.id, job.due, job.blob))
+            w.child.send(self.frame(job))
         if queue and not idle:
             self.prefetch()
         self.check_idle()
@@ -771,7 +849,7 @@ class _Core:
                 if job is None:
                     break
                 jobs.append(job)
-                frames.append(job_frame(job.id, job.due, job.blob))
+                frames.append(self.frame(job))
             if frames:
                 assert w.child is not None
                 w.child.send(b"".join(frames))
@@ -791,6 +869,26 @@ class _Core:
                 w.child.kill()
                 return
 
+    def cancel_running_threadsafe(self, job: _Job) -> None:
+        """JobFuture.cancel() of a running job, from any thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no worker left to kill
+            self.loop.call_soon_threadsafe(self.cancel_running, job)
+
+    def drain_inbox(self) -> None:
+        self.drain_pending = False
+        inbox, enqueue = self.inbox, self.enqueue
+        with self.lock:  # a direct hand-off never overtakes a job on its way to the queue
+            while inbox:
+                enqueue(inbox.popleft(), dispatch=False)
+        self.dispatch()  # once for the batch: prefetched jobs go out in one write per worker
+
+    def fail_inbox(self) -> None:
+        """After the I/O thread ended: fail what a racing submit left in the inbox."""
+        while self.inbox:
+            job = self.inbox.popleft()
+            if job.future is not None:
+                job.future._resolve(exc=PoolClosed("the pool was shut down while this job was submitted"))
+
     def job_done(self, job: _Job, value: Any) -> None:
         self.counts["done"] += 1
         if job.future is not None:
@@ -804,7 +902,7 @@ class _Core:
             job.timed_out = False
             delay = job.retry_backoff * (2 ** (job.attempt - 1))
             self.counts["retried"] += 1
-            self.pool._events.emit(
+            self.events.emit(
                 PoolEvent(
                     PoolEventKind.JOB_RETRY,
                     job.name,
@@ -847,7 +945,7 @@ class _Core:
         p = plan(sched.trigger, sched.next_time, now, sched.grace, sched.coalesce)
         if p.missed:
             sched.missed += p.missed
-            self.pool._events.emit(
+            self.events.emit(
                 PoolEvent(
                     PoolEventKind.RUN_MISSED,
                     sched.name,
@@ -862,12 +960,12 @@ class _Core:
         if sched.in_flight >= sched.max_instances:
             if sched.overlap == "queue":
                 sched.queued_runs += 1
-                self.pool._events.emit(
+                self.events.emit(
                     PoolEvent(PoolEventKind.RUN_QUEUED, sched.name, reason="an earlier run is still going")
                 )
             else:
                 sched.skipped += 1
-                self.pool._events.emit(
+                self.events.emit(
                     PoolEvent(
                         PoolEventKind.RUN_SKIPPED,
                         sched.name,
@@ -877,7 +975,7 @@ class _Core:
             return
         sched.in_flight += 1
         job = _Job(
-            id=next(self.pool._ids),
+            id=next(self.ids),
             name=sched.name,
             blob=sched.blob,
             due=due,
@@ -900,14 +998,14 @@ class _Core:
         if error is not None:
             sched.failures += 1
             sched.last_error = error
-            self.pool._events.emit(
+            self.events.emit(
                 PoolEvent(
                     PoolEventKind.RUN_FAILED, sched.name, reason=str(error), error=error, duration=job.ran
                 )
             )
         else:
             sched.last_result = value
-            self.pool._events.emit(
+            self.events.emit(
                 PoolEvent(
                     PoolEventKind.RUN_DONE,
                     sched.name,
@@ -975,7 +1073,7 @@ class _Core:
 
     async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self.pool._drain_inbox()  # jobs submitted just before shutdown() are in
+        self.drain_inbox()  # jobs submitted just before shutdown() are in
         # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
         for _, _, item in self.heap:
             if isinstance(item, _Job):
@@ -1030,7 +1128,7 @@ class _Core:
         self.workers.clear()
         self.idle.clear()
         self.retiring.clear()
-        self.pool._drain_inbox()  # a submit that raced with shutdown: fail it, never leave it hanging
+        self.drain_inbox()  # a submit that raced with shutdown: fail it, never leave it hanging
 
     def stats(self) -> PoolStats:
         lat = sorted(self.lateness)
@@ -1051,12 +1149,18 @@ class _Core:
         )
 
 
+# Signals a process gets from its own code (a fault, abort()), as opposed to sent from outside.
+_SELF_INFLICTED = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL, signal.SIGSYS}
+)
+
+
 def _crash_hint(code: int) -> str:
     if code == -signal.SIGKILL:
         return " (SIGKILL: killed from outside, or by the kernel's out-of-memory killer)"
     if code == -signal.SIGSEGV:
         return " (a segmentation fault in native code)"
-    if code > 0:
+    if 0 < code <= 255:  # above: _wire.UNKNOWN_STATUSES, which describe_exit explains
         return " (the job called os._exit or the interpreter aborted)"
     return ""
 
@@ -1067,6 +1171,10 @@ def _crash_hint(code: int) -> str:
 _pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
+# Pools dropped without shutdown() whose jobs are still finishing (see _release_dropped).
+_draining: set[concurrent.futures.Future[None]] = set()
+
+
 @atexit.register
 def _shutdown_pools_at_exit() -> None:
     for pool in list(_pools):
@@ -1075,6 +1183,41 @@ def _shutdown_pools_at_exit() -> None:
             pool.shutdown(wait=True)
         except Exception:
             log.exception("workers: error while shutting a pool down at exit")
+    for fut in list(_draining):
+        with contextlib.suppress(Exception):
+            fut.result()
+
+
+def _release(core: _Core, io: IOThread, events: EventDispatcher) -> None:
+    """The last step of a shutdown: the loop and the event thread end."""
+    io.close()
+    events.close()
+    core.fail_inbox()
+    core.board.close()
+
+
+def _release_dropped(core: _Core, io: IOThread, events: EventDispatcher) -> None:
+    """A Pool was garbage-collected without shutdown(): as ``shutdown(wait=False)``.
+
+    Its queued and running jobs finish (their futures may still be held), its schedules end, then
+    the workers stop and the threads end. Runs wherever the last reference went, so it never
+    blocks.
+    """
+    try:
+        fut = io.submit(core.shutdown(wait=False, cancel_futures=False, timeout=None))
+    except Exception:  # noqa: BLE001 - the loop is already gone: nothing left to release
+        return
+    _draining.add(fut)
+
+    def done(_f: object) -> None:
+        _draining.discard(fut)
+        _release(core, io, events)
+
+    fut.add_done_callback(done)
+
+
+def _release_slot(slots: threading.BoundedSemaphore, _fut: object) -> None:
+    slots.release()
 
 
 def default_workers() -> int:
@@ -1198,10 +1341,9 @@ class Pool(concurrent.futures.Executor):
         self.retries = _check_count("retries", retries, minimum=0, allow_none=False) or 0
         self.retry_backoff = _check_seconds("retry_backoff", retry_backoff, allow_none=False) or 0.0
         self._slots = threading.BoundedSemaphore(max_pending) if max_pending is not None else None
-        self._ids = itertools.count(1)
-        self._inbox: deque[_Job] = deque()
-        self._last_callable: tuple[Callable[..., Any], bytes, str] | None = None
-        self._drain_pending = False
+        # The last callable submitted, by weak reference (a bound method's instance, a partial's
+        # arguments must not outlive the caller's use of them), with its bytes and name.
+        self._last_callable: tuple[Callable[[], Any], bytes, str] | None = None
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._shutdown_fut: concurrent.futures.Future[None] | None = None
@@ -1210,8 +1352,19 @@ class Pool(concurrent.futures.Executor):
         if start_method == "forkserver":
             preload("workers")  # every worker imports it: import it once in the forkserver
         self._io = IOThread("workers-io")
-        self._core = _Core(self, self._io.loop)
-        self._io.loop.call_soon_threadsafe(self._core.spawn_workers, max_workers)
+        settings = _Settings(
+            name=name,
+            start_method=start_method,
+            init_blob=self._init_blob,
+            init_name=self._init_name,
+            max_tasks_per_worker=self.max_tasks_per_worker,
+            max_memory_mb=self.max_memory_mb,
+        )
+        core = self._core = _Core(settings, self._io.loop, self._events, self._output)
+        self._io.loop.call_soon_threadsafe(core.spawn_workers, max_workers)
+        # Dropped without shutdown(): queued and running jobs finish, then the workers go.
+        self._finalizer = weakref.finalize(self, _release_dropped, core, self._io, self._events)
+        self._finalizer.atexit = False  # at exit, _shutdown_pools_at_exit handles every pool
         _pools.add(self)
 
     # -- submitting ------------------------------------------------------------------------------
@@ -1272,60 +1425,48 @@ class Pool(concurrent.futures.Executor):
             due = loop_now
         if self._closed or self._core.broken is not None:
             self._check_usable()
+        core = self._core
         last = self._last_callable  # a loop of submits mostly sends one function: skip the lookups
-        if last is not None and last[0] is fn:
+        if last is not None and last[0]() is fn:
             fn_blob, default_name = last[1], last[2]
         else:
             fn_blob, default_name = callable_blob(fn), _job_name(fn)
-            self._last_callable = (fn, fn_blob, default_name)
+            if len(fn_blob) <= CACHE_MAX:
+                with contextlib.suppress(TypeError):  # not weak-referenceable: no shortcut
+                    self._last_callable = (weakref.ref(fn), fn_blob, default_name)
         blob = dumps_job(fn_blob, args if type(args) is tuple else tuple(args), kwargs or {})
         fut: JobFuture[T] = JobFuture()
         if self._slots is not None:
             self._acquire_slot()
-            fut.add_done_callback(self._release_slot)
+            fut.add_done_callback(functools.partial(_release_slot, self._slots))
         # positional: id, name, blob, due, timeout, retries_left, retry_backoff, future
         job = _Job(
-            next(self._ids), name or default_name, blob, due, timeout, retries or 0, backoff or 0.0, fut
+            next(core.ids), name or default_name, blob, due, timeout, retries or 0, backoff or 0.0, fut
         )
         if (
             timeout is None
             and at is None
             and after is None
-            and self._core.idle
-            and not self._inbox
-            and self._core.try_direct(job)
+            and core.idle
+            and not core.inbox
+            and core.try_direct(job)
         ):
             return fut
         # Batched hand-off: one loop wake-up (a write to its self-pipe) serves every job submitted
         # before the loop gets to it. The loop clears the flag before draining, so a job appended
         # after that point either is drained now or schedules the next drain.
-        self._inbox.append(job)
+        core.inbox.append(job)
         if self._closed and not self._io.thread.is_alive():
-            self._fail_inbox()
+            core.fail_inbox()
             return fut
-        if not self._drain_pending:
-            self._drain_pending = True
+        if not core.drain_pending:
+            core.drain_pending = True
             try:
-                self._io.loop.call_soon_threadsafe(self._drain_inbox)
+                self._io.loop.call_soon_threadsafe(core.drain_inbox)
             except RuntimeError:
                 fut.cancel()
                 raise PoolClosed("the pool is shut down") from None
         return fut
-
-    def _fail_inbox(self) -> None:
-        """After the I/O thread ended: fail what a racing submit left in the inbox."""
-        while self._inbox:
-            job = self._inbox.popleft()
-            if job.future is not None:
-                job.future._resolve(exc=PoolClosed("the pool was shut down while this job was submitted"))
-
-    def _drain_inbox(self) -> None:
-        self._drain_pending = False
-        inbox, enqueue = self._inbox, self._core.enqueue
-        with self._core.lock:  # a direct hand-off never overtakes a job on its way to the queue
-            while inbox:
-                enqueue(inbox.popleft(), dispatch=False)
-        self._core.dispatch()  # once for the batch: prefetched jobs go out in one write per worker
 
     def schedule(
         self,
@@ -1403,9 +1544,9 @@ class Pool(concurrent.futures.Executor):
         }
         self._check_usable()
         blob = dumps_job(callable_blob(fn), tuple(args), dict(kwargs or {}))
-        record = _Schedule(self, name or _job_name(fn), trigger, blob, opts)
+        record = _Schedule(name or _job_name(fn), trigger, blob, opts)
         self._call(self._core.schedule_add, record)
-        return Schedule(record)
+        return Schedule(record, self)
 
     def map(
         self,
@@ -1470,6 +1611,7 @@ class Pool(concurrent.futures.Executor):
             earlier = self._shutdown_fut
             if earlier is None:
                 self._closed = True
+                self._finalizer.detach()
                 fut = self._shutdown_fut = self._io.submit(self._core.shutdown(wait, cancel_futures, timeout))
         if earlier is not None:  # a second call: wait for the first one's jobs if asked to
             if wait and not self._io.in_loop_thread():
@@ -1478,9 +1620,7 @@ class Pool(concurrent.futures.Executor):
             return
 
         def release(_f: object = None) -> None:
-            self._io.close()
-            self._events.close()
-            self._fail_inbox()
+            _release(self._core, self._io, self._events)
             _pools.discard(self)
 
         if not wait:  # like concurrent.futures: queued jobs still run, the cleanup goes on behind
@@ -1533,13 +1673,6 @@ class Pool(concurrent.futures.Executor):
             raise PoolFull(
                 f"no room among max_pending={self.max_pending} jobs within full_timeout={self.full_timeout}s"
             )
-
-    def _release_slot(self, _fut: concurrent.futures.Future[Any]) -> None:
-        assert self._slots is not None
-        self._slots.release()
-
-    def _cancel_running(self, job: _Job) -> None:
-        self._io.loop.call_soon_threadsafe(self._core.cancel_running, job)
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         async def run() -> T:

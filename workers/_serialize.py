@@ -21,6 +21,7 @@ from ._errors import SerializationError
 _blobs: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 _FN_LEN = struct.Struct("<I")
 FN_CACHE_MAX = 256  # loaded callables a worker keeps, by their bytes
+CACHE_MAX = 65536  # bytes: a callable pickled to more is pickled again at each use, not cached
 
 
 def callable_blob(fn: Callable[..., Any]) -> bytes:
@@ -36,10 +37,11 @@ def callable_blob(fn: Callable[..., Any]) -> bytes:
         blob = _pickling.dumps(fn)
     except Exception as exc:
         raise SerializationError(_pickling.explain(fn, "the job's callable", exc)) from exc
-    try:
-        _blobs[fn] = blob
-    except TypeError:  # not weak-referenceable (a builtin, a partial of one): fine, no cache
-        pass
+    if len(blob) <= CACHE_MAX:  # a big one (a partial over a large object) is not kept twice
+        try:
+            _blobs[fn] = blob
+        except TypeError:  # not weak-referenceable (a builtin, a partial of one): fine, no cache
+            pass
     return blob
 
 
@@ -67,7 +69,7 @@ def load_job(
     fn = cache.get(fn_blob) if cache is not None else None
     if fn is None:
         fn = _pickling.loads(fn_blob)
-        if cache is not None:
+        if cache is not None and n <= CACHE_MAX:  # a big one would keep its objects alive
             if len(cache) >= FN_CACHE_MAX:
                 cache.clear()
             cache[fn_blob] = fn

@@ -12,6 +12,7 @@ only the process dying (segfault, os._exit, a signal) fails the job as WorkerCra
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import pickle
 import struct
@@ -20,7 +21,7 @@ import time
 from typing import Any
 
 from procman import _wire
-from procman._child import Channel, manager_gone
+from procman._child import Channel, FdBox, manager_gone
 
 from ._serialize import dumps_result, load_job
 
@@ -29,6 +30,7 @@ OUT_HEAD = struct.Struct("<QB")  # job id (0: none), stream (1 stdout, 2 stderr)
 OUT_MAX = 65536  # bytes of printed text per frame (a longer line goes in pieces)
 KIND_OUTPUT = ord("O")
 RESULT_HEAD = struct.Struct("<QddqB")
+STARTED = struct.Struct("<Q")  # a StartedBoard slot: the ticket of the job the worker started
 KIND_RESULT = ord("R")
 OK = 0
 ERROR = 1
@@ -109,7 +111,62 @@ class JobOutput(io.TextIOBase):
             data = data[cut:]
 
 
-def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> int:
+class StartedBoard:
+    """Shared memory where each worker marks the job it starts: one 8-byte slot per live worker.
+
+    When a worker dies, the pool reads its slot to tell the job it ran (which failed with it) from
+    a job that only sat in its pipe (which never started, and goes to another worker). A memfd
+    mapped by the pool and by every worker: a store to it costs no system call, and it outlives
+    the worker that wrote it.
+    """
+
+    SLOTS = 4096
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("procman-started", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, STARTED.size * self.SLOTS)
+        self.map = mmap.mmap(self.fd, STARTED.size * self.SLOTS)
+        self.free = list(range(self.SLOTS - 1, -1, -1))
+
+    def take(self) -> int:
+        """A cleared slot for a new worker, or -1 when all are taken (then every death blames)."""
+        if not self.free:
+            return -1
+        slot = self.free.pop()
+        STARTED.pack_into(self.map, slot * STARTED.size, 0)
+        return slot
+
+    def read(self, slot: int) -> int | None:
+        """The ticket the worker in ``slot`` started last (0: none), None if it had no slot."""
+        if slot < 0 or self.map.closed:
+            return None
+        value: int = STARTED.unpack_from(self.map, slot * STARTED.size)[0]
+        return value
+
+    def give_back(self, slot: int) -> None:
+        if slot >= 0:
+            self.free.append(slot)
+
+    def close(self) -> None:
+        if not self.map.closed:
+            self.map.close()
+            os.close(self.fd)
+
+
+def _map_board(board: FdBox | None, slot: int) -> tuple[mmap.mmap | None, int]:
+    if board is None or slot < 0:
+        return None, -1
+    try:
+        mapped = mmap.mmap(board.fd, STARTED.size * StartedBoard.SLOTS)
+    finally:
+        os.close(board.fd)
+    return mapped, slot * STARTED.size
+
+
+def worker_main(
+    init_blob: bytes | None, measure_rss: bool, board: FdBox | None, slot: int, chan: Channel
+) -> int:
+    started_map, started_at = _map_board(board, slot)
     outs = (JobOutput(chan, 1, 1), JobOutput(chan, 2, 2))
     sys.stdout, sys.stderr = outs
     if init_blob is not None:
@@ -144,22 +201,33 @@ def worker_main(init_blob: bytes | None, measure_rss: bool, chan: Channel) -> in
                 return 0
             continue
         job_id, _due = JOB_HEAD.unpack_from(body, 1)
+        if started_map is not None:  # from here on a death of this process is this job's
+            STARTED.pack_into(started_map, started_at, job_id)
         for out in outs:
             out.job_id = job_id
         started = time.monotonic()
-        try:
-            fn, args, kwargs = load_job(memoryview(body)[1 + JOB_HEAD.size :], fn_cache)
-            payload = dumps_result(fn(*args, **kwargs))
-            status = OK
-        except BaseException as exc:  # noqa: BLE001 - every job error goes back to its future
-            tb = exc.__traceback__
-            if tb is not None and tb.tb_next is not None:  # start at the job, not at this loop
-                exc.__traceback__ = tb.tb_next
-            payload = pickle.dumps(_wire.error_record(exc), protocol=5)
-            status = ERROR
+        status, payload = run_job(memoryview(body)[1 + JOB_HEAD.size :], fn_cache)
+        del body  # the job's bytes, arguments and result are gone before the next job comes
         finished = time.monotonic()
         for out in outs:
             out.end_line()
             out.job_id = 0
         rss = rss_kb() if measure_rss else 0
         send(_wire.encode_raw(b"R", RESULT_HEAD.pack(job_id, started, finished, rss, status) + payload))
+        del payload
+
+
+def run_job(job: memoryview, fn_cache: dict[bytes, Any]) -> tuple[int, bytes]:
+    """Run one job: its status and its pickled result or error.
+
+    Its arguments and result die when this returns, before the result goes back: an argument
+    whose ``__del__`` kills the process fails this job, never the next one.
+    """
+    try:
+        fn, args, kwargs = load_job(job, fn_cache)
+        return OK, dumps_result(fn(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 - every job error goes back to its future
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_next is not None:  # start at the job, not at this function
+            exc.__traceback__ = tb.tb_next
+        return ERROR, pickle.dumps(_wire.error_record(exc), protocol=5)
