@@ -7,12 +7,30 @@ Order of the bootstrap matters and each step closes a hazard:
 2. A process group of its own, so a stop signal reaches whatever the daemon spawned.
 3. stdout/stderr onto the log pipes (line-buffered), stdin from /dev/null, faulthandler on stderr
    (a segfault and the watchdog's SIGUSR1 dump every thread's stack into the log).
-4. A guard process (a tiny shell, see :func:`_start_guard`): it blocks on a pipe that only the
-   child holds open and, when the child is gone (crash, stop, or its parent-death
-   SIGKILL), SIGKILLs the child's whole process group. Without it, whatever the daemon spawned
-   would outlive a crash (still holding its ports when the replacement starts) or the manager.
+4. A guard, so that nothing the child started outlives it (still holding its ports when the
+   replacement starts) or the manager. Two kinds:
+
+   * a **daemon** gets a *reaper guard* (:func:`_split_off_reaper`): the process the manager started
+     becomes a child subreaper (``PR_SET_CHILD_SUBREAPER``) and forks; the fork runs the daemon, the
+     original stays behind as its guard. A subreaper adopts every orphan below it, so each process
+     the daemon ever started stays in the guard's tree, even one that called ``setsid()`` and whose
+     parent exited. When the daemon's process ends (stop, crash, any signal) or the manager is gone
+     (its end of the control pipe closes, or the parent-death signal), the guard SIGKILLs every
+     process below it, reaps them, and only then exits, with the daemon's own status. It reaps
+     adopted orphans all along, so none lingers as a zombie. Only a SIGKILL of the guard itself
+     (which nothing in procman sends) defeats it; see README "What a daemon leaves behind".
+   * a **worker** keeps the light shell guard (:func:`_start_guard`): it blocks on a pipe that only
+     the child holds open and, when the child is gone, SIGKILLs the child's process group.
+
 5. A reader thread on the control pipe: a ``stop`` frame asks for a graceful stop; end of file means
    the manager is gone, and the whole process group is killed.
+
+Process layout of one daemon (the manager knows the guard's pid; signals go to the group)::
+
+    manager (or the forkserver)
+     `-- guard        "procman: NAME"            subreaper; in the manager's process group
+          `-- daemon  "procman: NAME (daemon)"   process group = the guard's pid
+               `-- whatever it starts; orphans, setsid() ones included, are adopted by the guard
 """
 
 from __future__ import annotations
@@ -23,16 +41,20 @@ import faulthandler
 import inspect
 import logging
 import os
+import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from . import _wire
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+SWEEP_BOUND = 5.0  # seconds the reaper guard keeps killing and reaping leftovers before it gives up
 
 _channel: Channel | None = None
 
@@ -73,12 +95,16 @@ def in_child() -> bool:
     return _channel is not None
 
 
-def _set_pdeathsig() -> None:
+def _prctl(option: int, value: int) -> bool:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the pipe-EOF watcher still guards
-        pass
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+def _set_pdeathsig(sig: int = signal.SIGKILL) -> None:
+    _prctl(PR_SET_PDEATHSIG, sig)  # not Linux: the pipe-EOF watcher still guards
 
 
 def _alive(pid: int) -> bool:
@@ -181,6 +207,235 @@ def _start_guard() -> None:
     # ``_w`` stays open, unused, until this process is gone.
 
 
+# ---------------------------------------------------------------------------------------------
+# The reaper guard of a daemon (step 4 above)
+
+_guarded: int | None = None  # in the guard: the daemon's pid until it is reaped (SIGUSR1 forwarding)
+
+
+def _split_off_reaper(
+    ctrl_in: int, ctrl_out: int, manager_pid: int, home_group: int, title: str | None
+) -> None:
+    """Fork: the daemon runs in the child, where this returns; this process stays as its guard.
+
+    Only an ancestor adopts orphans, so the guard must sit above the daemon: the process the manager
+    started and knows (its pid, its exit status, the process group named after it) becomes the
+    guard, and the daemon runs one level down, in that group, which the guard itself leaves. So the
+    manager's SIGTERM and SIGKILL of the group reach the daemon and everything still in its group,
+    never the guard, which has to live on to sweep up what left the group.
+    """
+    guard_pid = os.getpid()
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # not inherited by the fork
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        _set_pdeathsig()  # a guard killed by SIGKILL takes the daemon along
+        if os.getppid() != guard_pid:
+            os._exit(137)
+        # Until the guard has left the group, a SIGKILL of the group would kill it too: start
+        # nothing that could then escape. End of file instead of the go: the guard died.
+        go = os.read(go_r, 1)
+        os.close(go_r)
+        if not go:
+            os._exit(137)
+        if title:
+            set_title(f"{title} (daemon)")
+        return
+    os.close(go_r)
+    try:
+        _guard(pid, go_w, ctrl_in, ctrl_out, manager_pid, home_group)
+    except BaseException:  # noqa: BLE001 - a bug here must not leave the daemon's tree behind
+        try:
+            traceback.print_exc()
+        finally:
+            _sweep(-1)
+            os._exit(70)
+
+
+def _guard(
+    daemon: int, go_w: int, ctrl_in: int, ctrl_out: int, manager_pid: int, home_group: int
+) -> NoReturn:
+    """The guard's life: watch the daemon, forward the watchdog's SIGUSR1, sweep, exit as it did."""
+    global _guarded
+    _guarded = daemon
+    os.close(ctrl_out)  # only the daemon talks to the manager
+    parent = os.getppid()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    # The guard stays in the manager's process group: a Ctrl-C, ``timeout`` or ``kill -- -PGID``
+    # there is the manager's to handle (a graceful stop), as for the forkserver. So these only
+    # wake it, to check whether the manager is still there.
+    for sig in (signal.SIGCHLD, signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _wake)
+    signal.signal(signal.SIGTSTP, signal.SIG_IGN)  # keep guarding while a shell suspends the host
+    signal.signal(signal.SIGUSR1, _forward)
+    # The parent's death (the manager's, or the forkserver's, which ends with the manager) now
+    # wakes the guard instead of killing it: it has the daemon's tree to sweep first.
+    _set_pdeathsig(signal.SIGHUP)
+    try:
+        os.setpgid(0, home_group)
+    except OSError:  # the manager's group is gone, and so is the manager: noticed below
+        pass
+    os.write(go_w, b"g")
+    os.close(go_w)
+    status = _watch(daemon, ctrl_in, parent, manager_pid, wake_r)
+    _guarded = None
+    if status is None:  # the manager is gone: nobody reads the logs or the exit status any more
+        _sweep(wake_r)
+        os._exit(137)
+    killed = _sweep(wake_r)
+    if killed:
+        listed = ", ".join(f"{pid} ({name})" for pid, name in list(killed.items())[:5])
+        more = f" and {len(killed) - 5} more" if len(killed) > 5 else ""
+        line = f"procman: killed {len(killed)} process(es) the daemon left behind: {listed}{more}\n"
+        try:
+            os.write(2, line.encode())
+        except OSError:
+            pass
+    _exit_as(status)
+
+
+def _wake(signum: int, frame: object) -> None:
+    """A signal that only wakes the guard's loop (through the wakeup fd)."""
+
+
+def _forward(signum: int, frame: object) -> None:
+    pid = _guarded
+    if pid is not None:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _watch(daemon: int, ctrl_in: int, parent: int, manager_pid: int, wake_r: int) -> int | None:
+    """Wait until the daemon's process ends (its wait status) or the manager is gone (None)."""
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    # No events asked for: POLLHUP comes all the same, once the last write end closed. Only the
+    # manager holds it, so that is the manager's death (or its giving up on this child).
+    poller.register(ctrl_in, 0)
+    if not _alive(manager_pid):  # it died before the parent-death signal above was armed
+        return None
+    while True:
+        status, _ = _reap(daemon)
+        if status is not None:
+            return status
+        if os.getppid() != parent:
+            return None
+        for fd, _events in poller.poll():
+            if fd == ctrl_in:
+                return None
+        _drain(wake_r)
+
+
+def _reap(daemon: int) -> tuple[int | None, bool]:
+    """Reap every child that ended (adopted orphans included); (the daemon's status, any left?)."""
+    status = None
+    while True:
+        try:
+            pid, st = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status, False
+        if pid == 0:
+            return status, True
+        if pid == daemon:
+            status = st
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except OSError:  # EAGAIN: drained
+        pass
+
+
+def _sweep(wake_r: int) -> dict[int, str]:
+    """SIGKILL everything below this process and reap it; returns pid -> name of what it killed.
+
+    Until nothing is left: a process may fork between the scan and its kill, and its child, adopted
+    by this subreaper, is found by the next scan. Bounded (SWEEP_BOUND): a process in uninterruptible
+    sleep dies only when it wakes; it has its SIGKILL by then.
+    """
+    me = os.getpid()
+    killed: dict[int, str] = {}
+    deadline = time.monotonic() + SWEEP_BOUND
+    poller = select.poll()  # not select(): a guard forked from a big host may hold fds past 1024
+    if wake_r >= 0:
+        poller.register(wake_r, select.POLLIN)
+    while True:
+        _, left = _reap(-1)
+        if not left:  # no child at all: then nothing below either (orphans come up to us)
+            return killed
+        for pid, name in _descendants(me).items():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed.setdefault(pid, name)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return killed
+        if wake_r >= 0:  # each death of a child (or adoption of a dead one) sends SIGCHLD
+            poller.poll(min(remaining, 0.1) * 1000)
+            _drain(wake_r)
+        else:
+            time.sleep(0.01)
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Live (non-zombie) processes below ``root``: pid -> command name, read from /proc."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        head, _, rest = stat.rpartition(b")")
+        fields = rest.split()
+        if len(fields) < 2 or fields[0] == b"Z":
+            continue
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        names[pid] = head.partition(b"(")[2].decode(errors="replace")
+    found: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            if pid not in found:
+                found[pid] = names[pid]
+                todo.append(pid)
+    return found
+
+
+def _exit_as(status: int) -> NoReturn:
+    """End this process the way the daemon's ended (its code, or killed by its signal)."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        os._exit(code)
+    sig = -code
+    faulthandler.disable()
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the daemon dumped its core, if any
+    except (ImportError, ValueError, OSError):
+        pass
+    try:
+        signal.signal(sig, signal.SIG_DFL)
+    except (OSError, ValueError):  # SIGKILL: cannot be caught anyway
+        pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    os.kill(os.getpid(), sig)
+    os._exit(128 + sig)
+
+
 def bootstrap(
     fds: tuple[int, int, int, int],
     manager_pid: int,
@@ -189,11 +444,13 @@ def bootstrap(
     reader: bool = True,
     close_fds: tuple[int, ...] = (),
     title: str | None = None,
+    reaper: bool = False,
 ) -> Channel:
     """Steps 1-5 above; returns the control channel. ``fds``: ctrl-in, ctrl-out, stdout, stderr.
 
     With ``reader=False`` the caller reads the control pipe itself (a worker's main loop does) and
-    must treat its end of file as the manager's death (:func:`manager_gone`).
+    must treat its end of file as the manager's death (:func:`manager_gone`). With ``reaper=True``
+    (daemons) the guard is the reaper guard and this returns in the forked daemon process only.
     """
     global _channel
     _set_pdeathsig()
@@ -207,6 +464,7 @@ def bootstrap(
             os.close(fd)
         except OSError:
             pass
+    home_group = os.getpgid(0)
     try:
         os.setpgid(0, 0)
     except OSError:  # already a group leader (a session leader cannot move): keep going
@@ -214,7 +472,7 @@ def bootstrap(
     ctrl_in, ctrl_out, out_fd, err_fd = fds
     for fd in fds:  # the guard and programs the daemon starts must not hold our pipes
         os.set_inheritable(fd, False)
-    if guard and os.getpgid(0) == os.getpid():
+    if guard and not reaper and os.getpgid(0) == os.getpid():
         _start_guard()
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
@@ -226,6 +484,10 @@ def bootstrap(
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 - lives as long as the process
     sys.stdout = open(1, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False, encoding="utf-8", errors="replace")  # noqa: SIM115
+    if reaper:
+        # After the log pipes are in place (the guard reports what it had to kill there), before
+        # any thread starts (the fork copies only this one).
+        _split_off_reaper(ctrl_in, ctrl_out, manager_pid, home_group, title)
     # A forked child inherits the parent's handlers; reset the ones that would surprise a daemon.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -265,8 +527,16 @@ def child_main(
     """The target of every supervised process: bootstrap, run ``entry``, exit with its code."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver ignores it (see _fsguard)
     os.environ.pop("_PROCMAN_FORKSERVER_PARENT", None)  # for the forkserver only, not the daemons
+    options = dict(options or {})
+    authkey = options.pop("authkey", None)
+    if authkey is not None:
+        # The host's stdlib multiprocessing authkey (multiprocess sends its own in the preparation
+        # data): a Manager proxy received in a job or daemon authenticates with it.
+        from multiprocessing import process as std_process
+
+        std_process.current_process().authkey = authkey
     raw = tuple(f.fd if isinstance(f, FdBox) else int(f) for f in fds)
-    chan = bootstrap((raw[0], raw[1], raw[2], raw[3]), manager_pid, **(options or {}))
+    chan = bootstrap((raw[0], raw[1], raw[2], raw[3]), manager_pid, **options)
     code = 1
     try:
         code = entry(chan)

@@ -21,15 +21,14 @@ import argparse
 import sys
 import textwrap
 import time
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ._config import ConfigError, load
-from ._control import ControlError, config_key, default_socket, find_socket, request, runtime_dir
+from ._config import ConfigError, load, parse_toml
+from ._control import ControlError, config_key, default_socket, find_socket, request, runtime_dir_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -61,9 +60,10 @@ def _where_sockets() -> str:
         "The control commands (status, restart, stop, logs) find the running procman by --socket "
         "PATH, by -c FILE.toml (the socket named by the file's [procman] socket key, else the file's "
         "default socket), or, with neither, the only one running. Default sockets live in "
-        f"{runtime_dir()} ($XDG_RUNTIME_DIR/procman, else /tmp/procman-UID) and are named after the "
-        "config file: STEM-HASH.sock, HASH being the first 10 hex digits of the SHA-256 of the file's "
-        "absolute path, so two projects that both have an app.toml never share one."
+        f"{runtime_dir_text()} (the first of $XDG_RUNTIME_DIR/procman, $TMPDIR/procman-UID and "
+        "~/.procman that is a directory of yours with mode 0700, or can be made one) and are named "
+        "after the config file: STEM-HASH.sock, HASH being the first 10 hex digits of the SHA-256 of "
+        "the file's absolute path, so two projects that both have an app.toml never share one."
     )
 
 
@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         "--socket",
         metavar="PATH",
         help="the control socket to listen on (default: the file's [procman] socket, else "
-        f"STEM-HASH.sock in {runtime_dir()}; see `procman --help`)",
+        f"STEM-HASH.sock in {runtime_dir_text()}; see `procman --help`)",
     )
     run.add_argument(
         "--color",
@@ -158,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sockets = (
         "Which procman: the one on --socket PATH, else the one running -c FILE.toml (the socket its "
-        f"[procman] socket key names, else STEM-HASH.sock in {runtime_dir()}, HASH taken from the "
+        f"[procman] socket key names, else STEM-HASH.sock in {runtime_dir_text()}, HASH taken from the "
         "file's absolute path), else the only one running."
     )
 
@@ -262,10 +262,10 @@ def _socket(args: argparse.Namespace) -> Path:
         # factories in this client. The path is resolved as `procman run` resolves it.
         cfg_path = Path(args.config)
         try:
-            data = tomllib.loads(cfg_path.read_text("utf-8"))
+            data = parse_toml(cfg_path, cfg_path.read_text("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{cfg_path}: no such file") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{cfg_path}: cannot read it: {exc}") from None
         sock = data.get("procman", {}).get("socket") if isinstance(data.get("procman"), dict) else None
         if isinstance(sock, str) and sock:

@@ -7,7 +7,7 @@
     stop_timeout = 30              # seconds for everything to stop
     start_method = "forkserver"    # or "fork", "spawn"
     socket = "run/app.sock"        # control socket, relative to this file (default: STEM-HASH.sock
-                                   # in $XDG_RUNTIME_DIR/procman/, HASH from this file's absolute path)
+                                   # in procman._control.runtime_dir(), HASH from this file's path)
 
     [daemons.web]                  # the key is the daemon's name
     factory = "app.web:HttpServer" # a Python daemon: a callable returning one, called with...
@@ -43,8 +43,13 @@
     overlap = "skip"               # a run due while the last one still runs: "skip" or "queue"
 
 Every mistake is a :class:`ConfigError` naming the file, the table, the key, what was found and
-what was expected, raised before any process starts. Factories are called and functions imported
-at load time, in the parent, so an import error or a bad argument is caught here too.
+what was expected, on one line, raised before any process starts. What ``procman run`` would trip
+over later is refused here too: durations beyond 100 years (timers overflow) or, for ``every``,
+under 1 ms; ``at`` times that leave years 1-9999 in UTC; NUL characters (no path, argument or
+environment variable can hold one); environment names with ``=``; a job's arguments that its
+function does not take; integers beyond 64 bits and values nested more than 64 levels deep.
+Factories are called and functions imported at load time, in the parent, so an import error or a
+bad argument is caught here too.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import importlib
 import inspect
 import math
 import os
+import re
 import shlex
 import sys
 import tomllib
@@ -63,11 +69,19 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
+from ._control import SUN_PATH_MAX
 from ._daemon import make_spec
 from ._errors import DaemonError, ProcmanError
 from ._names import check_name
-from ._policy import Restart, RestartPolicy
+from ._policy import MAX_SECONDS, Restart, RestartPolicy
 from ._process import START_METHODS
+
+MAX_NESTING = 64
+"""Levels of tables, arrays and inline tables a file may nest: deeper values would exhaust the
+stack of the TOML reader or of pickle, as a RecursionError instead of an error naming the key."""
+MAX_WORKERS = 1024  # a [pool] larger than this runs out of processes or file descriptors
+MAX_MEMORY_MB = float(1 << 30)  # 1 PiB: [pool] max_memory_mb beyond it is a typo
+SECONDS = '(e.g. 10, 2.5, "30s", "5m", "1h30m", "1d" or "500ms")'
 
 
 class ConfigError(ProcmanError, ValueError):
@@ -191,12 +205,103 @@ def load(path: str | os.PathLike[str]) -> Config:
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read it: {exc.strerror or exc}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    data = parse_toml(p, text)
+    found = _beyond_limits(data)
+    if found is not None:
+        keys, problem = found
+        raise ConfigError(f"{p}: [{'.'.join(keys[:-1]) or TOP}] {keys[-1]}: {problem}")
     return _Loader(p).load(data)
+
+
+_NESTED = f"nested more than {MAX_NESTING} levels deep; flatten the value"
+_INT64 = "TOML integers are 64-bit, from -9223372036854775808 to 9223372036854775807"
+
+
+def parse_toml(path: Path, text: str) -> dict[str, Any]:
+    """The TOML document ``text``, or a ConfigError naming ``path`` (and the line, when it can)."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except ValueError:  # int() of a literal of more than sys.get_int_max_str_digits() digits
+        long = re.search(rf"[0-9][0-9_]{{{sys.get_int_max_str_digits()},}}", text)
+        at = f"line {text.count(chr(10), 0, long.start()) + 1}: " if long is not None else ""
+        raise ConfigError(f"{path}: {at}an integer of thousands of digits; {_INT64}") from None
+    except RecursionError:
+        # tomllib reads nested arrays and inline tables recursively: a few hundred levels exhaust
+        # the stack. Say where, found by a scanner that counts brackets without recursing.
+        where = _deep_line(text)
+        at = f"line {where[0]}: [{where[1]}] {where[2]}: " if where is not None else ""
+        raise ConfigError(f"{path}: {at}arrays or inline tables {_NESTED}") from None
+
+
+def _beyond_limits(data: object) -> tuple[list[str], str] | None:
+    """(key path, problem) of the first value nested deeper than MAX_NESTING (tables included) or
+    of an integer beyond 64 bits, which TOML does not have but tomllib reads; else None."""
+    todo: list[tuple[object, list[str], int]] = [(data, [], 0)]
+    while todo:  # depth-first without recursion: the value may be as deep as tomllib allows
+        value, keys, depth = todo.pop()
+        if depth > MAX_NESTING:
+            return keys, _NESTED
+        if isinstance(value, dict):
+            todo.extend((v, [*keys, str(k)], depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            todo.extend((v, keys, depth + 1) for v in value)
+        elif isinstance(value, int) and not -(1 << 63) <= value < 1 << 63:
+            return keys, f"found an integer of {len(str(abs(value)))} digits; {_INT64}"
+    return None
+
+
+def _deep_line(text: str) -> tuple[int, str, str] | None:
+    """(line, table, key) where brackets of a value nest more than MAX_NESTING deep, else None.
+
+    A scanner, not a parser: it skips strings and comments and counts ``[``/``{`` against
+    ``]``/``}``; a ``[`` that opens a line outside any value is a table header.
+    """
+    depth, line, start, i, n = 0, 1, 0, 0, len(text)
+    table, key = TOP, "?"
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line, start = line + 1, i + 1
+        elif c == "#":
+            i = text.find("\n", i)
+            if i < 0:
+                break
+            continue
+        elif c in "\"'":
+            if text.startswith(c * 3, i):
+                end = text.find(c * 3, i + 3)
+                end = n if end < 0 else end + 3
+            else:
+                end = i + 1
+                while end < n and text[end] not in (c, "\n"):
+                    end += 2 if c == '"' and text[end] == "\\" else 1
+                end += 1
+            newline = text.rfind("\n", i, min(end, n))
+            if newline >= 0:  # a multi-line string
+                line, start = line + text.count("\n", i, newline + 1), newline + 1
+            i = end
+            continue
+        elif depth == 0 and c == "[" and not text[start:i].strip():
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            table = text[i:end].split("#", 1)[0].strip().strip("[]").strip()
+            i = end
+            continue
+        elif depth == 0 and c == "=":
+            key = text[start:i].strip()
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line, table, key
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return None
 
 
 TOP = "top level"
@@ -229,36 +334,51 @@ class _Table:
         self.known.add(key)
         return self.data.get(key, default)
 
-    def seconds(self, key: str, default: float | None, *, positive: bool = False) -> float | None:
+    def seconds(
+        self, key: str, default: float | None, *, positive: bool = False, minimum: float = 0.0
+    ) -> float | None:
+        """A duration of at most 100 years (longer ones overflow the event loop's timers)."""
         if not self.has(key):
             return default
         value = self.data[key]
         seconds = _duration(value)
         if seconds is None or seconds < 0 or (positive and seconds == 0):
             what = "a number of seconds" + (" > 0" if positive else " >= 0")
-            raise self.error_at(key, value, f'{what} (e.g. 10, 2.5, "30s", "5m", "1h30m", "1d" or "500ms")')
+            raise self.error_at(key, value, f"{what} {SECONDS}")
+        if seconds < minimum:
+            raise self.error_at(key, value, f"at least {minimum:g} seconds ({minimum * 1000:g}ms)")
+        if seconds > MAX_SECONDS:
+            raise self.error_at(key, value, f"at most 100 years ({MAX_SECONDS:.0f} seconds)")
         return seconds
 
-    def integer(self, key: str, default: int | None, *, minimum: int) -> int | None:
+    def integer(
+        self, key: str, default: int | None, *, minimum: int, maximum: int | None = None
+    ) -> int | None:
         if not self.has(key):
             return default
         value = self.data[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.error_at(key, value, f"a whole number >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise self.error_at(key, value, f"a whole number from {minimum} to {maximum}")
         return value
 
     def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
         value = self.optional_number(key, minimum=minimum)
         return default if value is None else value
 
-    def optional_number(self, key: str, *, minimum: float = 0.0, above: bool = False) -> float | None:
+    def optional_number(
+        self, key: str, *, minimum: float = 0.0, above: bool = False, maximum: float | None = None
+    ) -> float | None:
         if not self.has(key):
             return None
         value = self.data[key]
         expected = f"a number {'>' if above else '>='} {minimum:g}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if maximum is not None:
+            expected += f" and <= {maximum:g}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise self.error_at(key, value, expected)
-        if value < minimum or (above and value == minimum):
+        if value < minimum or (above and value == minimum) or (maximum is not None and value > maximum):
             raise self.error_at(key, value, expected)
         return float(value)
 
@@ -268,6 +388,8 @@ class _Table:
         value = self.data[key]
         if not isinstance(value, str) or not value:
             raise self.error_at(key, value, "a non-empty string")
+        if "\0" in value:  # no name, path or expression holds one; the OS refuses them in paths
+            raise self.error_at(key, value, "a string without NUL characters")
         return value
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -310,6 +432,13 @@ def _duration(value: object) -> float | None:
     from workers._triggers import parse_duration
 
     return parse_duration(value)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float (TOML integers have no bound in tomllib)
+        return False
 
 
 def _show(value: object) -> str:
@@ -359,18 +488,16 @@ class _Loader:
             cfg.start_timeout = section.seconds("start_timeout", 30.0, positive=True) or 30.0
             cfg.stop_timeout = section.seconds("stop_timeout", 30.0, positive=True) or 30.0
             cfg.start_method = section.choice("start_method", "forkserver", START_METHODS)
-            sock = section.string("socket")
-            if sock is not None:
-                cfg.socket = self.base / sock
+            cfg.socket = self.socket(section)
             section.check_unknown()
         cfg.daemons = [self.daemon(name, t) for name, t in top.tables("daemons")]
         pool = top.table("pool")
         if pool is not None:
             cfg.pool = PoolConfig(
-                workers=pool.integer("workers", None, minimum=1),
+                workers=pool.integer("workers", None, minimum=1, maximum=MAX_WORKERS),
                 start_method=pool.choice("start_method", "forkserver", START_METHODS),
                 max_tasks_per_worker=pool.integer("max_tasks_per_worker", None, minimum=1),
-                max_memory_mb=pool.optional_number("max_memory_mb", above=True),
+                max_memory_mb=pool.optional_number("max_memory_mb", above=True, maximum=MAX_MEMORY_MB),
             )
             pool.check_unknown()
         cfg.jobs = [self.job(name, t) for name, t in top.tables("jobs")]
@@ -381,6 +508,25 @@ class _Loader:
             raise ConfigError(f"{self.path}: nothing to run: add a [daemons.NAME] or a [jobs.NAME] table")
         self.check_dependencies(cfg)
         return cfg
+
+    def socket(self, t: _Table) -> Path | None:
+        """``[procman] socket``: what ControlServer.start() needs of it that does not change."""
+        sock = t.string("socket")
+        if sock is None:
+            return None
+        path = self.base / sock
+        size = len(os.fsencode(path))
+        if size > SUN_PATH_MAX:
+            raise t.error_at(
+                "socket",
+                sock,
+                f"a path of at most {SUN_PATH_MAX} bytes ({path} has {size})",
+            )
+        if not os.path.isdir(path.parent):
+            raise t.error_at("socket", sock, f"a path in an existing directory ({path.parent} is not one)")
+        if os.path.isdir(path):
+            raise t.error_at("socket", sock, f"the path of a socket file ({path} is a directory)")
+        return path
 
     def claim(self, t: _Table, kind: str, name: str) -> None:
         try:
@@ -492,6 +638,8 @@ class _Loader:
             raise t.error_at("command", value, 'a list of strings such as ["python", "-m", "http.server"]')
         if not argv or not argv[0]:
             raise t.error_at("command", value, "a non-empty command")
+        if any("\0" in a for a in argv):  # execve() cannot pass them: the start would fail
+            raise t.error_at("command", value, "a command without NUL characters")
         return argv
 
     def env(self, t: _Table) -> dict[str, str]:
@@ -499,8 +647,15 @@ class _Loader:
         if not isinstance(env, dict):
             raise t.error_at("env", env, 'a table of NAME = "value" strings')
         for key, value in env.items():
+            # The child's os.environ / execve() refuse these: the start would fail, not the check.
+            if not key or "=" in key or "\0" in key:
+                raise t.fail(
+                    "env", f"{_show(key)} is not a variable name; use one without '=' or NUL (e.g. LOG_LEVEL)"
+                )
             if not isinstance(value, str):
                 raise t.error_at(f"env.{key}", value, 'a string (quote numbers: PORT = "8080")')
+            if "\0" in value:
+                raise t.error_at(f"env.{key}", value, "a string without NUL characters")
         return dict(env)
 
     def cwd(self, t: _Table) -> str | None:
@@ -508,7 +663,7 @@ class _Loader:
         if cwd is None:
             return None
         path = self.base / cwd
-        if not path.is_dir():
+        if not os.path.isdir(path):  # False for any OSError (a name too long, ...), unlike Path
             raise t.error_at("cwd", cwd, f"a directory ({path} is not one)")
         return str(path)
 
@@ -538,7 +693,9 @@ class _Loader:
                 f'give exactly one of every = "30s", cron = "*/5 * * * *" or at = 2026-12-01T02:00:00Z '
                 f"(found {found})",
             )
-        every = t.seconds("every", None, positive=True)
+        from workers._pool import MIN_INTERVAL
+
+        every = t.seconds("every", None, positive=True, minimum=MIN_INTERVAL)
         cron = t.string("cron")
         tz = t.string("timezone")
         if tz is not None and cron is None:
@@ -570,6 +727,7 @@ class _Loader:
             max_instances=t.integer("max_instances", 1, minimum=1) or 1,
         )
         t.check_unknown()
+        self.check_call(t, fn, ref, args, kwargs)
         from workers._serialize import callable_blob, dumps_job
 
         try:  # what the pool will check at submit time: that the job pickles
@@ -577,6 +735,20 @@ class _Loader:
         except Exception as exc:  # noqa: BLE001
             raise t.fail(None, f"the job cannot be sent to a worker: {exc}") from None
         return job
+
+    def check_call(
+        self, t: _Table, fn: Callable[..., Any], ref: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """That ``fn(*args, **kwargs)`` binds: else every run would fail with a TypeError."""
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # no signature to read (some builtins): the run will tell
+            return
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            key = "kwargs" if kwargs else "args"
+            raise t.fail(key, f"{ref} cannot be called with these arguments: {exc}") from None
 
     def at(self, t: _Table) -> datetime:
         value = t.get("at")
@@ -589,7 +761,13 @@ class _Loader:
             value = datetime.combine(value, time())
         if not isinstance(value, datetime):
             raise t.error_at("at", value, "a date-time such as 2026-12-01T02:00:00Z")
-        if value.astimezone(UTC) < datetime.now(UTC):
+        try:
+            utc = value.astimezone(UTC)
+        except (OverflowError, ValueError):  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+            raise t.error_at(
+                "at", value.isoformat(), "a date-time that is still within years 1-9999 in UTC"
+            ) from None
+        if utc < datetime.now(UTC):
             raise t.error_at(
                 "at", value.isoformat(), "a time in the future (a one-off job in the past never runs)"
             )

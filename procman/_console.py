@@ -2,16 +2,17 @@
 
 ``12:00:01.234 web      | GET /health 200``. Names get a colour each on a terminal (never when
 NO_COLOR is set or the output is a file or pipe); warnings are yellow, errors red. Lines go through
-a bounded queue to a writer thread, so a slow terminal or pipe never stalls the supervisor: when
-the queue is full, lines are dropped and the count of dropped lines is printed once there is room.
-The last lines of every name are kept for ``procman logs NAME``.
+a queue to a writer thread, so a slow terminal or pipe never stalls the supervisor. The queue is
+bounded in bytes (:data:`QUEUE_BYTES`), not lines: a daemon's line may be 64 KiB, so ten thousand
+of them would be 640 MB. When it is full, lines are dropped and counted, and once output flows
+again a line says how many were dropped, where they were. The last lines of every name are kept
+for ``procman logs NAME``, dropped ones included.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import reprlib
 import sys
 import threading
@@ -26,7 +27,7 @@ COLORS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI fo
 RESET = "\033[0m"
 KEEP_LINES = 1000  # per name, for `procman logs`
 KEEP_CHARS = 4096  # of each kept line: the memory kept is bounded by lines x chars x names
-QUEUE_LINES = 10_000
+QUEUE_BYTES = 4 << 20  # of lines (as Python strings) waiting for the writer; more are dropped
 TRACEBACK_LINES = 200  # of a failed run's traceback shown; the middle of a longer one is left out
 ME = "procman"
 
@@ -51,22 +52,35 @@ class Console:
         self.colors[ME] = "1"
         self.recent: dict[str, deque[str]] = {}
         self._recent_lock = threading.Lock()
-        self._queue: queue.Queue[str | None] = queue.Queue(QUEUE_LINES)
-        self._dropped = 0
+        self._cond = threading.Condition()  # guards the queue and the counts below
+        self._pending: deque[str] = deque()
+        self._pending_bytes = 0
+        self._dropped = 0  # since the last notice
+        self._closing = False
+        self.dropped_lines = 0  # in all
         self._writer = threading.Thread(target=self._write_loop, name="procman-console", daemon=True)
         self._writer.start()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of lines waiting for the writer: at most :data:`QUEUE_BYTES`."""
+        with self._cond:
+            return self._pending_bytes
 
     # -- lines ---------------------------------------------------------------------------------
 
     def line(self, name: str, text: str, level: str = "info") -> None:
         now = datetime.now()
-        stamp = now.strftime("%H:%M:%S.") + f"{now.microsecond // 1000:03d}"
         with self._recent_lock:
             ring = self.recent.get(name)
             if ring is None:
                 ring = self.recent[name] = deque(maxlen=KEEP_LINES)
             kept = text if len(text) <= KEEP_CHARS else text[:KEEP_CHARS] + f"... ({len(text)} chars)"
             ring.append(f"{now.isoformat(timespec='milliseconds')} {kept}")
+        self._put(self._format(now, name, text, level))
+
+    def _format(self, now: datetime, name: str, text: str, level: str) -> str:
+        stamp = now.strftime("%H:%M:%S.") + f"{now.microsecond // 1000:03d}"
         label = f"{name:<{self.width}}"
         if self.color:
             label = f"\033[{self.colors.get(name, '37')}m{label}{RESET}"
@@ -74,7 +88,7 @@ class Console:
                 text = f"\033[33m{text}{RESET}"
             elif level == "error":
                 text = f"\033[1;31m{text}{RESET}"
-        self._put(f"{stamp} {label} | {text}\n")
+        return f"{stamp} {label} | {text}\n"
 
     def child_line(self, source: str, stream: str, text: str) -> None:
         """The output hook of the manager and the pool: a daemon's or job's printed line, under its name."""
@@ -95,32 +109,52 @@ class Console:
             return list(ring)[-count:] if ring is not None else None
 
     def _put(self, text: str) -> None:
-        try:
-            self._queue.put_nowait(text)
-        except queue.Full:
-            self._dropped += 1
+        """Queue a line for the writer, or drop it if the queue is full; never blocks."""
+        size = sys.getsizeof(text)  # what the queue holds of it, not what the terminal will get
+        with self._cond:
+            if self._pending_bytes + size > QUEUE_BYTES:
+                self._dropped += 1
+                self.dropped_lines += 1
+                self._cond.notify()  # an empty queue and a line over the limit: the writer says so
+                return
+            if self._dropped:  # room again: say what was lost before what follows
+                self._append(self._dropped_notice())
+            self._append(text)
+            self._cond.notify()
+
+    def _append(self, text: str) -> None:
+        self._pending.append(text)
+        self._pending_bytes += sys.getsizeof(text)
+
+    def _dropped_notice(self) -> str:
+        count, self._dropped = self._dropped, 0
+        text = f"... {count} line{'s' if count != 1 else ''} dropped: the output could not keep up ..."
+        return self._format(datetime.now(), ME, text, "warning")
 
     def _write_loop(self) -> None:
         while True:
-            text = self._queue.get()
-            if text is None:
-                return
-            if self._dropped:
-                dropped, self._dropped = self._dropped, 0
-                text = f"... {dropped} lines dropped: the output could not keep up ...\n" + text
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._dropped or self._closing)
+                if self._pending:
+                    text = self._pending.popleft()
+                    self._pending_bytes -= sys.getsizeof(text)
+                elif self._dropped:  # lines were dropped and nothing came after them
+                    text = self._dropped_notice()
+                else:
+                    return  # closing, and everything is written
+                last = not self._pending
             try:
                 self.stream.write(text)
-                if self._queue.empty():
+                if last:
                     self.stream.flush()
             except (OSError, ValueError):  # the terminal went away: keep running, quietly
                 pass
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued (within ``timeout``) and stop the writer."""
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
         self._writer.join(timeout)
 
     def run_failed(self, name: str, error: BaseException | None, took: str = "", reason: str = "") -> None:

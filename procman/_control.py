@@ -1,8 +1,18 @@
 """The control socket: a Unix socket (mode 0600, in a private directory) speaking JSON lines.
 
 A client writes one JSON object per line (``{"cmd": "status"}``) and reads one JSON object per line
-back (``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``). Never TCP: whoever can open the
-socket controls the daemons, so the file system's permissions are the access control.
+back (``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``). Every line gets an answer: one that
+is not JSON, not an object, an unknown command or longer than :data:`MAX_REQUEST` gets an error (the
+rest of a line that is too long is skipped, and the connection serves the next one). Never TCP:
+whoever can open the socket controls the daemons, so the file system's permissions are the access
+control.
+
+Where default sockets live (:func:`runtime_dir`): the first of ``$XDG_RUNTIME_DIR/procman``,
+``$TMPDIR/procman-UID`` (``/tmp/procman-UID``) and ``~/.procman`` that is a directory of this user
+with mode 0700, not a symbolic link, in a directory no other user can rename it out of, or that can
+be created so. A name in ``/tmp`` is predictable: another user may create it first, to block
+procman or to have its clients talk to their socket. Such a directory is never used (nor repaired):
+the next one is. Servers and clients apply the same rule, so they agree on the directory.
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import pwd
 import re
 import socket
 import stat
@@ -26,6 +37,9 @@ from ._errors import ProcmanError
 MAX_REQUEST = 1 << 20  # bytes in one request line
 CLIENT_IDLE = 300.0  # seconds a connected client may stay silent before it is dropped
 SUN_PATH_MAX = 107  # bytes in a Unix socket path (sun_path is 108 with its NUL)
+READ_CHUNK = 65536
+TOO_LARGE = f"request too large (limit {MAX_REQUEST >> 20} MiB); a request is one JSON object on one line"
+ELSEWHERE = "give another socket path with --socket PATH or [procman] socket = ..."
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -34,12 +48,93 @@ class ControlError(ProcmanError, RuntimeError):
     """The control socket cannot be set up or reached."""
 
 
+def _candidates() -> list[Path]:
+    """The directories default sockets may live in, best first (see the module docstring)."""
+    found = []
+    for base, name in (
+        (os.environ.get("XDG_RUNTIME_DIR"), "procman"),
+        (tempfile.gettempdir(), f"procman-{os.getuid()}"),
+        (os.environ.get("HOME"), ".procman"),
+    ):
+        if base and os.path.isabs(base):
+            found.append(Path(base) / name)
+    return found
+
+
+def _owner(uid: int) -> str:
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _unsafe(path: Path) -> str | None:
+    """Why ``path`` may not hold this user's sockets, or None if it may (or may be created so)."""
+    try:
+        parent = os.stat(path.parent)  # following links: /tmp may be one
+    except OSError as exc:
+        return f"{path.parent}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(parent.st_mode):
+        return f"{path.parent} is not a directory"
+    if parent.st_uid not in (os.getuid(), 0) or (
+        parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX
+    ):
+        return f"{path.parent} may be changed by other users"  # who could swap our directory for theirs
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        creatable = os.access(path.parent, os.W_OK | os.X_OK)
+        return None if creatable else f"{path} cannot be created (no write permission on {path.parent})"
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    problems = (
+        (stat.S_ISLNK(st.st_mode), "is a symbolic link"),
+        (not stat.S_ISDIR(st.st_mode), "is not a directory"),
+        (st.st_uid != os.getuid(), f"belongs to {_owner(st.st_uid)}"),
+        (bool(st.st_mode & 0o077), f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"),
+    )
+    return next((f"{path} {what}" for bad, what in problems if bad), None)
+
+
+def _choose_runtime_dir() -> tuple[Path | None, list[str]]:
+    """The first safe candidate, with why the ones before it were passed over."""
+    refused: list[str] = []
+    for path in _candidates():
+        why = _unsafe(path)
+        if why is None:
+            return path, refused
+        refused.append(why)
+    return None, refused
+
+
 def runtime_dir() -> Path:
-    """Where sockets live: ``$XDG_RUNTIME_DIR/procman``, else ``/tmp/procman-<uid>``."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK):
-        return Path(xdg) / "procman"
-    return Path(tempfile.gettempdir()) / f"procman-{os.getuid()}"
+    """Where default sockets live: the first safe of ``$XDG_RUNTIME_DIR/procman``,
+    ``$TMPDIR/procman-<uid>`` and ``~/.procman`` (see the module docstring).
+
+    Raises:
+        ControlError: none of them is safe; the message says why each was refused.
+    """
+    path, refused = _choose_runtime_dir()
+    if path is None:
+        raise ControlError(
+            "no safe directory for the control socket: "
+            + "; ".join(refused)
+            + f". Set XDG_RUNTIME_DIR to a directory of yours with mode 0700, or {ELSEWHERE}"
+        )
+    return path
+
+
+def passed_over() -> list[str]:
+    """Why the directories before :func:`runtime_dir` were not used (empty when none were)."""
+    return _choose_runtime_dir()[1]
+
+
+def runtime_dir_text() -> str:
+    """:func:`runtime_dir` for a help screen, which must show even when there is none."""
+    try:
+        return str(runtime_dir())
+    except ControlError:
+        return "(none is safe now: see README)"
 
 
 def config_key(config_path: str | os.PathLike[str]) -> Path:
@@ -68,25 +163,31 @@ def default_socket(config_path: str | os.PathLike[str]) -> Path:
 
 
 def _private_dir(path: Path) -> None:
-    """Create ``path`` mode 0700, or check that an existing one is ours and private."""
-    try:
-        path.mkdir(mode=0o700, parents=False, exist_ok=True)
-    except FileNotFoundError:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ControlError(f"cannot create the socket directory {path}: {exc.strerror or exc}") from None
-    st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise ControlError(f"{path} is not a directory owned by you; set a socket path of your own")
-    if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    """Create ``path`` mode 0700, or check that an existing one is ours and private (never repair
+    one that is not: someone else may have made it so, and put things in it)."""
+    why = _unsafe(path)
+    if why is None:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            why = f"cannot create {path}: {exc.strerror or exc}"
+    if why is None:  # again: it may have been made by someone else since the first look
+        why = _unsafe(path)
+    if why is not None:
+        raise ControlError(f"unsafe socket directory: {why}; {ELSEWHERE}")
+    os.chmod(path, 0o700)  # ours and private: a umask may have left out our own bits
 
 
 def _alive(path: Path) -> bool:
+    """Whether a procman listens on ``path`` (a socket we may not connect to counts as alive)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
         s.connect(str(path))
+    except PermissionError:  # another user's socket: it may well be in use
+        return True
     except OSError:
         return False
     finally:
@@ -104,60 +205,138 @@ class ControlServer:
         self._clients: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        """Listen on the socket path, or raise ControlError saying what is in the way.
+
+        Every obstacle is a ControlError naming the path and what to do (never an OSError): a live
+        procman, a socket of another user, a file that is not a socket, a stale socket that cannot
+        be removed, a directory that is not ours, a path the system will not bind.
+        """
         path = self.path
+        if "\0" in str(path):
+            raise ControlError(f"socket path {str(path)!r} contains a NUL character; {ELSEWHERE}")
         if len(os.fsencode(path)) > SUN_PATH_MAX:
             raise ControlError(
                 f"socket path {path} is longer than {SUN_PATH_MAX} bytes; choose a shorter one"
             )
-        if path.parent == runtime_dir():
+        if path.parent in _candidates():  # a default socket's directory: private, or not used
             _private_dir(path.parent)
         elif not path.parent.is_dir():
             raise ControlError(f"the socket's directory {path.parent} does not exist")
-        if path.exists() or path.is_symlink():
-            if _alive(path):
-                raise ControlError(
-                    f"another procman is running with the control socket {path}; stop it "
-                    "(procman stop --socket ...) or give this one another socket ([procman] socket = ...)"
-                )
-            if not stat.S_ISSOCK(path.lstat().st_mode):
-                raise ControlError(f"{path} exists and is not a socket; remove it or choose another path")
-            path.unlink()  # left behind by a procman that was killed
+        self._remove_stale(path)
         old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST)
+            self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            await self.close()
+            raise ControlError(f"cannot listen on {path}: {exc.strerror or exc}; {ELSEWHERE}") from None
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+
+    @staticmethod
+    def _remove_stale(path: Path) -> None:
+        """Remove a socket left behind by a procman that was killed; refuse anything else."""
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ControlError(f"cannot look at {path}: {exc.strerror or exc}; {ELSEWHERE}") from None
+        if not stat.S_ISSOCK(st.st_mode):
+            kind = (
+                "a symbolic link"
+                if stat.S_ISLNK(st.st_mode)
+                else "a directory"
+                if stat.S_ISDIR(st.st_mode)
+                else "a file"
+            )
+            raise ControlError(f"{path} exists and is not a socket ({kind}); remove it or {ELSEWHERE}")
+        if _alive(path):
+            if st.st_uid != os.getuid():
+                raise ControlError(f"{path} is a socket of {_owner(st.st_uid)}, maybe in use; {ELSEWHERE}")
+            raise ControlError(
+                f"another procman is running with the control socket {path}; stop it "
+                "(procman stop --socket ...) or give this one another socket ([procman] socket = ...)"
+            )
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            owner = f" (it belongs to {_owner(st.st_uid)})" if st.st_uid != os.getuid() else ""
+            raise ControlError(
+                f"cannot remove the stale socket {path}{owner}: {exc.strerror or exc}; "
+                f"remove it (rm {path}) or {ELSEWHERE}"
+            ) from None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        buf = bytearray()
+        scanned = 0  # bytes of buf known to hold no newline
+        skipping = False  # in the rest of a line over MAX_REQUEST, already answered
         try:
             while True:
+                end = buf.find(b"\n", scanned)
+                if end >= 0:
+                    line = bytes(buf[:end])
+                    del buf[: end + 1]
+                    scanned = 0
+                    if skipping:
+                        skipping = False
+                    elif len(line) > MAX_REQUEST:
+                        await self._answer(writer, {"ok": False, "error": TOO_LARGE})
+                    else:
+                        await self._answer(writer, await self._respond(line))
+                    continue
+                scanned = len(buf)
+                if len(buf) > MAX_REQUEST:  # answer now; the client may wait to send the rest
+                    if not skipping:
+                        await self._answer(writer, {"ok": False, "error": TOO_LARGE})
+                        skipping = True
+                    buf.clear()
+                    scanned = 0
                 try:
-                    line = await asyncio.wait_for(reader.readline(), CLIENT_IDLE)
-                except (TimeoutError, ValueError, ConnectionError):
-                    return  # silent too long, or a line over the limit
-                if not line:
+                    chunk = await asyncio.wait_for(reader.read(READ_CHUNK), CLIENT_IDLE)
+                except TimeoutError:
+                    return  # silent too long
+                if not chunk:  # the client is done; a last line without a newline still counts
+                    if buf.strip() and not skipping:
+                        await self._answer(writer, await self._respond(bytes(buf)))
                     return
-                try:
-                    request = orjson.loads(line)
-                    if not isinstance(request, dict):
-                        raise ValueError('a request is a JSON object such as {"cmd": "status"}')
-                    response = await self.handler(request)
-                except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
-                    response = {
-                        "ok": False,
-                        "error": f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc),
-                    }
-                writer.write(orjson.dumps(response, default=str) + b"\n")
-                await writer.drain()
+                buf += chunk
         except ConnectionError:
+            pass
+        except asyncio.CancelledError:
+            # close() ends the connections this way. Finish as if the client had left: a task
+            # ending in CancelledError here is logged by asyncio's stream callback as a traceback.
             pass
         finally:
             self._clients.discard(task)
             writer.close()
+
+    async def _respond(self, line: bytes) -> dict[str, Any]:
+        """The answer to one request line: the handler's, or an error saying what was wrong."""
+        try:
+            request = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            return {"ok": False, "error": f'not JSON ({exc}); send one object per line: {{"cmd": "status"}}'}
+        if not isinstance(request, dict):
+            return {"ok": False, "error": 'a request is a JSON object such as {"cmd": "status"}'}
+        try:
+            return await self.handler(request)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)}
+
+    @staticmethod
+    async def _answer(writer: asyncio.StreamWriter, response: dict[str, Any]) -> None:
+        try:
+            data = orjson.dumps(response, default=str)
+        except TypeError as exc:  # a value orjson cannot write (a key that is not a string, ...)
+            data = orjson.dumps({"ok": False, "error": f"procman could not encode its answer: {exc}"})
+        writer.write(data + b"\n")
+        await writer.drain()
 
     async def close(self) -> None:
         server, self._server = self._server, None
@@ -186,10 +365,18 @@ def request(path: Path, message: dict[str, Any], timeout: float) -> dict[str, An
             ) from None
         except PermissionError:
             raise ControlError(f"permission denied on {path}: it belongs to another user") from None
-        s.sendall(orjson.dumps(message) + b"\n")
+        except (OSError, ValueError) as exc:  # not a socket, a NUL in the path, ...
+            raise ControlError(f"cannot connect to {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        try:
+            s.sendall(orjson.dumps(message) + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # procman stopped reading (a request too large): its answer says why
         buf = bytearray()
         while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
                 raise ControlError(f"procman closed the connection on {path} before it answered")
             buf += chunk
@@ -199,9 +386,12 @@ def request(path: Path, message: dict[str, Any], timeout: float) -> dict[str, An
         raise ControlError(f"procman on {path} did not answer within {timeout:g}s") from None
     finally:
         s.close()
-    response = orjson.loads(buf)
+    try:
+        response = orjson.loads(buf)
+    except orjson.JSONDecodeError:
+        response = None
     if not isinstance(response, dict):
-        raise ControlError(f"unexpected answer from {path}: {response!r}")
+        raise ControlError(f"unexpected answer from {path}: {bytes(buf[:200])!r}")
     return response
 
 

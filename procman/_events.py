@@ -131,6 +131,9 @@ class EventDispatcher:
             if self.hook is None:
                 continue
             try:
+                build = getattr(event, "build", None)  # made here, off the I/O thread (workers)
+                if build is not None:
+                    event = build()
                 self.hook(event)
             except BaseException:  # a broken hook (SystemExit too) must not stop supervision
                 log.exception("the event hook raised on %s", event)

@@ -17,6 +17,13 @@ copy of the host's. The rules:
 * A class from ``__main__`` goes by value and is adopted into the child's ``__main__``, so what the
   child sends back (results, exceptions) refers to it by name and arrives as the host's own class.
 
+* What multiprocessing shares only with a process it starts (a Queue, Lock or Event, a Connection:
+  their ``__getstate__`` refuses any other time) is pickled by :func:`dumps_at_start` while a child
+  starts (:func:`spawning`), with the reducers multiprocessing and multiprocess register for their
+  own pickler: pipes and semaphores go to that child as file descriptors of its start. Elsewhere
+  those reducers stay out, because a blob made once (a daemon, a job) may be loaded many times,
+  and the fds they would lend for it (multiprocessing's resource sharer) can be fetched only once.
+
 When something cannot be sent, :func:`explain` finds the object, global or attribute that failed
 and says how to fix it, instead of dill's long traceback (kept as ``__cause__``).
 """
@@ -24,6 +31,8 @@ and says how to fix it, instead of dill's long traceback (kept as ``__cause__``)
 from __future__ import annotations
 
 import builtins
+import contextlib
+import copyreg
 import dis
 import functools
 import importlib
@@ -31,6 +40,7 @@ import io
 import pickle
 import sys
 import types
+from collections.abc import Callable, Iterator
 from typing import Any
 
 PICKLE = b"p"
@@ -54,6 +64,113 @@ def dumps(obj: Any) -> bytes:
     return PICKLE + blob
 
 
+def dumps_at_start(obj: Any) -> bytes:
+    """``obj`` tagged for :func:`loads`, pickled for the one child now starting (see spawning()).
+
+    As :func:`dumps`, with the reducers of multiprocessing's and multiprocess's own pickler
+    added, so that a Queue's pipes, a Connection or a socket go to that child as file
+    descriptors. Raises what pickling raised, e.g. RuntimeError for a multiprocessing object made
+    in the 'fork' context, or outside spawning().
+    """
+    table = _start_dispatch_table()
+    popen = _spawning_popen()
+    fds = getattr(popen, "_fds", None)
+    mark = len(fds) if isinstance(fds, list) else 0
+    buf = io.BytesIO()
+    try:
+        pickler = pickle.Pickler(buf, protocol=5)
+        pickler.dispatch_table = table
+        pickler.dump(obj)
+        blob = buf.getvalue()
+        if _MAIN_MARK not in blob:
+            return PICKLE + blob
+    except Exception:  # noqa: BLE001 - as in dumps: by value
+        pass
+    if isinstance(fds, list):  # what the first try handed to the child, the second hands again
+        del fds[mark:]
+    return DILL + dumps_by_value(obj, table)
+
+
+def _start_dispatch_table() -> dict[Any, Any]:
+    """copyreg's reducers, then multiprocessing's, then multiprocess's (the latter win)."""
+    global _table, _table_key
+    sources: list[dict[Any, Any]] = [copyreg.dispatch_table]
+    for name in ("multiprocessing.reduction", "multiprocess.reduction"):
+        module = sys.modules.get(name)
+        if module is not None:
+            sources.append(module.ForkingPickler._extra_reducers)
+    key = tuple((id(d), len(d)) for d in sources)  # modules register more as they are imported
+    if key != _table_key:
+        table: dict[Any, Any] = {}
+        for d in sources:
+            table.update(d)
+        _table, _table_key = table, key
+    return _table
+
+
+_table: dict[Any, Any] = {}
+_table_key: tuple[tuple[int, int], ...] = ()
+
+
+def _spawning_popen() -> Any:
+    from multiprocess import context
+
+    return context.get_spawning_popen()
+
+
+@contextlib.contextmanager
+def spawning(popen: Any) -> Iterator[None]:
+    """While a child starts: objects multiprocessing shares only then may be pickled for it.
+
+    Sets ``popen`` as the spawning popen of multiprocess and, when it is imported, of the stdlib
+    multiprocessing: their Queue, Lock, Event... then accept to be pickled (``assert_spawning``),
+    and their reducers hand file descriptors to this child through ``popen.duplicate_for_child``
+    and ``popen.DupFd``. Thread-local, like multiprocessing's own.
+    """
+    from multiprocess import context as mpx_context
+
+    contexts = [mpx_context]
+    std_context = sys.modules.get("multiprocessing.context")  # not imported: none of its objects
+    if std_context is not None:
+        contexts.append(std_context)
+    before = [c.get_spawning_popen() for c in contexts]
+    for c in contexts:
+        c.set_spawning_popen(popen)
+    try:
+        yield
+    finally:
+        for c, previous in zip(contexts, before, strict=True):
+            c.set_spawning_popen(previous)
+
+
+class _TrialFd:
+    """What a trial start (TrialPopen) hands out for a file descriptor: its number, for nobody."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_TrialFd, (self.fd,))
+
+
+class TrialPopen:
+    """A spawning popen for a trial pickle (see spawning()): takes fds, passes none, starts nothing.
+
+    To check early, where the caller can be told, that something will pickle when a child starts.
+    """
+
+    DupFd = _TrialFd
+
+    def __init__(self) -> None:
+        self._fds: list[int] = []
+
+    def duplicate_for_child(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+
 def loads(blob: bytes | memoryview) -> Any:
     """The object of a :func:`dumps` blob."""
     if bytes(blob[:1]) == DILL:
@@ -63,10 +180,16 @@ def loads(blob: bytes | memoryview) -> Any:
     return pickle.loads(blob[1:])
 
 
-def dumps_by_value(obj: Any) -> bytes:
-    """``obj`` pickled by the rules in the module docstring (dill underneath)."""
+def dumps_by_value(obj: Any, dispatch_table: dict[Any, Any] | None = None) -> bytes:
+    """``obj`` pickled by the rules in the module docstring (dill underneath).
+
+    ``dispatch_table``: reducers by type, for what dill has no rule for (default: copyreg's).
+    """
     buf = io.BytesIO()
-    _pickler_class()(buf, protocol=5).dump(obj)
+    pickler = _pickler_class()(buf, protocol=5)
+    if dispatch_table is not None:
+        pickler.dispatch_table = dispatch_table
+    pickler.dump(obj)
     return buf.getvalue()
 
 
@@ -319,15 +442,18 @@ def _adopt_main(cls: type) -> None:
 # -- diagnosis -----------------------------------------------------------------------------------
 
 
-def explain(obj: Any, what: str, exc: BaseException) -> str:
+def explain(
+    obj: Any, what: str, exc: BaseException, *, pickle_with: Callable[[Any], bytes] | None = None
+) -> str:
     """A few lines that say which part of ``obj`` cannot be sent, and how to fix it.
 
     Args:
         obj: what failed to pickle.
         what: how to call it in the message ("the job's callable", "daemon 'web'").
         exc: the error pickling raised.
+        pickle_with: what pickled ``obj`` (default :func:`dumps`), to try its parts the same way.
     """
-    path = _culprit_path(obj, depth=0, seen=set())
+    path = _culprit_path(obj, depth=0, seen=set(), pickle_with=pickle_with or dumps)
     lines = [f"{what} is {describe(obj)}, which cannot be sent to a child process."]
     if path:
         steps = " -> ".join(step for step, _ in path)
@@ -369,9 +495,9 @@ def _fix_for(bad: Any) -> str:
     )
 
 
-def _sendable(obj: Any) -> bool:
+def _sendable(obj: Any, pickle_with: Callable[[Any], bytes]) -> bool:
     try:
-        dumps(obj)
+        pickle_with(obj)
     except Exception:  # noqa: BLE001 - any failure means "not sendable"
         return False
     return True
@@ -413,12 +539,15 @@ def _parts(obj: Any) -> list[tuple[str, Any]]:
     return parts
 
 
-def _culprit_path(obj: Any, depth: int, seen: set[int]) -> list[tuple[str, Any]]:
+def _culprit_path(
+    obj: Any, depth: int, seen: set[int], pickle_with: Callable[[Any], bytes]
+) -> list[tuple[str, Any]]:
     if depth > 8 or id(obj) in seen:
         return []
     seen.add(id(obj))
     for label, part in _parts(obj):
-        if id(part) in seen or _sendable(part):
+        if id(part) in seen or _sendable(part, pickle_with):
             continue
-        return [(f"{label} is {describe(part)}", part), *_culprit_path(part, depth + 1, seen)]
+        path = _culprit_path(part, depth + 1, seen, pickle_with)
+        return [(f"{label} is {describe(part)}", part), *path]
     return []

@@ -25,6 +25,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Callable
+from multiprocessing import process as std_process  # free: dill imports stdlib multiprocessing
 from typing import Any
 
 import multiprocess
@@ -37,7 +38,7 @@ try:  # imported here once: a forked child inherits it instead of importing it (
 except ImportError:  # pragma: no cover - a dependency; children then keep their default title
     pass
 
-from . import _wire
+from . import _pickling, _wire
 from ._child import FdBox, child_main
 
 START_METHODS = ("forkserver", "fork", "spawn")
@@ -75,6 +76,7 @@ def warn_if_fork(method: str, stacklevel: int = 3) -> None:
         _fork_warned = True
         warnings.warn(FORK_WARNING, RuntimeWarning, stacklevel=stacklevel)
 
+
 # _EXIT_HOOK_ORDER: multiprocess.util registers, when first imported, an exit hook that removes the
 # forkserver's socket directory. Importing it above, before procman and workers register their own
 # exit hooks, makes ours run first (atexit runs in reverse order): pools and managers stop their
@@ -108,20 +110,22 @@ def get_context(method: str) -> Any:
 
 
 def _payload(popen: Any, process_obj: Any) -> io.BytesIO:
-    """What a forkserver or spawn child reads first: preparation data (no main module), process."""
+    """What a forkserver or spawn child reads first: preparation data (no main module), process.
+
+    Pickled with ``popen`` as the spawning popen of multiprocess and of the stdlib multiprocessing
+    (_pickling.spawning): a Queue, Lock or Event of either that the process object holds (a
+    pool's initargs) is handed to this child, its pipes as file descriptors of this start.
+    """
     from multiprocess import spawn
-    from multiprocess.context import reduction, set_spawning_popen
+    from multiprocess.context import reduction
 
     prep = spawn.get_preparation_data(process_obj._name)
     prep.pop("init_main_from_path", None)
     prep.pop("init_main_from_name", None)
     buf = io.BytesIO()
-    set_spawning_popen(popen)
-    try:
+    with _pickling.spawning(popen):
         reduction.dump(prep, buf)
         reduction.dump(process_obj, buf)
-    finally:
-        set_spawning_popen(None)
     return buf
 
 
@@ -280,10 +284,15 @@ class Child:
 
     def start(self) -> None:
         """Spawn the process (blocks for the fork; the forkserver answers with the pid)."""
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        made: list[int] = []
+        try:
+            for _ in range(4):
+                made.extend(os.pipe())
+        except OSError:  # out of descriptors: close what was made, or each failed spawn leaks it
+            for fd in made:
+                os.close(fd)
+            raise
+        to_child_r, to_child_w, from_child_r, from_child_w, out_r, out_w, err_r, err_w = made
         child_ends = (to_child_r, from_child_w, out_w, err_w)
         parent_ends = (to_child_w, from_child_r, out_r, err_r)
         try:
@@ -292,7 +301,12 @@ class Child:
             fds = tuple(FdBox(fd) for fd in child_ends)
             options: dict[str, Any] = dict(self.options or {})
             options["title"] = self.title
-            if self.method == "fork":
+            if self.method != "fork":
+                # A forked child keeps the host's stdlib multiprocessing authkey; others get it
+                # here (multiprocess's own travels in the preparation data), or a proxy of the
+                # host's multiprocessing.Manager() fails in them with AuthenticationError.
+                options["authkey"] = bytes(std_process.current_process().authkey)
+            else:
                 _quiet_fork_warning()
                 # A forked child inherits the parent's ends of its own pipes; holding the write end
                 # of its control pipe it would never see end of file when the manager dies.
@@ -458,15 +472,9 @@ class Child:
                 break
 
     def _on_exit_readable(self) -> None:
-        code = self._proc.exitcode
+        code = self._collect_status()
         if code is None:
-            if self.method == "forkserver" and self._exit_fd != self._proc.sentinel:
-                # Ended, but the forkserver has not reported its status yet: wait for its report.
-                self.loop.remove_reader(self._exit_fd)
-                os.close(self._exit_fd)
-                self._exit_fd = self._proc.sentinel
-                self.loop.add_reader(self._exit_fd, self._on_exit_readable)
-            return  # else a spurious wake-up
+            return
         self.exitcode = code
         self.loop.remove_reader(self._exit_fd)
         if self._exit_fd != self._proc.sentinel:
@@ -474,6 +482,55 @@ class Child:
         self._exit_fd = -1
         self._close_pipes()
         self.on_exit(code)
+
+    def _collect_status(self) -> int | None:
+        """The ended process's exit code, or None while its status is still to come.
+
+        Called when the watched fd is readable, which never stops being true once it is: every
+        path here either returns a code, and the caller stops watching, or switches to another fd.
+        Each status multiprocess could not get (it would report None forever, or 255 for a lost
+        forkserver report) is a code of _wire.UNKNOWN_STATUSES, stored as the popen's own
+        return code so that closing the process object works.
+        """
+        popen = self._proc._popen
+        if popen.returncode is not None:
+            return int(popen.returncode)
+        if self.method == "forkserver":
+            if self._exit_fd != popen.sentinel:
+                # The pidfd: the process ended. Its status comes over the forkserver's pipe (the
+                # sentinel), perhaps a moment later: wait for that report.
+                self.loop.remove_reader(self._exit_fd)
+                os.close(self._exit_fd)
+                self._exit_fd = popen.sentinel
+                self.loop.add_reader(self._exit_fd, self._on_exit_readable)
+                return None
+            from multiprocess import forkserver
+
+            try:
+                popen.returncode = forkserver.read_signed(popen.sentinel)
+            except (OSError, EOFError):
+                # End of file without a report: the forkserver died. multiprocess calls that
+                # EXIT(255), which reads as the process's own choice; nobody knows its status.
+                popen.returncode = _wire.STATUS_FORKSERVER_DIED
+            return int(popen.returncode)
+        # A child of this process (fork, spawn). waitid on the pidfd, not waitpid on the pid: the
+        # pid may already name another process if someone else reaped this one.
+        try:
+            info = os.waitid(os.P_PIDFD, self._exit_fd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            # The pidfd says it ended, yet it is no longer ours to wait for: someone else collected
+            # its status (the host ignores SIGCHLD, so the kernel reaps at once, or a thread calls
+            # os.waitpid(-1)). multiprocess would answer "still running" forever, and the readable
+            # pidfd would call this again and again: a busy loop.
+            popen.returncode = _wire.STATUS_REAPED_ELSEWHERE
+            return int(popen.returncode)
+        if info is None:
+            return None  # not ended after all: a spurious wake-up
+        if info.si_code == os.CLD_EXITED:
+            popen.returncode = info.si_status
+        else:  # CLD_KILLED, CLD_DUMPED
+            popen.returncode = -info.si_status
+        return int(popen.returncode)
 
     def _close_pipes(self) -> None:
         """Drain what the dead process left in its pipes, then close the parent's ends."""

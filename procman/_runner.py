@@ -22,7 +22,7 @@ from typing import Any
 
 from ._config import Config, JobConfig
 from ._console import Console, ConsoleHandler, short_repr
-from ._control import ControlError, ControlServer, config_key, sd_notify
+from ._control import ControlError, ControlServer, config_key, passed_over, runtime_dir, sd_notify
 from ._errors import DaemonError, ProcmanError, StartError
 from ._manager import AsyncManager
 from ._process import preload
@@ -169,6 +169,11 @@ class Runner:
             "stopping": self.stop_requested.is_set(),
             "daemons": daemons,
             "jobs": [h.status() for h in self.jobs.values()],
+            # what waits for a slow terminal or pipe, and what it lost (procman logs still has it)
+            "output": {
+                "queued_bytes": self.console.queued_bytes,
+                "dropped_lines": self.console.dropped_lines,
+            },
         }
 
     def _check_daemon(self, name: str | None) -> str:
@@ -230,6 +235,10 @@ class Runner:
         except ControlError as exc:
             self.console.error(str(exc))
             return EXIT_USAGE
+        with contextlib.suppress(ControlError):  # a default socket: say which places were unsafe
+            if self.socket_path.parent == runtime_dir():
+                for why in passed_over():
+                    self.console.warning(f"not using an unsafe socket directory: {why}")
         code = EXIT_OK
         try:
             code = await self._run()

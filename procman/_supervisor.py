@@ -10,16 +10,27 @@
 Stop escalation for one daemon, all inside the caller's deadline: a ``stop`` frame (the daemon's
 own ``stop()`` runs) -> after ``stop_timeout`` SIGTERM to its process group -> after
 ``term_timeout`` SIGKILL. A second stop request while one is under way goes straight to SIGKILL.
+
+Requests that change a daemon's process from outside (``register`` while running, ``start``,
+``restart``, ``stop_daemon``, ``remove``) take that daemon's lifecycle lock, so they run one after
+the other: each sees the daemon as the previous one left it, and no two of them ever spawn a
+process for one daemon (eight concurrent restarts are eight restarts in a row, one process at a
+time). The whole-manager ``stop`` takes no lock: it must be able to cut anything short within its
+deadline, so it marks the manager not running first, and nothing spawns once it is not running.
+A restart by policy runs as a callback of its own, never nested in the failure it follows, and a
+spawn that fails (out of file descriptors, say) is a failed start like any other: an ``exited``
+event, then the policy's backoff, then ``gave-up`` once the restart intensity is exceeded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -117,6 +128,7 @@ class _Slot:
         self.restart_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.start_timer: asyncio.TimerHandle | None = None
+        self.lock = asyncio.Lock()  # held by each request that changes the process (module docstring)
         self.log = logging.getLogger(f"procman.daemon.{spec.name}")
 
 
@@ -150,20 +162,26 @@ class Supervisor:
                 "within a manager (remove() the old one first, or choose another name)"
             )
         slot = _Slot(spec, RestartTracker(spec.policy, clock=self.clock))
-        self.slots[spec.name] = slot
-        if not self.running:
-            return
-        failures = await self._start_slots([slot], self.loop.time() + spec.start_timeout)
-        if failures:
-            del self.slots[spec.name]
-            raise StartError(failures)
+        # Held before the slot is visible: a restart() of the new name waits for this start.
+        async with self._exclusive([slot], self.loop.time() + spec.start_timeout, "register()"):
+            self.slots[spec.name] = slot
+            if not self.running:
+                return
+            failures = await self._start_slots([slot], self.loop.time() + spec.start_timeout)
+            if failures:
+                if self.slots.get(spec.name) is slot:
+                    del self.slots[spec.name]
+                raise StartError(failures)
 
     async def remove(self, name: str, timeout: float) -> StopOutcome:
         slot = self._slot(name)
-        outcome = await self._stop_slot(slot, self.loop.time() + timeout)
-        if self.slots.get(name) is slot:
-            del self.slots[name]
-        return outcome
+        deadline = self.loop.time() + timeout
+        first = await self._escalate_stop(slot, deadline)
+        async with self._exclusive([slot], deadline, "remove()"):
+            outcome = await self._stop_slot(slot, deadline)
+            if self.slots.get(name) is slot:
+                del self.slots[name]
+        return first if first is not None and outcome is StopOutcome.NOT_RUNNING else outcome
 
     def _slot(self, name: str) -> _Slot:
         slot = self.slots.get(name)
@@ -171,6 +189,30 @@ class Supervisor:
             known = ", ".join(sorted(self.slots)) or "none"
             raise DaemonError(f"no daemon named {name!r} is registered (registered: {known})")
         return slot
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, slots: Iterable[_Slot], deadline: float, what: str) -> AsyncIterator[None]:
+        """Hold the lifecycle locks of ``slots`` (in name order: two callers never deadlock).
+
+        Raises:
+            OperationTimeout: another request on one of them still runs at ``deadline``.
+        """
+        held: list[_Slot] = []
+        try:
+            for slot in sorted(slots, key=lambda s: s.name):
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await slot.lock.acquire()
+                except TimeoutError:
+                    raise OperationTimeout(
+                        f"{what}: another request on daemon {slot.name!r} (a restart, start or stop) "
+                        "was still under way at this call's deadline; retry, or give it a longer timeout"
+                    ) from None
+                held.append(slot)
+            yield
+        finally:
+            for slot in held:
+                slot.lock.release()
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -181,9 +223,13 @@ class Supervisor:
             raise StateError("the manager is already running; stop() it before start() again")
         self.check_dependencies()
         self.running = True
+        deadline = self.loop.time() + timeout
         slots = [s for s in self.slots.values() if s.child is None]
         try:
-            failures = await self._start_slots(slots, self.loop.time() + timeout)
+            async with self._exclusive(slots, deadline, "start()"):
+                # A stop_daemon() or remove() that held a lock may have changed the registry.
+                slots = [s for s in slots if s.child is None and self.slots.get(s.name) is s]
+                failures = await self._start_slots(slots, deadline)
         except BaseException:
             self.running = False
             raise
@@ -266,6 +312,11 @@ class Supervisor:
                 if blocked:
                     still.append(slot)
                     continue
+                if not self.running:  # a stop() began while this start waited
+                    failures[slot.name] = StateError(
+                        f"daemon {slot.name!r} was not started: the manager is stopping"
+                    )
+                    break
                 try:
                     self._spawn(slot)
                 except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors
@@ -347,6 +398,7 @@ class Supervisor:
             on_frame=lambda body: None,
             on_line=functools.partial(self._on_line, slot),
             on_exit=lambda code: None,
+            options={"reaper": True},  # a guard that adopts and kills what the daemon leaves
         )
         child.on_frame = functools.partial(self._on_frame, slot, child)
         child.on_exit = functools.partial(self._on_exit, slot, child)
@@ -475,7 +527,11 @@ class Supervisor:
         if not slot.supervised:
             slot.state = DaemonState.EXITED
             return
-        decision = slot.tracker.on_exit(failed=code != 0 or error is not None, uptime=uptime)
+        self._apply_policy(slot, failed=code != 0 or error is not None, uptime=uptime, error=error)
+
+    def _apply_policy(self, slot: _Slot, *, failed: bool, uptime: float, error: BaseException | None) -> None:
+        """After a supervised run ended, or a restart could not even spawn: what the policy says."""
+        decision = slot.tracker.on_exit(failed=failed, uptime=uptime)
         if decision.verdict is Verdict.RESTART:
             self._schedule_restart(slot, decision.delay)
         elif decision.verdict is Verdict.GIVE_UP:
@@ -493,28 +549,33 @@ class Supervisor:
             slot.state = DaemonState.EXITED
 
     def _schedule_restart(self, slot: _Slot, delay: float) -> None:
-        if delay <= 0:
-            self._restart(slot)
-            return
+        # Always a callback of its own, an immediate restart too (on the loop's next turn): called
+        # from _restart's failure path, a direct call would nest one restart in the failure of the
+        # last, as deep as the policy allows retries (RecursionError).
         slot.state = DaemonState.BACKOFF
-        self.emit(Event(EventKind.BACKING_OFF, slot.name, delay=delay, restarts=slot.tracker.restarts))
-        slot.restart_timer = self.loop.call_later(delay, self._restart, slot)
+        if delay > 0:
+            self.emit(Event(EventKind.BACKING_OFF, slot.name, delay=delay, restarts=slot.tracker.restarts))
+        slot.restart_timer = self.loop.call_later(max(0.0, delay), self._restart, slot)
 
     def _restart(self, slot: _Slot) -> None:
         slot.restart_timer = None
-        if self.slots.get(slot.name) is not slot or slot.stopping or self.closed:
+        if self.slots.get(slot.name) is not slot or slot.stopping or self.closed or not self.running:
             return
         try:
             self._spawn(slot)
-        except Exception as exc:  # noqa: BLE001 - a failed spawn is a failed start: apply policy
-            slot.log.error("could not spawn a process for %s: %r", slot.name, exc)
-            slot.last_exit = ExitInfo(None, "spawn failed", None, exc, time.time())
-            decision = slot.tracker.on_exit(failed=True, uptime=0.0)
-            if decision.verdict is Verdict.RESTART:
-                self._schedule_restart(slot, max(decision.delay, slot.spec.policy.backoff_initial))
-            else:
-                slot.state = DaemonState.GAVE_UP
-                self.emit(Event(EventKind.GAVE_UP, slot.name, reason=decision.reason, error=exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: a failed start
+            info = ExitInfo(None, "spawn failed", None, exc, time.time())
+            slot.last_exit = info
+            self.emit(
+                Event(
+                    EventKind.EXITED,
+                    slot.name,
+                    reason=f"{info.reason}: no process could be started",
+                    error=exc,
+                    restarts=slot.tracker.restarts,
+                )
+            )
+            self._apply_policy(slot, failed=True, uptime=0.0, error=exc)
 
     # -- stop ----------------------------------------------------------------------------------
 
@@ -576,7 +637,11 @@ class Supervisor:
     async def stop_one(self, name: str, timeout: float) -> StopOutcome:
         """Stop one daemon gracefully; it stays registered, stopped, until restart()."""
         slot = self._slot(name)
-        return await self._stop_slot(slot, self.loop.time() + timeout)
+        deadline = self.loop.time() + timeout
+        first = await self._escalate_stop(slot, deadline)
+        async with self._exclusive([slot], deadline, "stop_daemon()"):
+            outcome = await self._stop_slot(slot, deadline)
+        return first if first is not None and outcome is StopOutcome.NOT_RUNNING else outcome
 
     async def restart(self, name: str, timeout: float) -> StopOutcome:
         """Stop ``name`` gracefully (if it runs), start it again and wait until it is ready."""
@@ -584,13 +649,27 @@ class Supervisor:
             raise StateError("the manager is not running; start() it first")
         slot = self._slot(name)
         deadline = self.loop.time() + timeout
-        outcome = await self._stop_slot(slot, deadline)
-        if self.slots.get(name) is not slot:
-            raise DaemonError(f"daemon {name!r} was removed while it restarted")
-        failures = await self._start_slots([slot], deadline)
+        async with self._exclusive([slot], deadline, "restart()"):
+            if self.slots.get(name) is not slot:
+                raise DaemonError(f"daemon {name!r} was removed while this restart waited")
+            outcome = await self._stop_slot(slot, deadline)
+            if not self.running:
+                raise StateError(f"the manager stopped while daemon {name!r} restarted; it stays stopped")
+            failures = await self._start_slots([slot], deadline)
         if failures:
             raise StartError(failures)
         return outcome
+
+    async def _escalate_stop(self, slot: _Slot, deadline: float) -> StopOutcome | None:
+        """A stop request while a stop of ``slot`` is under way: SIGKILL at once, wait for it.
+
+        Before the lifecycle lock, whose holder may be that very stop (a restart's, a remove's).
+        Returns how that stop ended, or None if none was under way.
+        """
+        running = slot.stop_task
+        if running is None or running.done():
+            return None
+        return await self._stop_slot(slot, deadline)
 
     async def _stop_slot(self, slot: _Slot, deadline: float) -> StopOutcome:
         running = slot.stop_task

@@ -162,10 +162,33 @@ def rebuild_error(record: dict[str, Any]) -> BaseException:
 # Exit statuses
 
 
+# Exit codes for a process that ended with a status nobody can know. A real status is 0..255 (an
+# exit) or negative (the signal that killed it); these lie outside both, so no caller mistakes one
+# for an exit code the process chose.
+STATUS_REAPED_ELSEWHERE = 1001  # someone else collected it (the host ignores SIGCHLD or reaps all)
+STATUS_FORKSERVER_DIED = 1002  # the forkserver that started the process died: its report is lost
+UNKNOWN_STATUSES = {
+    STATUS_REAPED_ELSEWHERE: (
+        "unknown status (collected by someone else: the host ignores SIGCHLD or reaps every child "
+        "itself, e.g. os.waitpid(-1) in a thread)"
+    ),
+    STATUS_FORKSERVER_DIED: (
+        "unknown status (the forkserver died, and with it the report of how its children ended; "
+        "the processes it started die with it)"
+    ),
+}
+
+
 def describe_exit(code: int | None) -> str:
-    """A human reading of a multiprocessing-style exit code: ``EXIT(3)``, ``SIGKILL(-9)``."""
+    """A human reading of a multiprocessing-style exit code: ``EXIT(3)``, ``SIGKILL(-9)``.
+
+    The codes in UNKNOWN_STATUSES read as what is known: why the status is unknown.
+    """
     if code is None:
         return "still running"
+    unknown = UNKNOWN_STATUSES.get(code)
+    if unknown is not None:
+        return unknown
     if code < 0:
         try:
             name = signal.Signals(-code).name

@@ -222,3 +222,62 @@ class Chatty:
 
     def stop(self) -> None:
         pass
+
+
+def _sleep_forever() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        os._exit(0)
+
+
+class Escapers:
+    """start() leaves processes behind that try to outlive the daemon; their pids go to ``pidfile``.
+
+    ``setsid`` of them daemonize the classic way (fork, ``setsid()``, fork again, the middle one
+    exits): orphans in a session of their own, out of the daemon's process group and ancestry.
+    ``forked`` of them are plain ``os.fork()`` children that sleep, holding every fd the daemon had.
+    The pid file (the daemon's own pid, then theirs) is complete, written whole and then renamed,
+    before start() returns.
+    """
+
+    def __init__(self, name: str, pidfile: str, setsid: int = 5, forked: int = 5) -> None:
+        self.name = name
+        self.pidfile = pidfile
+        self.setsid = setsid
+        self.forked = forked
+
+    def start(self) -> None:
+        r, w = os.pipe()
+        for _ in range(self.setsid):
+            middle = os.fork()
+            if middle == 0:
+                try:
+                    os.setsid()
+                    if os.fork() == 0:
+                        os.write(w, f"{os.getpid()}\n".encode())
+                        _sleep_forever()
+                finally:
+                    os._exit(0)
+            os.waitpid(middle, 0)
+        for _ in range(self.forked):
+            if os.fork() == 0:
+                try:
+                    os.write(w, f"{os.getpid()}\n".encode())
+                    _sleep_forever()
+                finally:
+                    os._exit(0)
+        os.close(w)
+        pids: list[str] = []
+        with open(r, "rb") as f:
+            while len(pids) < self.setsid + self.forked:
+                line = f.readline()
+                assert line, "a process left behind did not report its pid"
+                pids.append(line.decode().strip())
+        with open(self.pidfile + ".tmp", "w") as f:
+            f.write(f"{os.getpid()}\n{' '.join(pids)}\n")
+        os.rename(self.pidfile + ".tmp", self.pidfile)
+
+    def stop(self) -> None:
+        pass

@@ -171,3 +171,189 @@ class ExitsOnDel:
     def __del__(self) -> None:
         if os.getpid() != self.home:
             os._exit(9)
+
+
+# -- multiprocessing objects in jobs and initargs (tests/test_process_faults.py) -----------------
+
+_kept: tuple[Any, ...] = ()
+
+
+def keep(*objs: Any) -> None:
+    """An initializer that keeps its arguments (a Queue, a Lock, an Event) for the jobs below."""
+    global _kept
+    _kept = objs
+
+
+def kept_put(index: int, item: Any) -> None:
+    _kept[index].put(item)
+
+
+def kept_lock_free(index: int) -> bool:
+    """Takes the kept lock without waiting, then lets it go; False while someone else holds it."""
+    lock = _kept[index]
+    if not lock.acquire(False):
+        return False
+    lock.release()
+    return True
+
+
+def kept_is_set(index: int) -> bool:
+    return bool(_kept[index].is_set())
+
+
+def set_item(mapping: Any, key: Any, value: Any) -> None:
+    mapping[key] = value
+
+
+def put(queue: Any, item: Any) -> None:
+    queue.put(item)
+
+
+_started_fd = -1
+
+
+def soak_init(log: str) -> None:
+    """The soak test's initializer: the log is open before the first job, so a job's first step
+    (its line in the log) is one system call."""
+    global _started_fd
+    _started_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def soak_job(log: str, i: int, kind: int) -> int:
+    """A soak test's job: notes that it started (its first step: one atomic append to the log
+    soak_init opened), then does what ``kind`` says."""
+    os.write(_started_fd, b"%d\n" % i)
+    if kind == 1:
+        raise ValueError(i)
+    if kind == 2:
+        time.sleep(0.002)
+    return i * 2
+
+
+def rebuild_after(path: str) -> str:
+    wait_for_path(path)
+    return "rebuilt"
+
+
+class SlowToLoad:
+    """A result whose unpickling blocks until ``path`` exists."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild_after, (self.path,))
+
+
+def returns_slow_to_load(path: str) -> SlowToLoad:
+    return SlowToLoad(path)
+
+
+class EndsProcessOnLoad:
+    """A hostile result: unpickling it ends the process that does it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os._exit, (17,))
+
+
+def returns_hostile() -> EndsProcessOnLoad:
+    return EndsProcessOnLoad()
+
+
+# -- the Executor contract (tests/test_executor_contract.py) and the fault table (tests/test_pool.py)
+
+
+def monotonic() -> float:
+    """CLOCK_MONOTONIC in the worker: Linux shares it between processes, so the host can compare."""
+    return time.monotonic()
+
+
+def raise_runtime_error(value: int) -> None:
+    raise RuntimeError(value)  # this comment shows in the host: the worker's traceback is the cause
+
+
+def raise_keyboard_interrupt() -> None:
+    raise KeyboardInterrupt("raised by the job")
+
+
+def wait_then_raise(gate: str) -> None:
+    wait_for_path(gate)
+    raise ValueError("raised once the gate opened")
+
+
+def wait_then_record(gate: str, path: str, tag: int) -> int:
+    wait_for_path(gate)
+    return record(path, tag)
+
+
+def returns(cls: type) -> Any:
+    """Returns an instance of ``cls``: for results that misbehave when pickled or unpickled."""
+    return cls()
+
+
+class NeedsTwoArgs(Exception):
+    """Pickles, but cannot be unpickled: its __init__ takes two arguments and its args hold one."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_needs_two_args() -> None:
+    raise NeedsTwoArgs(1, 2)
+
+
+def _refuse_to_load_in(pid: int) -> int:
+    if os.getpid() == pid:
+        raise ValueError("this object refuses to be rebuilt in the host")
+    return pid
+
+
+class LoadsOnlyElsewhere:
+    """Unpickles anywhere but in process ``pid`` (the host): the worker's own check passes."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_to_load_in, (self.pid,))
+
+
+class CarriesUnloadable(Exception):
+    pass
+
+
+def raise_unloadable_in(pid: int) -> None:
+    exc = CarriesUnloadable("carries an object the host cannot rebuild")
+    exc.payload = LoadsOnlyElsewhere(pid)  # type: ignore[attr-defined]
+    raise exc
+
+
+class ExitsOnDump:
+    """Ends the pickling process with sys.exit(6) (SystemExit, not a crash)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        sys.exit(6)
+
+
+class SegfaultsOnDump:
+    """Segfaults the process that pickles it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        ctypes.string_at(0)
+        raise AssertionError("unreachable")
+
+
+class TouchesOnDel:
+    """Creates ``path`` when collected in a process other than the one that made it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.home = os.getpid()
+
+    def __del__(self) -> None:
+        if os.getpid() != self.home:
+            Path(self.path).touch()
+
+
+def make_holder(value: int) -> Holder:
+    return Holder(value)

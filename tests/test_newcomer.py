@@ -180,7 +180,7 @@ def test_a_lambda_using_an_app_module_sees_the_workers_state_and_never_copies_it
     )
     assert res.returncode == 0, res.stderr
     assert "state: set by the worker's initializer" in res.stdout
-    assert "module lambda: (\"set by the worker's initializer\", 10000000)" in res.stdout
+    assert 'module lambda: ("set by the worker\'s initializer", 10000000)' in res.stdout
     sizes = [int(x) for x in res.stdout.split("sizes:")[1].split()]
     assert max(sizes) < 10_000, sizes
 

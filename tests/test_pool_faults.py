@@ -6,6 +6,7 @@ faults"). They synchronize on process states and futures, never on sleeps.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import gc
 import logging
@@ -201,3 +202,44 @@ def test_an_event_hook_raising_systemexit_keeps_getting_events() -> None:
     with workers.Pool(1, on_event=hook) as pool:
         pool.schedule(jobs.add, every=0.05, args=(1, 2))
         wait_until(lambda: seen.count(PoolEventKind.RUN_DONE) >= 2, what="two run-done events")
+
+
+# -- jobs handed ahead ----------------------------------------------------------------------------
+
+
+def test_small_jobs_never_wait_behind_a_long_one_while_a_worker_is_free(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with workers.Pool(2, on_event=None) as pool:
+        for fut in [pool.submit(jobs.add, i, 1) for i in range(3000)]:  # tiny: jobs get handed ahead
+            fut.result(30)
+        long = pool.submit(jobs.wait_for_path, str(gate))
+        small = [pool.submit(jobs.add, i, 2) for i in range(200)]
+        # Some of these went to the long job's worker, behind it; the other worker takes them back.
+        _, not_done = concurrent.futures.wait(small, timeout=30)
+        assert not not_done, f"{len(not_done)} small jobs stuck behind the long one"
+        assert not long.done()
+        gate.touch()
+        assert long.result(60) is None
+
+
+# -- results are unpickled by whoever asks ----------------------------------------------------------
+
+
+def test_a_result_slow_to_unpickle_stalls_nothing_but_its_reader(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    with workers.Pool(2, on_event=None) as pool:
+        slow = pool.submit(jobs.returns_slow_to_load, str(gate))
+        _, not_done = concurrent.futures.wait([slow], timeout=30)  # done, not unpickled yet
+        assert not not_done
+        assert [pool.submit(jobs.add, i, i).result(30) for i in range(5)] == [0, 2, 4, 6, 8]
+        assert pool.submit_after(0.05, jobs.add, 1, 1).result(30) == 2  # timers run too
+        gate.touch()
+        assert slow.result(30) == "rebuilt"  # unpickled here, in this thread
+
+
+def test_a_hostile_result_is_never_unpickled_unless_asked_for() -> None:
+    with workers.Pool(1, on_event=None) as pool:
+        hostile = pool.submit(jobs.returns_hostile)
+        _, not_done = concurrent.futures.wait([hostile], timeout=30)
+        assert not not_done and hostile.done()
+        assert pool.submit(jobs.add, 2, 2).result(30) == 4  # the host lives on

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import threading
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
@@ -21,6 +22,61 @@ _LOG = logging.getLogger("concurrent.futures")  # where Future logs a failing do
 _MAKE_CONDITION = threading.Lock()
 
 
+class Outcome:
+    """A job's result or error as its worker sent it, unpickled on first use by whoever uses it.
+
+    The pool's I/O thread never unpickles what a job returned or raised: a result slow to
+    unpickle would stall every other job and timer, and one whose unpickling runs hostile code
+    (``os._exit``) would run it there. It is unpickled in the thread that asks for it
+    (``result()``, ``exception()``, an event hook, ``Schedule.last_result``), once.
+    """
+
+    __slots__ = ("_error", "_lock", "_name", "_payload", "_value", "is_error")
+
+    def __init__(self, payload: bytes | memoryview | None, is_error: bool, name: str = "") -> None:
+        self._payload = payload
+        self.is_error = is_error
+        self._name = name
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock() if payload is not None else None
+
+    @classmethod
+    def known(cls, value: Any = None, error: BaseException | None = None) -> Outcome:
+        """An outcome that needs no unpickling (a timeout, a crash, a value made here)."""
+        outcome = cls(None, error is not None)
+        outcome._value, outcome._error = value, error
+        return outcome
+
+    def get(self) -> tuple[Any, BaseException | None]:
+        """(value, None) or (None, error), unpickled on the first call."""
+        if self._payload is not None:
+            assert self._lock is not None
+            with self._lock:
+                payload = self._payload
+                if payload is not None:
+                    self._decode(payload)
+                    self._payload = None
+        return self._value, self._error
+
+    def _decode(self, payload: bytes | memoryview) -> None:
+        from procman import _wire
+
+        from ._errors import SerializationError
+        from ._serialize import loads
+
+        what = "error" if self.is_error else "result"
+        try:
+            if self.is_error:
+                self._error = _wire.rebuild_error(pickle.loads(payload))
+            else:
+                self._value = loads(payload)
+        except BaseException as exc:  # noqa: BLE001 - becomes the job's error, with its cause
+            err = SerializationError(f"the {what} of job {self._name!r} could not be unpickled: {exc!r}")
+            err.__cause__ = exc
+            self._value, self._error = None, err
+
+
 class JobFuture(Future[T]):
     """The future of one job.
 
@@ -36,8 +92,27 @@ class JobFuture(Future[T]):
         # use (see below). A pool holding 100,000 timed jobs would otherwise make 300,000 objects
         # for jobs nobody waits on yet, and the cyclic GC would walk them again and again.
         self._state = PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
+        self._outcome: Outcome | None = None
+
+    # Future reads and writes _result and _exception; here they come from the Outcome, unpickled
+    # on first read, in the reading thread, once.
+    @property
+    def _result(self) -> Any:
+        outcome = self._outcome
+        return outcome.get()[0] if outcome is not None else None
+
+    @_result.setter
+    def _result(self, value: Any) -> None:
+        self._outcome = Outcome.known(value)
+
+    @property
+    def _exception(self) -> BaseException | None:
+        outcome = self._outcome
+        return outcome.get()[1] if outcome is not None else None
+
+    @_exception.setter
+    def _exception(self, error: BaseException | None) -> None:
+        self._outcome = Outcome.known(None, error)
 
     @property
     def _waiters(self) -> list[Any]:  # type: ignore[override]
@@ -104,6 +179,10 @@ class JobFuture(Future[T]):
                 self._state = PENDING
 
     def _resolve(self, value: Any = None, exc: BaseException | None = None) -> None:
+        """Set a value or an error made here (see _settle)."""
+        self._settle(Outcome.known(value, exc))
+
+    def _settle(self, outcome: Outcome) -> None:
         """Set the outcome unless the future was cancelled (or resolved) meanwhile.
 
         What set_result / set_exception do, minus the exception for a lost race and the wake-up
@@ -114,14 +193,12 @@ class JobFuture(Future[T]):
             if self._state not in (PENDING, RUNNING):
                 return
             waiters = self.__dict__.get("_waiter_list") or ()
-            if exc is not None:
-                self._exception = exc
-                self._state = FINISHED
+            self._outcome = outcome
+            self._state = FINISHED
+            if outcome.is_error:
                 for waiter in waiters:
                     waiter.add_exception(self)
             else:
-                self._result = value
-                self._state = FINISHED
                 for waiter in waiters:
                     waiter.add_result(self)
             if self._kill_running is not None:

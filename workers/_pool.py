@@ -24,8 +24,12 @@ read from a submitting thread it can be stale by milliseconds.
 
 While recent jobs ran in well under a millisecond, a busy worker is also handed up to 16 more
 plain jobs (no timeout, not a schedule's run) to hold behind the running one, so it never waits for
-the parent between small jobs. If it dies, the running job fails and the held ones go back to the
-front of the queue; they never started.
+the parent between small jobs. If it dies, only the job whose code it started fails (see
+StartedBoard); the others go back to the front of the queue. Once its running job has taken
+RECALL_AFTER while another worker idles, the held jobs are recalled (see rebalance).
+
+The I/O thread never unpickles a job's result or error: futures, schedules and events carry it as
+an Outcome, unpickled by the thread that reads it.
 
 Workers are procman children (same bootstrap: parent-death signal, process group, log capture,
 pipe-EOF exit); a worker that dies fails only the job it was running and is
@@ -46,7 +50,6 @@ import itertools
 import logging
 import math
 import os
-import pickle
 import signal
 import threading
 import time
@@ -72,11 +75,10 @@ from ._errors import (
     PoolClosed,
     PoolFull,
     ScheduleError,
-    SerializationError,
     WorkerCrashed,
 )
-from ._futures import JobFuture
-from ._serialize import CACHE_MAX, callable_blob, dumps_job, loads
+from ._futures import JobFuture, Outcome
+from ._serialize import CACHE_MAX, InitCall, callable_blob, dumps_job, init_call
 from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
 from ._worker import (
     ERROR,
@@ -102,6 +104,7 @@ LATENCY_SAMPLES = 10_000
 SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on a timer
 PREFETCH_WINDOW = 0.001  # seconds of work a worker may hold behind its running job
 PREFETCH_MAX = 16  # jobs a worker may hold behind its running job
+RECALL_AFTER = 0.002  # seconds a worker's job runs before the jobs held behind it may be recalled
 RUN_AVG_WEIGHT = 0.2  # weight of the newest run time in the moving average
 
 
@@ -147,6 +150,38 @@ def log_pool_event(event: PoolEvent) -> None:
     log.log(level, event_line(head, event.pid, event.reason, event.error), exc_info=exc_info)
 
 
+class _LazyEvent:
+    """A PoolEvent made on the event thread, where a job's outcome may be unpickled (see Outcome)."""
+
+    __slots__ = ("duration", "kind", "name", "outcome", "reason")
+
+    def __init__(
+        self,
+        kind: PoolEventKind,
+        name: str,
+        outcome: Outcome,
+        *,
+        reason: str = "",
+        duration: float | None = None,
+    ) -> None:
+        self.kind, self.name, self.outcome = kind, name, outcome
+        self.reason, self.duration = reason, duration
+
+    def build(self) -> PoolEvent:
+        value, error = self.outcome.get()
+        kind, reason = self.kind, self.reason
+        if kind is PoolEventKind.RUN_DONE:
+            if error is not None:
+                kind, reason = PoolEventKind.RUN_FAILED, str(error)
+            elif self.duration is not None:
+                reason = f"took {self.duration:.3g}s"
+        return PoolEvent(kind, self.name, reason=reason, error=error, result=value, duration=self.duration)
+
+
+def _outcome_of(error: BaseException | Outcome) -> Outcome:
+    return error if isinstance(error, Outcome) else Outcome.known(None, error)
+
+
 @dataclass(frozen=True)
 class PoolStats:
     """Counters since the pool started, and dispatch lateness (due time -> start in the worker)."""
@@ -187,6 +222,7 @@ class _Job:
     ran: float | None = None  # seconds its last attempt ran in the worker
     handed: bool = False  # the future went RUNNING (set once, kept across retries and re-queues)
     ticket: int = 0  # this attempt's number on the wire (unique per hand-off to a worker)
+    load_deaths: int = 0  # workers that died while unpickling it (see StartedBoard)
     timed_out: bool = False
     cancelled_running: bool = False
 
@@ -219,8 +255,8 @@ class _Schedule:
         self.failures = 0
         self.skipped = 0
         self.missed = 0
-        self.last_result: Any = None
-        self.last_error: BaseException | None = None
+        self.last_done = Outcome.known()  # the last run that returned
+        self.last_failed = Outcome.known()  # the last run that failed
         self.last_run: float | None = None  # epoch of the last completed run
         self.cond = threading.Condition()
 
@@ -269,11 +305,13 @@ class Schedule:
 
     @property
     def last_result(self) -> Any:
-        return self._r.last_result
+        """What the last successful run returned (unpickled here, on first use)."""
+        return self._r.last_done.get()[0]
 
     @property
     def last_error(self) -> BaseException | None:
-        return self._r.last_error
+        """What the last failed run raised, or how it crashed (unpickled here, on first use)."""
+        return self._r.last_failed.get()[1]
 
     def cancel(self) -> None:
         """No more runs; a run under way finishes."""
@@ -310,9 +348,12 @@ class _Worker:
     __slots__ = (
         "child",
         "error_stage",
+        "head_since",
         "index",
         "jobs",
         "pending_error",
+        "recall_w",
+        "recalling",
         "slot",
         "state",
         "stop_timer",
@@ -333,6 +374,14 @@ class _Worker:
         self.error_stage = ""
         self.index = 0  # 1..max_workers among the live workers: "procman: worker 2 (pool)"
         self.slot = -1  # its slot on the StartedBoard
+        self.recall_w = -1  # a byte written here asks the worker for its jobs not started yet
+        self.recalling = False
+        self.head_since = 0.0  # monotonic time its first job in hand became that
+
+    def close_recall(self) -> None:
+        if self.recall_w >= 0:
+            os.close(self.recall_w)
+            self.recall_w = -1
 
     @property
     def job(self) -> _Job | None:
@@ -346,7 +395,7 @@ class _Settings:
 
     name: str
     start_method: str
-    init_blob: bytes | None
+    init: InitCall | None
     init_name: str
     max_tasks_per_worker: int | None
     max_memory_mb: float | None
@@ -397,6 +446,7 @@ class _Core:
         self.run_avg: float | None = None  # moving average of a job's run time in the worker
         self.recycling = settings.max_tasks_per_worker is not None or settings.max_memory_mb is not None
         self.prefetch_soon = False
+        self.rebalance_timer: asyncio.TimerHandle | None = None
         # Guards handing a job to an idle worker, which submit() may do from the caller's thread
         # (try_direct) as well as the loop; reentrant because dispatch can start a schedule's run.
         self.lock = threading.RLock()
@@ -415,11 +465,25 @@ class _Core:
         used = {x.index for x in self.workers} | {x.index for x in self.retiring}
         w.index = next(i for i in itertools.count(1) if i not in used)
         w.slot = self.board.take()
+        recall_r = -1
+        if not self.recycling:  # a pool that recycles workers never hands jobs ahead
+            try:
+                recall_r, w.recall_w = os.pipe2(os.O_CLOEXEC)
+            except OSError as exc:  # out of file descriptors: retry, bounded
+                self.board.give_back(w.slot)
+                self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
+                return
+            os.set_blocking(w.recall_w, False)
         child = Child(
             self.loop,
             cfg.start_method,
             functools.partial(
-                worker_main, cfg.init_blob, cfg.max_memory_mb is not None, FdBox(self.board.fd), w.slot
+                worker_main,
+                cfg.init,
+                cfg.max_memory_mb is not None,
+                FdBox(self.board.fd),
+                w.slot,
+                FdBox(recall_r) if recall_r >= 0 else None,
             ),
             name="worker",
             title=f"procman: worker {w.index} ({cfg.name})",
@@ -434,8 +498,12 @@ class _Core:
             child.start()
         except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: retry, bounded
             self.board.give_back(w.slot)
+            w.close_recall()
             self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
             return
+        finally:
+            if recall_r >= 0:
+                os.close(recall_r)
         w.child = child
         self.workers.add(w)
         self.events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=child.pid))
@@ -473,6 +541,8 @@ class _Core:
                 w.state = _WState.IDLE
                 self.idle.append(w)
                 self.dispatch()
+            elif t == "recalled":
+                self.on_recalled(w, msg.get("tickets") or ())
             elif t == "error":
                 w.pending_error = _wire.rebuild_error(msg)
                 w.error_stage = str(msg.get("stage", ""))
@@ -487,6 +557,7 @@ class _Core:
             w.timer.cancel()
             w.timer = None
         if jobs:  # the next held job is running now: from here on it can be cancelled
+            w.head_since = time.monotonic()
             nxt = jobs[0].future
             if nxt is not None and nxt._kill_running is None:
                 nxt._kill_running = functools.partial(self.cancel_running_threadsafe, jobs[0])
@@ -513,19 +584,67 @@ class _Core:
                 self.idle.append(w)
             if self.queue:
                 self.dispatch()
-        payload = memoryview(body)[1 + RESULT_HEAD.size :]
+            else:  # nothing to give it: it may take jobs held behind a long one elsewhere
+                with self.lock:
+                    self.rebalance()
+        # Unpickled later, by whoever asks for it (see Outcome): never on this thread.
+        outcome = Outcome(memoryview(body)[1 + RESULT_HEAD.size :], status == ERROR, job.name)
         if status == ERROR:
-            self.job_failed(job, _wire.rebuild_error(pickle.loads(payload)))
+            self.job_failed(job, outcome)
         else:
-            try:
-                value = loads(payload)
-            except BaseException as exc:  # noqa: BLE001 - unpickling the result failed here
-                err = SerializationError(f"the result of job {job.name!r} could not be unpickled: {exc!r}")
-                err.__cause__ = exc
-                self.job_failed(job, err, retry=False)
-            else:
-                self.job_done(job, value)
+            self.job_done(job, outcome)
         self.check_idle()
+
+    def on_recalled(self, w: _Worker, tickets: Iterable[int]) -> None:
+        """The worker gave back the jobs it had not started (see rebalance)."""
+        w.recalling = False
+        back = set(tickets)
+        if not back or not w.jobs:
+            return
+        kept = [job for job in w.jobs if job.ticket not in back]
+        returned = [job for job in w.jobs if job.ticket in back]
+        if w.jobs[0].ticket in back and w.timer is not None:  # its first never started either
+            w.timer.cancel()
+            w.timer = None
+        w.jobs = deque(kept)
+        for job in reversed(returned):
+            self.requeue(job)
+        if not kept and w.state is _WState.BUSY:
+            w.state = _WState.IDLE
+            with self.lock:
+                self.idle.append(w)
+        self.dispatch()
+
+    def rebalance(self) -> None:
+        """Workers idle and nothing queued: take back jobs held behind one that runs long.
+
+        A job handed ahead waits behind its worker's running job; that is a gain while jobs
+        take microseconds, and head-of-line blocking once the running one turns out long. So a
+        worker whose first job has run RECALL_AFTER is asked for the others, which go to the
+        idle workers.
+        """
+        now = time.monotonic()
+        soonest = math.inf
+        for w in self.workers:
+            if len(w.jobs) < 2 or w.recalling or w.recall_w < 0:
+                continue
+            ripe = w.head_since + RECALL_AFTER
+            if ripe > now:
+                soonest = min(soonest, ripe)
+                continue
+            try:
+                os.write(w.recall_w, b"r")
+            except OSError:  # it is dying: its exit puts the jobs back in line
+                continue
+            w.recalling = True
+        if soonest < math.inf and self.rebalance_timer is None:
+            self.rebalance_timer = self.loop.call_later(soonest - now, self.on_rebalance_timer)
+
+    def on_rebalance_timer(self) -> None:
+        self.rebalance_timer = None
+        if self.idle and not self.queue:
+            with self.lock:
+                self.rebalance()
 
     def deferred_prefetch(self) -> None:
         self.prefetch_soon = False
@@ -554,11 +673,22 @@ class _Core:
                 self.idle.remove(w)
         started = self.board.read(w.slot)
         self.board.give_back(w.slot)
-        # Only the job the worker marked as started dies with it. The first job in hand may never
-        # have been read (written to a worker killed meanwhile); the ones held behind never ran.
+        w.close_recall()
+        w.recalling = False
+        # Only the job whose code the worker started dies with it. The first job in hand may never
+        # have been read (written to a worker killed meanwhile) or been loading; the ones held
+        # behind never ran. Those go back in line (see StartedBoard).
         job = None
-        if w.jobs and (started is None or started == w.jobs[0].ticket):
-            job = w.jobs.popleft()
+        loading = False
+        if w.jobs:
+            head = w.jobs[0]
+            if started is None or started == head.ticket << 1 | 1 or head.timed_out:
+                job = w.jobs.popleft()  # (a timeout counts from the hand-off: it is up either way)
+            elif started == head.ticket << 1:
+                head.load_deaths += 1
+                if head.load_deaths >= 2:  # its arguments are what kills workers: blame it
+                    job = w.jobs.popleft()
+                    loading = True
         while w.jobs:  # never started: first in line again, in order
             self.requeue(w.jobs.pop())
         reason = _wire.describe_exit(code)
@@ -587,7 +717,7 @@ class _Core:
         elif job is not None:
             if job.cancelled_running:
                 self.counts["cancelled"] += 1
-                self.finish_schedule_run(job, None, None)
+                self.finish_schedule_run(job, Outcome.known())
             elif job.timed_out:
                 self.counts["timed_out"] += 1
                 err: BaseException = JobTimeout(f"job {job.name!r} ran past its timeout of {job.timeout}s")
@@ -595,9 +725,10 @@ class _Core:
                 self.job_failed(job, err)
             else:
                 self.counts["crashed"] += 1
+                doing = "loading" if loading else "running"
                 err = WorkerCrashed(
-                    f"the worker (pid {child.pid}) running job {job.name!r} died: {reason}"
-                    + _crash_hint(code),
+                    f"the worker (pid {child.pid}) {doing} job {job.name!r} died: {reason}"
+                    + (" (twice in a row while unpickling its arguments)" if loading else _crash_hint(code)),
                     code,
                 )
                 self.events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, child.pid, reason))
@@ -784,6 +915,7 @@ class _Core:
             job.handed = True
             w.state = _WState.BUSY
             w.jobs.append(job)
+            w.head_since = time.monotonic()
             fut._kill_running = functools.partial(self.cancel_running_threadsafe, job)
             if child.send_now(frame):
                 return True
@@ -816,6 +948,7 @@ class _Core:
             assert w.child is not None
             w.state = _WState.BUSY
             w.jobs.append(job)
+            w.head_since = time.monotonic()
             fut = job.future
             if fut is not None and fut._kill_running is None:
                 fut._kill_running = functools.partial(self.cancel_running_threadsafe, job)
@@ -824,6 +957,8 @@ class _Core:
             w.child.send(self.frame(job))
         if queue and not idle:
             self.prefetch()
+        elif idle and not queue:
+            self.rebalance()
         self.check_idle()
 
     def prefetch(self) -> None:
@@ -837,9 +972,10 @@ class _Core:
         depth = self.prefetch_depth()
         if depth <= 1:
             return
+        stuck = time.monotonic() - RECALL_AFTER  # a job running since then is not a short one
         for w in self.workers:
             jobs = w.jobs
-            if w.state is not _WState.BUSY or not jobs or len(jobs) >= depth:
+            if w.state is not _WState.BUSY or not jobs or len(jobs) >= depth or w.head_since < stuck:
                 continue
             if jobs[0].timeout is not None or jobs[0].schedule is not None:
                 continue
@@ -889,13 +1025,13 @@ class _Core:
             if job.future is not None:
                 job.future._resolve(exc=PoolClosed("the pool was shut down while this job was submitted"))
 
-    def job_done(self, job: _Job, value: Any) -> None:
+    def job_done(self, job: _Job, outcome: Outcome) -> None:
         self.counts["done"] += 1
         if job.future is not None:
-            job.future._resolve(value)
-        self.finish_schedule_run(job, value, None)
+            job.future._settle(outcome)
+        self.finish_schedule_run(job, outcome)
 
-    def job_failed(self, job: _Job, error: BaseException, *, retry: bool = True) -> None:
+    def job_failed(self, job: _Job, error: BaseException | Outcome, *, retry: bool = True) -> None:
         if retry and job.retries_left > 0 and not self.closing and not (job.future and job.future.done()):
             job.retries_left -= 1
             job.attempt += 1
@@ -903,11 +1039,11 @@ class _Core:
             delay = job.retry_backoff * (2 ** (job.attempt - 1))
             self.counts["retried"] += 1
             self.events.emit(
-                PoolEvent(
+                _LazyEvent(
                     PoolEventKind.JOB_RETRY,
                     job.name,
+                    _outcome_of(error),
                     reason=f"attempt {job.attempt + 1} in {delay:.3g}s",
-                    error=error,
                 )
             )
             job.due = time.monotonic() + delay
@@ -915,11 +1051,12 @@ class _Core:
             return
         self.fail_final(job, error)
 
-    def fail_final(self, job: _Job, error: BaseException) -> None:
+    def fail_final(self, job: _Job, error: BaseException | Outcome) -> None:
         self.counts["failed"] += 1
+        outcome = _outcome_of(error)
         if job.future is not None:
-            job.future._resolve(exc=error)
-        self.finish_schedule_run(job, None, error)
+            job.future._settle(outcome)
+        self.finish_schedule_run(job, outcome)
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -989,31 +1126,19 @@ class _Core:
         else:
             self.queue.append(job)
 
-    def finish_schedule_run(self, job: _Job, value: Any, error: BaseException | None) -> None:
+    def finish_schedule_run(self, job: _Job, outcome: Outcome) -> None:
         sched = job.schedule
         if sched is None:
             return
         sched.runs += 1
         sched.last_run = time.time()
-        if error is not None:
+        if outcome.is_error:
             sched.failures += 1
-            sched.last_error = error
-            self.events.emit(
-                PoolEvent(
-                    PoolEventKind.RUN_FAILED, sched.name, reason=str(error), error=error, duration=job.ran
-                )
-            )
+            sched.last_failed = outcome
         else:
-            sched.last_result = value
-            self.events.emit(
-                PoolEvent(
-                    PoolEventKind.RUN_DONE,
-                    sched.name,
-                    reason=f"took {job.ran:.3g}s" if job.ran is not None else "",
-                    result=value,
-                    duration=job.ran,
-                )
-            )
+            sched.last_done = outcome
+        # RUN_DONE or RUN_FAILED, told apart once the outcome is unpickled on the event thread.
+        self.events.emit(_LazyEvent(PoolEventKind.RUN_DONE, sched.name, outcome, duration=job.ran))
         with sched.cond:
             sched.cond.notify_all()
         self.run_slot_freed(sched)
@@ -1324,9 +1449,8 @@ class Pool(concurrent.futures.Executor):
         self.name = name
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer={initializer!r} is not callable")
-        self._init_blob = (
-            dumps_job(callable_blob(initializer), tuple(initargs), {}) if initializer is not None else None
-        )
+        # The initargs are pickled at each worker's start (see InitCall), checked here.
+        self._init = init_call(initializer, initargs, start_method) if initializer is not None else None
         self._init_name = _job_name(initializer) if initializer is not None else ""
         check_output(output)
         self.max_tasks_per_worker = _check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1)
@@ -1355,7 +1479,7 @@ class Pool(concurrent.futures.Executor):
         settings = _Settings(
             name=name,
             start_method=start_method,
-            init_blob=self._init_blob,
+            init=self._init,
             init_name=self._init_name,
             max_tasks_per_worker=self.max_tasks_per_worker,
             max_memory_mb=self.max_memory_mb,

@@ -393,11 +393,15 @@ class Cron:
                 f"({CRON_FIELDS_HINT}), e.g. '*/5 * * * *' or '0 2 * * *'"
             )
         if isinstance(tz, str):
+            name = tz
             try:
-                tz = ZoneInfo(tz)
-            except (ZoneInfoNotFoundError, ValueError):
+                tz = ZoneInfo(name)
+            # A name that is a directory of the zone database ("Europe") or too long for a file
+            # name fails as the file's OSError, not as ZoneInfoNotFoundError.
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                shown = repr(name) if len(name) <= 60 else repr(name[:57]) + "..."
                 raise ScheduleError(
-                    f"tz={tz!r} is not a known time zone (e.g. 'Europe/Berlin', 'UTC')"
+                    f"tz={shown} is not a known time zone (e.g. 'Europe/Berlin', 'UTC')"
                 ) from None
         self.expr = expr
         self._checked = checked

@@ -15,22 +15,26 @@ import io
 import mmap
 import os
 import pickle
+import select
 import struct
 import sys
+import threading
 import time
+from collections import deque
 from typing import Any
 
 from procman import _wire
 from procman._child import Channel, FdBox, manager_gone
 
-from ._serialize import dumps_result, load_job
+from ._serialize import InitCall, dumps_result, load_job
 
 JOB_HEAD = struct.Struct("<Qd")
 OUT_HEAD = struct.Struct("<QB")  # job id (0: none), stream (1 stdout, 2 stderr)
 OUT_MAX = 65536  # bytes of printed text per frame (a longer line goes in pieces)
 KIND_OUTPUT = ord("O")
 RESULT_HEAD = struct.Struct("<QddqB")
-STARTED = struct.Struct("<Q")  # a StartedBoard slot: the ticket of the job the worker started
+KIND_JOB = ord("P")
+STARTED = struct.Struct("<Q")  # a StartedBoard slot: ticket << 1 | (1 once the job's code runs)
 KIND_RESULT = ord("R")
 OK = 0
 ERROR = 1
@@ -115,9 +119,11 @@ class StartedBoard:
     """Shared memory where each worker marks the job it starts: one 8-byte slot per live worker.
 
     When a worker dies, the pool reads its slot to tell the job it ran (which failed with it) from
-    a job that only sat in its pipe (which never started, and goes to another worker). A memfd
-    mapped by the pool and by every worker: a store to it costs no system call, and it outlives
-    the worker that wrote it.
+    a job that only sat in its pipe (which never started, and goes to another worker). A job
+    whose worker died while unpickling it never ran either: it goes to another worker once, and
+    fails only if that one dies loading it too (then its arguments are what kills workers). A
+    memfd mapped by the pool and by every worker: a store to it costs no system call, and it
+    outlives the worker that wrote it.
     """
 
     SLOTS = 4096
@@ -153,6 +159,75 @@ class StartedBoard:
             os.close(self.fd)
 
 
+class JobInbox:
+    """The frames the pool sent this worker, taken one at a time by its main loop.
+
+    Jobs the pool handed ahead (held behind the running one) can be taken back by the recall
+    thread while a long job runs: under ``lock`` a frame is either taken to run or given back,
+    never both.
+    """
+
+    def __init__(self, rfd: int) -> None:
+        self.rfd = rfd
+        os.set_blocking(rfd, False)
+        self.reader = _wire.FrameReader()
+        self.pending: deque[bytes] = deque()
+        self.lock = threading.Lock()
+        self.eof = False
+        self.poller = select.poll()
+        self.poller.register(rfd, select.POLLIN)
+
+    def _fill(self) -> None:
+        """Read what the pipe holds now (under ``lock``)."""
+        while not self.eof:
+            try:
+                data = os.read(self.rfd, 65536)
+            except BlockingIOError:
+                return
+            if not data:
+                self.eof = True
+                return
+            self.pending.extend(self.reader.feed(data))
+
+    def next(self) -> bytes | None:
+        """The next frame body, waiting for one; None once the pool closed the pipe."""
+        while True:
+            with self.lock:
+                if not self.pending:
+                    self._fill()
+                if self.pending:
+                    return self.pending.popleft()
+                if self.eof:
+                    return None
+            self.poller.poll()
+
+    def recall(self) -> list[int]:
+        """Give back every job not started yet: their tickets."""
+        with self.lock:
+            self._fill()
+            kept: deque[bytes] = deque()
+            tickets = []
+            for body in self.pending:
+                if body[0] == KIND_JOB:
+                    tickets.append(JOB_HEAD.unpack_from(body, 1)[0])
+                else:
+                    kept.append(body)
+            self.pending = kept
+        return tickets
+
+
+def _answer_recalls(fd: int, inbox: JobInbox, chan: Channel) -> None:
+    """The recall thread: each byte from the pool asks for the jobs not started yet."""
+    while True:
+        try:
+            data = os.read(fd, 512)
+        except OSError:
+            return
+        if not data:  # the pool is gone
+            return
+        chan.send({"t": "recalled", "tickets": inbox.recall()})
+
+
 def _map_board(board: FdBox | None, slot: int) -> tuple[mmap.mmap | None, int]:
     if board is None or slot < 0:
         return None, -1
@@ -164,15 +239,20 @@ def _map_board(board: FdBox | None, slot: int) -> tuple[mmap.mmap | None, int]:
 
 
 def worker_main(
-    init_blob: bytes | None, measure_rss: bool, board: FdBox | None, slot: int, chan: Channel
+    init: InitCall | None,
+    measure_rss: bool,
+    board: FdBox | None,
+    slot: int,
+    recall: FdBox | None,
+    chan: Channel,
 ) -> int:
     started_map, started_at = _map_board(board, slot)
     outs = (JobOutput(chan, 1, 1), JobOutput(chan, 2, 2))
     sys.stdout, sys.stderr = outs
-    if init_blob is not None:
+    if init is not None:
         try:
-            fn, args, kwargs = load_job(init_blob)
-            fn(*args, **kwargs)
+            fn, args = init.load()
+            fn(*args)
         except BaseException as exc:  # noqa: BLE001 - reported, and this worker ends before "ready"
             for out in outs:
                 out.end_line()
@@ -182,15 +262,15 @@ def worker_main(
             return 1
         for out in outs:
             out.end_line()
+    inbox = JobInbox(chan.rfd)
+    if recall is not None:
+        threading.Thread(target=_answer_recalls, args=(recall.fd, inbox, chan), daemon=True).start()
     chan.send({"t": "ready"})
-    reader = _wire.FrameReader()
-    pending: list[bytes] = []
     fn_cache: dict[bytes, Any] = {}
-    rfd = chan.rfd
     send = chan.send_raw
     while True:
         try:
-            body = _wire.read_frame(rfd, reader, pending)
+            body = inbox.next()
         except OSError:
             body = None
         if body is None:
@@ -201,12 +281,14 @@ def worker_main(
                 return 0
             continue
         job_id, _due = JOB_HEAD.unpack_from(body, 1)
-        if started_map is not None:  # from here on a death of this process is this job's
-            STARTED.pack_into(started_map, started_at, job_id)
+        if started_map is not None:  # taken: a death from here on is while loading this job
+            STARTED.pack_into(started_map, started_at, job_id << 1)
         for out in outs:
             out.job_id = job_id
         started = time.monotonic()
-        status, payload = run_job(memoryview(body)[1 + JOB_HEAD.size :], fn_cache)
+        status, payload = run_job(
+            memoryview(body)[1 + JOB_HEAD.size :], fn_cache, started_map, started_at, job_id
+        )
         del body  # the job's bytes, arguments and result are gone before the next job comes
         finished = time.monotonic()
         for out in outs:
@@ -217,14 +299,21 @@ def worker_main(
         del payload
 
 
-def run_job(job: memoryview, fn_cache: dict[bytes, Any]) -> tuple[int, bytes]:
+def run_job(
+    job: memoryview, fn_cache: dict[bytes, Any], board: mmap.mmap | None, at: int, ticket: int
+) -> tuple[int, bytes]:
     """Run one job: its status and its pickled result or error.
+
+    Its slot on the StartedBoard says ``ticket << 1`` while it loads and ``ticket << 1 | 1``
+    once its code runs (see StartedBoard).
 
     Its arguments and result die when this returns, before the result goes back: an argument
     whose ``__del__`` kills the process fails this job, never the next one.
     """
     try:
         fn, args, kwargs = load_job(job, fn_cache)
+        if board is not None:  # a death from here on is this job's
+            STARTED.pack_into(board, at, ticket << 1 | 1)
         return OK, dumps_result(fn(*args, **kwargs))
     except BaseException as exc:  # noqa: BLE001 - every job error goes back to its future
         tb = exc.__traceback__
