@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import tracemalloc
@@ -243,3 +244,20 @@ def test_a_hostile_result_is_never_unpickled_unless_asked_for() -> None:
         _, not_done = concurrent.futures.wait([hostile], timeout=30)
         assert not not_done and hostile.done()
         assert pool.submit(jobs.add, 2, 2).result(30) == 4  # the host lives on
+
+
+def test_a_pool_short_of_file_descriptors_runs_with_the_workers_it_could_start(tmp_path: Path) -> None:
+    # 30 workers need ~200 descriptors; with 60 only a few start. The pool must run jobs on those
+    # (and keep trying for the rest), not break because the others failed to start.
+    script = tmp_path / "short.py"
+    script.write_text(
+        "import operator, resource, workers\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (60, 60))\n"
+        "with workers.Pool(30, on_event=None) as pool:\n"
+        "    print(pool.submit(operator.add, 1, 2).result(30), pool.broken, flush=True)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["3", "False"]

@@ -776,7 +776,10 @@ class _Core:
             self.loop.call_later(delay, self.spawn_worker)
             return
         self.init_failures += 1
-        if self.init_failures >= INIT_FAILURE_LIMIT:
+        # Broken only once no worker is left to run a job: with some up or still starting (the
+        # others out of file descriptors or memory), the pool runs short-handed and keeps
+        # trying, backing off; if those fail too, the last one to go breaks it.
+        if self.init_failures >= INIT_FAILURE_LIMIT and not self.workers:
             broken = PoolBroken(
                 f"the pool's workers cannot start: {self.init_failures} attempts in a row failed; "
                 f"last: {what}"
@@ -785,7 +788,8 @@ class _Core:
             self.break_pool(broken)
             return
         self.counts["worker_restarts"] += 1
-        self.loop.call_later(INIT_BACKOFF * 2 ** (self.init_failures - 1), self.spawn_worker)
+        delay = min(INIT_BACKOFF * 2 ** min(self.init_failures - 1, 16), INIT_BACKOFF_MAX)
+        self.loop.call_later(delay, self.spawn_worker)
 
     def break_pool(self, error: BaseException) -> None:
         self.broken = error
