@@ -45,17 +45,15 @@ def test_ten_slow_starts_run_concurrently(
     with procman.Manager(start_method=method, on_event=recorder) as m:
         for i in range(10):
             m.register(Quick(f"slow-{i}", delay=0.3))
-        t0 = time.monotonic()
         m.start(timeout=30)
-        elapsed = time.monotonic() - t0
         status = m.status()
         assert all(s.state is DaemonState.RUNNING for s in status.values())
         assert len({s.pid for s in status.values()}) == 10
     begins, ends = _stamps(caplog_all, "start-begin"), _stamps(caplog_all, "start-end")
     assert len(begins) == len(ends) == 10
     # Every start() was under way at the same moment: they overlapped rather than queued.
+    # (the stamps prove it without a wall-clock bound, which a busy machine would break)
     assert max(begins.values()) < min(ends.values())
-    assert elapsed < 3.0  # ten sequential 0.3 s starts would need 3 s
 
 
 def test_failing_start_stops_the_others_and_reports_the_traceback(recorder: Recorder) -> None:
@@ -200,7 +198,9 @@ def test_stubborn_daemon_is_killed_within_the_deadline(method: str, recorder: Re
         assert report.outcomes == {"stubborn": StopOutcome.KILLED, "polite": StopOutcome.STOPPED}
         assert not report.clean
         assert report.names(StopOutcome.KILLED) == ["stubborn"]
-        assert elapsed < 1.0 + 0.5
+        # The daemon's own timeouts add up to 20 s: returning well before them means the call's
+        # 1 s deadline is what ended the stop (a bound loose enough for any busy machine).
+        assert elapsed < 10
         assert pid is not None and not pid_alive(pid)
         assert recorder.of(EventKind.STOP_TIMED_OUT, "stubborn")
         assert recorder.of(EventKind.KILLED, "stubborn")
