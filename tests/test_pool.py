@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import os
 import re
 import signal
@@ -12,13 +13,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jobs
 import pytest
-from helpers import Events, pid_alive
+from helpers import Events, pid_alive, wait_until
 
 import procman
 import workers
@@ -51,6 +53,24 @@ def _busy_job(pool: workers.Pool, tmp: Path) -> tuple[Any, int]:
 def _kill_busy(pool: workers.Pool, tmp: Path) -> Any:
     fut, pid = _busy_job(pool, tmp)
     os.kill(pid, signal.SIGKILL)
+    return fut
+
+
+def _term_busy(pool: workers.Pool, tmp: Path) -> Any:
+    fut, pid = _busy_job(pool, tmp)
+    os.kill(pid, signal.SIGTERM)
+    return fut
+
+
+def _at_submit(submit: Callable[[], Any]) -> Future[Any]:
+    """For a fault that submit() itself raises: that error, as a failed future (a row like the others)."""
+    fut: Future[Any] = Future()
+    try:
+        submit()
+    except BaseException as exc:  # noqa: BLE001 - whatever it raised is what the row checks
+        fut.set_exception(exc)
+    else:
+        pytest.fail("submit() accepted a job it cannot send")
     return fut
 
 
@@ -98,29 +118,94 @@ FAULTS: list[tuple[str, Callable[[workers.Pool, Path], Any], type[BaseException]
         "timeout of 0.3s",
     ),
     ("cancel-running", _cancel_running, CancelledError, ""),
+    # loky's and CPython's crash matrix (test_deadlock.py), the rows the table lacked:
+    ("keyboard-interrupt", lambda p, t: p.submit(jobs.raise_keyboard_interrupt), KeyboardInterrupt, "raised"),
+    ("sigterm-busy", _term_busy, workers.WorkerCrashed, "SIGTERM(-15)"),
+    (
+        "arg-unpicklable",  # raised by submit() itself (ProcessPoolExecutor: by result())
+        lambda p, t: _at_submit(lambda: p.submit(jobs.take, (i for i in range(3)))),
+        workers.SerializationError,
+        "positional argument 0",
+    ),
+    (
+        "error-fails-to-unpickle",  # pickles in the worker, cannot be rebuilt anywhere
+        lambda p, t: p.submit(jobs.raise_needs_two_args),
+        procman.ChildError,
+        "NeedsTwoArgs: 1/2",
+    ),
+    (
+        "error-fails-to-unpickle-in-host",  # the worker's own check passes; the host cannot rebuild it
+        lambda p, t: p.submit(jobs.raise_unloadable_in, os.getpid()),
+        procman.ChildError,
+        "carries an object the host cannot rebuild",
+    ),
+    ("result-pickle-sys-exit", lambda p, t: p.submit(jobs.returns, jobs.ExitsOnDump), SystemExit, "6"),
+    (
+        "result-pickle-segfault",
+        lambda p, t: p.submit(jobs.returns, jobs.SegfaultsOnDump),
+        workers.WorkerCrashed,
+        "SIGSEGV(-11)",
+    ),
+    (
+        "result-unpickle-sys-exit",  # SystemExit while the host unpickles: that future fails, nothing exits
+        lambda p, t: p.submit(jobs.returns, jobs.ExitsOnLoad),
+        workers.SerializationError,
+        "could not be unpickled",
+    ),
 ]
+# Rows whose error is the job's own (or its worker's), with the worker's traceback as __cause__.
+REMOTE_CAUSE = {
+    "exception",
+    "sys-exit",
+    "keyboard-interrupt",
+    "error-fails-to-unpickle",
+    "error-fails-to-unpickle-in-host",
+    "result-pickle-sys-exit",
+}
 
 
+@pytest.mark.filterwarnings("ignore:start_method='fork' copies a process:RuntimeWarning")
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
 @pytest.mark.parametrize(("case", "make", "exc_type", "text"), FAULTS, ids=[f[0] for f in FAULTS])
 def test_fault_fails_only_its_job(
     case: str,
     make: Callable[[workers.Pool, Path], Any],
     exc_type: type[BaseException],
     text: str,
-    pool: workers.Pool,
+    method: str,
+    events: Events,
     tmp_path: Path,
 ) -> None:
-    assert pool.submit(jobs.add, 1, 1).result(30) == 2
-    fut = make(pool, tmp_path)
-    with pytest.raises(exc_type) as info:
-        fut.result(30)
-    assert text in str(info.value)
-    if exc_type is KeyError:
-        assert isinstance(info.value.__cause__, procman.RemoteTraceback)
-        assert "def boom" in info.value.__cause__.tb or "boom" in info.value.__cause__.tb
-    # the pool keeps serving: the next jobs (on both workers) succeed
-    assert [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(4)]] == [1, 2, 3, 4]
-    assert not pool.broken
+    pool = workers.Pool(2, start_method=method, on_event=events)
+    try:
+        assert pool.submit(jobs.add, 1, 1).result(30) == 2
+        fut = make(pool, tmp_path)
+        with pytest.raises(exc_type) as info:
+            fut.result(30)
+        assert text in str(info.value)
+        if case in REMOTE_CAUSE:
+            assert isinstance(info.value.__cause__, procman.RemoteTraceback)
+        if exc_type is KeyError:
+            assert isinstance(info.value.__cause__, procman.RemoteTraceback)
+            assert "def boom" in info.value.__cause__.tb or "boom" in info.value.__cause__.tb
+        # the pool keeps serving: the next jobs (on both workers) succeed
+        assert [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(4)]] == [1, 2, 3, 4]
+        assert not pool.broken
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True, timeout=10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DEFECT: a result that cannot be pickled is explained as if it were an argument: "
+    "'cannot be sent to a child process' and 'create the generator inside the job'",
+)
+def test_an_unpicklable_result_is_explained_as_a_result(pool: workers.Pool) -> None:
+    with pytest.raises(workers.SerializationError) as info:
+        pool.submit(jobs.returns_unpicklable).result(30)
+    message = str(info.value)
+    assert message.startswith("the job's result is")
+    assert "child process" not in message and "inside the job" not in message
 
 
 def test_sigkill_of_an_idle_worker_is_replaced(pool: workers.Pool, events: Events) -> None:
@@ -162,26 +247,47 @@ def test_crash_among_held_jobs_fails_itself_alone_the_rest_run_once(
     assert (stats.crashed, stats.done) == (2, 3 * 200 + 398)
 
 
-def test_a_held_job_cannot_be_cancelled_but_a_queued_one_can(pool: workers.Pool, tmp_path: Path) -> None:
+def test_a_held_job_cannot_be_cancelled_but_a_queued_one_can(tmp_path: Path) -> None:
     # Like ProcessPoolExecutor's queued calls: a job handed to a worker behind another is RUNNING
     # and cancel() returns False; a job still in the queue is cancelled and never runs.
-    log = tmp_path / "runs"
-    for _ in range(3):
-        [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(200)]]
-    blockers = [pool.submit(jobs.sleep, 0.5) for _ in range(2)]  # each worker holds jobs behind one
-    futs = [pool.submit(jobs.record, str(log), i) for i in range(500)]
-    deadline = time.monotonic() + 10
-    while pool.stats().queued > 490 and time.monotonic() < deadline:  # the loop took them in
-        time.sleep(0.01)
-    outcomes = [f.cancel() for f in futs]
-    assert True in outcomes and False in outcomes, outcomes.count(True)
-    assert [f.result(30) for f in blockers] == [0.5, 0.5]
-    ran = []
-    for i, (f, cancelled) in enumerate(zip(futs, outcomes, strict=True)):
-        assert f.cancelled() == cancelled
-        if not cancelled:
-            assert f.result(30) == i
-            ran.append(i)
+    # Jobs are held behind one only while recent jobs were short, and only if they reach the loop
+    # within RECALL_AFTER (2 ms) of that one's start. Rather than hope the loop is that fast, the
+    # pool's I/O thread is held in a done callback while the jobs are submitted: it then takes them
+    # in as one batch, hands the worker the blocker and, in the same dispatch, jobs to hold behind
+    # it. The blocker waits at a gate until every cancel() is done, so no job behind it can have
+    # started by then, however slow the machine. One worker: no other can run the queued jobs.
+    log, gate, pre_gate = tmp_path / "runs", tmp_path / "gate", tmp_path / "pre-gate"
+    in_loop, release = threading.Event(), threading.Event()
+    with workers.Pool(1, on_event=None) as pool:
+        try:
+            pre = pool.submit(jobs.wait_for_path, str(pre_gate))
+            smalls = [pool.submit(jobs.add, i, 1) for i in range(30)]  # short again after `pre`
+            hold = pool.submit(jobs.add, 0, 0)  # cannot run before `pre` ends: not done yet
+            hold.add_done_callback(lambda _: (in_loop.set(), release.wait(30)))
+            pre_gate.touch()
+            assert in_loop.wait(30)
+            assert pre.done() and all(f.done() for f in smalls)
+            # A timed job first: with something in the inbox, no submit below skips the loop (by
+            # going straight to the idle worker).
+            pool.submit_after(3600, jobs.add, 0, 0).cancel()
+            blocker = pool.submit(jobs.wait_for_path, str(gate))
+            futs = [pool.submit(jobs.record, str(log), i) for i in range(500)]
+            release.set()
+            # stats() runs on the loop after the batch was taken in and dispatched
+            assert pool.stats().queued < 500, "no job was held behind the blocker"
+            outcomes = [f.cancel() for f in futs]
+        finally:
+            release.set()
+            pre_gate.touch()
+            gate.touch()
+        assert True in outcomes and False in outcomes, outcomes.count(True)
+        assert blocker.result(30) is None
+        ran = []
+        for i, (f, cancelled) in enumerate(zip(futs, outcomes, strict=True)):
+            assert f.cancelled() == cancelled
+            if not cancelled:
+                assert f.result(30) == i
+                ran.append(i)
     assert sorted(int(x) for x in log.read_text().split()) == ran  # cancelled jobs never ran
 
 
@@ -256,11 +362,15 @@ def test_retries_are_opt_in(pool: workers.Pool, tmp_path: Path) -> None:
 
 
 def test_bounded_pending_raises_or_blocks(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
     with workers.Pool(1, max_pending=2, on_full="raise", on_event=None) as pool:
-        a = pool.submit(jobs.sleep, 0.3)
-        b = pool.submit(jobs.sleep, 0.01)
-        with pytest.raises(workers.PoolFull, match="max_pending=2"):
-            pool.submit(jobs.add, 1, 1)
+        try:  # both pending jobs wait at the gate: the third submit certainly finds no room
+            a = pool.submit(jobs.wait_for_path, str(gate))
+            b = pool.submit(jobs.wait_for_path, str(gate))
+            with pytest.raises(workers.PoolFull, match="max_pending=2"):
+                pool.submit(jobs.add, 1, 1)
+        finally:
+            gate.touch()
         a.result(30), b.result(30)
         assert pool.submit(jobs.add, 1, 1).result(30) == 2
     with workers.Pool(1, max_pending=1, on_event=None) as pool:
@@ -282,16 +392,20 @@ def test_shutdown_cancels_pending_timed_jobs_and_waits_for_queued() -> None:
         pool.submit(jobs.add, 1, 1)
 
 
-def test_shutdown_is_bounded_when_a_job_hangs() -> None:
+@pytest.mark.timeout(60)
+def test_shutdown_is_bounded_when_a_job_hangs(tmp_path: Path) -> None:
+    # Guaranteed: shutdown(timeout=0.5) stops waiting for a job that would run for an hour, kills
+    # its worker and fails it with PoolClosed. Were it to wait for the job, the test's own timeout
+    # (60 s) would fail it: no bound on how fast the shutdown is, only that it ends.
     pool = workers.Pool(1, on_event=None)
-    hung = pool.submit(jobs.sleep, 3600)
-    while not hung.running():
-        time.sleep(0.01)
-    t0 = time.monotonic()
+    marker = tmp_path / "pid"
+    hung = pool.submit(jobs.write_pid_then_sleep, str(marker), 3600)
+    wait_until(lambda: marker.exists() and marker.read_text() != "", what="the job to start")
+    pid = int(marker.read_text())
     pool.shutdown(wait=True, timeout=0.5)
-    assert time.monotonic() - t0 < 5
     with pytest.raises(workers.PoolClosed):
         hung.result(0)
+    wait_until(lambda: not pid_alive(pid), what="the hung job's worker to die")
 
 
 def test_executor_compatibility_and_awaitable_futures() -> None:
@@ -320,45 +434,143 @@ def test_cancel_of_a_pending_job_notifies_waiters() -> None:
 # -- timed jobs -----------------------------------------------------------------------------------
 
 
-def test_submit_at_and_after_fire_on_time_by_the_workers_clock(pool: workers.Pool) -> None:
+def test_submit_at_and_after_never_fire_early_by_the_workers_clock(
+    pool: workers.Pool, record_property: Callable[[str, object], None]
+) -> None:
+    # Guaranteed: a timed job starts no earlier than its time. The pool hands it to a worker once
+    # CLOCK_MONOTONIC (shared by every process on Linux) reaches its due time, and the job reads
+    # the clock after that. How late it starts depends on the machine's load: that is measured and
+    # reported here (and benchmarked in bench/), never bounded.
     pool.submit(jobs.add, 0, 0).result(30)  # workers warm
     target = time.time() + 0.3
-    at = pool.submit_at(target, jobs.now)
-    t1 = time.time()
-    after = pool.submit_after(0.2, jobs.now)
+    at = pool.submit_at(target, jobs.now)  # epoch seconds, read by the job with time.time()
+    before = time.monotonic()
+    after = pool.submit_after(0.2, jobs.monotonic)  # due = (monotonic at submit, >= before) + 0.2
     fired_at, fired_after = at.result(30), after.result(30)
-    assert 0 <= fired_at - target < 0.1
-    assert 0.2 <= fired_after - t1 < 0.3
-    stats = pool.stats()
-    assert stats.lateness_p50 is not None and stats.lateness_max is not None and stats.lateness_max >= 0
+    assert fired_at >= target, f"submit_at fired {target - fired_at:.6f}s early"
+    assert fired_after >= before + 0.2, f"submit_after fired {before + 0.2 - fired_after:.6f}s early"
+    record_property("submit_at_lateness_s", round(fired_at - target, 6))
+    record_property("submit_after_lateness_s", round(fired_after - before - 0.2, 6))
+    stats = pool.stats()  # the pool's own measure: start in the worker - due time, per job
+    assert stats.lateness_p50 is not None and stats.lateness_max is not None
+    assert 0 <= stats.lateness_p50 <= stats.lateness_max
+    record_property("pool_lateness_max_s", round(stats.lateness_max, 6))
 
 
-def test_every_is_anchored_without_drift(pool: workers.Pool, tmp_path: Path) -> None:
-    log = tmp_path / "times"
-    start = time.time() + 0.2
-    sched = pool.schedule(jobs.append_time, every=0.1, start=start, args=(str(log), 0.03))
-    assert sched.wait(runs=8, timeout=30)
-    sched.cancel()
-    times = [float(x) for x in log.read_text().split()]
-    for k, t in enumerate(times[:8]):
-        assert abs(t - (start + 0.1 * k)) < 0.05, (k, t - start)  # each on its anchor, no creep
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="DEFECT: submit_job reads time.monotonic() before it converts `at` and reads time.time(), "
+    "so a submitting thread paused in between (GIL switch, preemption) gets a due time early by "
+    "the length of the pause and the job starts before `at`",
+)
+def test_submit_at_never_fires_early_even_if_the_submitting_thread_is_paused(
+    pool: workers.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pause is simulated in the conversion of the datetime, which runs between the two reads.
+    from workers import _pool
+
+    convert = _pool.to_epoch
+
+    def paused_to_epoch(*args: Any, **kwargs: Any) -> float:
+        time.sleep(0.2)  # the submitting thread loses the CPU (or the GIL) here
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(_pool, "to_epoch", paused_to_epoch)
+    pool.submit(jobs.add, 0, 0).result(30)
+    target = datetime.now() + timedelta(seconds=0.5)  # naive: local time
+    fired = pool.submit_at(target, jobs.now).result(30)
+    assert fired >= target.timestamp(), f"fired {target.timestamp() - fired:.3f}s early"
+
+
+def test_every_is_anchored_without_drift(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    # Guaranteed, whatever the load:
+    # - the schedule's times are start + k * every: next_run_time is always on that grid, however
+    #   late a timer fired or a run started (no drift);
+    # - no run starts before its time, and each run is for a later time than the one before, so
+    #   the k-th run starts at or after start + k * every;
+    # - a run held up past later times (here: behind a job holding the only worker) runs late
+    #   once, and the times after it stay on the grid.
+    # How late each run started is measured and reported, never bounded: it depends on the machine.
+    every = 0.1
+    log, gate = tmp_path / "times", tmp_path / "gate"
+    with workers.Pool(1, on_event=None) as pool:
+        try:
+            pool.submit(jobs.add, 0, 0).result(30)  # the worker is up
+            start = time.time() + 0.2
+            sched = pool.schedule(jobs.append_time, every=every, start=start, args=(str(log),))
+            times = [sched.next_run_time]
+            for n in (1, 2, 3):
+                assert sched.wait(runs=n, timeout=30)
+                times.append(sched.next_run_time)
+            blocker = pool.submit(jobs.wait_for_path, str(gate))
+            wait_until(blocker.running, what="the blocker to hold the worker")
+            held_at = time.time()
+
+            def two_times_passed_while_held() -> bool:
+                upcoming = sched.next_run_time
+                return upcoming is not None and upcoming.timestamp() > held_at + 3 * every
+
+            wait_until(two_times_passed_while_held, what="two scheduled times to pass while held")
+            times.append(sched.next_run_time)
+        finally:
+            released_at = time.time()
+            gate.touch()
+        done = sched.runs
+        for n in (done + 1, done + 2):  # the held run (late), then one on its time again
+            assert sched.wait(runs=n, timeout=30)
+            times.append(sched.next_run_time)
+        sched.cancel()
     assert sched.next_run_time is None and sched.state is workers.ScheduleState.CANCELLED
+    for when in times:
+        assert when is not None
+        k = round((when.timestamp() - start) / every)
+        # next_run_time has microseconds; start + k * every is summed in floats: a few us of slack
+        assert k >= 0 and abs(when.timestamp() - (start + k * every)) < 5e-6, (k, when.timestamp() - start)
+    assert times == sorted(times)
+    runs = [float(x) for x in log.read_text().split()]
+    assert len(runs) == sched.runs >= 5
+    late = []
+    for k, ran in enumerate(runs):  # (1 us of slack for the float sums, as above)
+        assert ran >= start + k * every - 1e-6, f"run {k} started {start + k * every - ran:.6f}s early"
+        late.append(ran - (start + math.floor((ran - start) / every) * every))
+    held = [ran for ran in runs if ran >= released_at]
+    assert held and held[0] - held_at > every  # the held run did run late: the case was exercised
+    record_property("every_lateness_max_s", round(max(late), 6))
 
 
-def test_overlap_skip_and_queue(events: Events) -> None:
+def test_overlap_skip_and_queue(events: Events, tmp_path: Path) -> None:
+    # Guaranteed: a time that comes due while max_instances runs are going is skipped
+    # (overlap="skip") or queued behind them (overlap="queue"), with an event either way. The first
+    # runs wait at a gate, so the times that come due meanwhile certainly overlap them.
+    gate = tmp_path / "gate"
+
+    def seen(kind: PoolEventKind, name: str) -> Callable[[list[workers.PoolEvent]], bool]:
+        return lambda evs: any(e.kind is kind and e.name == name for e in evs)
+
     with workers.Pool(2, on_event=events) as pool:
-        skip = pool.schedule(jobs.sleep, every=0.05, args=(0.3,), name="slow-skip")
+        try:
+            skip = pool.schedule(jobs.wait_for_path, every=0.05, args=(str(gate),), name="slow-skip")
+            events.wait(seen(PoolEventKind.RUN_SKIPPED, "slow-skip"))
+            assert skip.skipped > 0 and skip.runs == 0  # the first run still waits at the gate
+            queued = pool.schedule(
+                jobs.wait_for_path,
+                every=0.05,
+                args=(str(gate),),
+                name="slow-queue",
+                overlap="queue",
+                misfire_grace=None,
+            )
+            events.wait(seen(PoolEventKind.RUN_QUEUED, "slow-queue"))
+        finally:
+            gate.touch()
         assert skip.wait(runs=2, timeout=30)
         skip.cancel()
-        assert skip.skipped > 0
-        assert any(e.name == "slow-skip" for e in events.of(PoolEventKind.RUN_SKIPPED))
-        queued = pool.schedule(
-            jobs.sleep, every=0.05, args=(0.15,), name="slow-queue", overlap="queue", misfire_grace=None
-        )
         assert queued.wait(runs=3, timeout=30)
         queued.cancel()
         assert queued.skipped == 0
-        assert any(e.name == "slow-queue" for e in events.of(PoolEventKind.RUN_QUEUED))
 
 
 def test_failed_and_crashed_runs_never_stop_a_schedule(events: Events) -> None:
@@ -368,19 +580,27 @@ def test_failed_and_crashed_runs_never_stop_a_schedule(events: Events) -> None:
         assert failing.wait(runs=3, timeout=30) and crashing.wait(runs=2, timeout=30)
         failing.cancel()
         crashing.cancel()
-        assert failing.failures == failing.runs >= 3 and isinstance(failing.last_error, KeyError)
-        assert isinstance(crashing.last_error, workers.WorkerCrashed)
         assert pool.submit(jobs.add, 1, 1).result(30) == 2
+    # Read once the pool is shut down: a run under way at cancel() may end between two reads.
+    assert failing.failures == failing.runs >= 3 and isinstance(failing.last_error, KeyError)
+    assert crashing.failures == crashing.runs >= 2
+    assert isinstance(crashing.last_error, workers.WorkerCrashed)
 
 
 def test_pause_resume_cancel(pool: workers.Pool) -> None:
+    # Guaranteed: no run starts while paused (one already handed to a worker may finish). Instead
+    # of sleeping and hoping time passed, a witness schedule with the same interval on the same
+    # pool shows that three of its times came and went (and ran) while this one stayed paused.
     sched = pool.schedule(jobs.now, every=0.05)
     assert sched.wait(runs=1, timeout=30)
     sched.pause()
     assert sched.state is workers.ScheduleState.PAUSED and sched.next_run_time is None
     runs = sched.runs
-    time.sleep(0.2)  # nothing may run while paused (this is the property under test)
+    witness = pool.schedule(jobs.now, every=0.05, name="witness")
+    assert witness.wait(runs=3, timeout=30)
+    witness.cancel()
     assert sched.runs <= runs + 1  # one run may have been in flight when pausing
+    assert sched.next_run_time is None
     paused_runs = sched.runs
     sched.resume()
     assert sched.wait(runs=paused_runs + 2, timeout=30)
@@ -388,13 +608,23 @@ def test_pause_resume_cancel(pool: workers.Pool) -> None:
     sched.cancel()
 
 
-def test_schedule_end_finishes_it(pool: workers.Pool) -> None:
-    sched = pool.schedule(jobs.now, every=0.05, end=time.time() + 0.3)
-    deadline = time.monotonic() + 10
-    while sched.state is not workers.ScheduleState.FINISHED and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert sched.state is workers.ScheduleState.FINISHED
-    assert 3 <= sched.runs <= 7
+def test_schedule_end_finishes_it(pool: workers.Pool, tmp_path: Path) -> None:
+    # Guaranteed: no run for a time after `end`, and the schedule ends (FINISHED) once its last
+    # time came. The window holds six times (start + 0..5 * every); how many of them ran depends on
+    # the load (a late timer runs the times that came due together once), so the count is bounded
+    # by the window, not by a guess of the machine's speed.
+    every = 0.05
+    log = tmp_path / "times"
+    start = time.time() + 0.1
+    end = start + 5.5 * every
+    sched = pool.schedule(jobs.append_time, every=every, start=start, end=end, args=(str(log),))
+    wait_until(lambda: sched.state is workers.ScheduleState.FINISHED, timeout=30, what="the schedule to end")
+    assert sched.next_run_time is None
+    pool.shutdown()  # the last run, if still going, ends
+    runs = [float(x) for x in log.read_text().split()]
+    assert 1 <= len(runs) == sched.runs <= 6
+    for k, ran in enumerate(runs):  # the k-th run is for the k-th time or a later one
+        assert ran >= start + k * every - 1e-6, f"run {k} started {start + k * every - ran:.6f}s early"
 
 
 BAD_SCHEDULES: list[tuple[dict[str, Any], str]] = [
@@ -469,23 +699,38 @@ def test_workers_die_with_the_pool_process(method: str, tmp_path: Path) -> None:
         assert len(pids) == 2  # the busy worker and the idle one
         proc.kill()
         proc.wait(10)
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-            time.sleep(0.02)
-        assert not any(pid_alive(p) for p in pids)
+        # They die at once (parent-death signal); an orphan would live on for its hour-long job.
+        wait_until(lambda: not any(pid_alive(p) for p in pids), what="the workers to die with the host")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
 
 
-def test_runs_waiting_beyond_the_misfire_grace_are_missed(events: Events) -> None:
+def test_runs_waiting_beyond_the_misfire_grace_are_missed(events: Events, tmp_path: Path) -> None:
+    # Guaranteed: a run that waited for a worker longer than misfire_grace is dropped and counted.
+    # The only worker is held at a gate until a time 0.2 s after the schedule's first one came,
+    # so the first run has certainly waited more than the 0.1 s grace when a worker frees up.
+    gate = tmp_path / "gate"
     with workers.Pool(1, on_event=events) as pool:
-        blocker = pool.submit(jobs.sleep, 0.6)
-        while not blocker.running():
-            time.sleep(0.005)
-        sched = pool.schedule(jobs.now, every=0.05, max_instances=100, misfire_grace=0.1, name="impatient")
-        blocker.result(30)
+        try:
+            blocker = pool.submit(jobs.wait_for_path, str(gate))
+            wait_until(blocker.running, what="the blocker to hold the worker")
+            sched = pool.schedule(
+                jobs.now, every=0.05, max_instances=100, misfire_grace=0.1, name="impatient"
+            )
+            first = sched.next_run_time
+            assert first is not None
+            first_at = first.timestamp()
+
+            def a_later_time_came() -> bool:
+                upcoming = sched.next_run_time
+                return upcoming is not None and upcoming.timestamp() > first_at + 0.25
+
+            wait_until(a_later_time_came, what="0.2 s of scheduled times to pass")
+        finally:
+            gate.touch()
+        assert blocker.result(30) is None
         assert sched.wait(runs=1, timeout=30)
         sched.cancel()
         assert sched.missed > 0  # runs queued behind the blocker longer than 0.1 s were dropped
@@ -517,7 +762,7 @@ def test_submits_racing_shutdown_all_resolve() -> None:
     for t in threads:
         t.start()
     started.wait(10)
-    time.sleep(0.05)  # let submissions pile up (the race under test needs them)
+    wait_until(lambda: len(futures) >= 200, what="submissions to pile up")  # the race needs them
     pool.shutdown(wait=True, timeout=30)
     for t in threads:
         t.join(10)
@@ -528,25 +773,27 @@ def test_submits_racing_shutdown_all_resolve() -> None:
     assert outcomes <= {"ok", "PoolClosed"}
 
 
-def test_kill_ends_running_held_and_queued_jobs_at_once() -> None:
+def test_kill_ends_running_held_and_queued_jobs_at_once(tmp_path: Path) -> None:
     pool = workers.Pool(2)
     try:
         for _ in range(3):
             [f.result(30) for f in [pool.submit(jobs.add, i, 1) for i in range(200)]]
         # A job with a timeout is never held behind another one: both blockers run, one per worker.
-        blockers = [pool.submit_job(jobs.sleep, (60,), timeout=600) for _ in range(2)]
+        markers = [tmp_path / f"pid{i}" for i in range(2)]
+        blockers = [pool.submit_job(jobs.write_pid_then_sleep, (str(m), 60), timeout=600) for m in markers]
         rest = [pool.submit(jobs.add, i, 1) for i in range(300)]
-        time.sleep(0.3)
-        t = time.monotonic()
+        wait_until(lambda: all(m.exists() and m.read_text() for m in markers), what="both blockers to start")
+        pids = [int(m.read_text()) for m in markers]
         pool.kill()
         for f in blockers:
             with pytest.raises(workers.WorkerCrashed):
-                f.result(10)
+                f.result(30)
         for f in rest:
             with pytest.raises(workers.PoolClosed):
-                f.result(10)
+                f.result(30)
         pool.shutdown(wait=True, timeout=30)
-        assert time.monotonic() - t < 10  # not the 60 s the jobs would have taken
+        # killed, not left to sleep out their 60 s
+        wait_until(lambda: not any(pid_alive(p) for p in pids), what="the blockers' workers to die")
     finally:
         pool.shutdown(wait=False)
 
@@ -576,13 +823,32 @@ def test_map_buffersize_bounds_what_is_submitted_ahead(pool: workers.Pool) -> No
         pool.map(jobs.echo, [1], buffersize=0)
 
 
-def test_map_timeout_covers_the_whole_iteration(pool: workers.Pool) -> None:
-    results = pool.map(jobs.sleep, [0.0, 30.0], timeout=0.5)
-    assert next(results) == 0.0
+def test_map_timeout_covers_the_whole_iteration(pool: workers.Pool, tmp_path: Path) -> None:
+    # As concurrent.futures documents: the deadline runs from the map() call; a result that is ready
+    # is returned even when asked for after the deadline, one that is not raises TimeoutError, and
+    # its job is cancelled. The test waits for the first two jobs to finish and for the deadline to
+    # pass; the third job waits at a gate. No outcome depends on the machine's speed.
+    gate, log = tmp_path / "gate", tmp_path / "ran"
+    done = pool.stats().done
+    results = pool.map(
+        jobs.wait_then_record,
+        [str(tmp_path), str(tmp_path), str(gate)],  # the first two gates (a directory) are open
+        [str(log)] * 3,
+        [0, 1, 2],
+        timeout=0.2,
+    )
+    deadline = time.monotonic() + 0.2  # not before the map's own deadline
+    wait_until(lambda: pool.stats().done >= done + 2, what="the first two jobs")
+    while time.monotonic() <= deadline:  # past the deadline, on purpose
+        time.sleep(0.01)
+    assert next(results) == 0 and next(results) == 1
     with pytest.raises(TimeoutError):
         next(results)
-    results.close()
-    assert pool.submit(jobs.add, 1, 1).result(30) == 2  # the timed-out job was cancelled, not left running
+    wait_until(lambda: pool.stats().cancelled == 1, what="the timed-out job's worker to be killed")
+    gate.touch()
+    assert pool.submit(jobs.add, 1, 1).result(30) == 2
+    pool.shutdown()
+    assert log.read_text().split() == ["0", "1"]  # the third job was cancelled, not left running
 
 
 def test_shutdown_without_waiting_still_runs_queued_and_running_jobs() -> None:
@@ -624,12 +890,16 @@ def test_a_restart_policy_refuses_nan_and_huge_values() -> None:
         m.start(timeout=1e10)
 
 
-def test_a_cancelled_future_keeps_the_executor_contract(pool: workers.Pool) -> None:
-    blocker = pool.submit_job(jobs.sleep, (0.5,), timeout=60)
-    other = pool.submit_job(jobs.sleep, (0.5,), timeout=60)
-    queued = pool.submit(jobs.add, 1, 1)  # behind two running jobs: still pending
-    assert queued.cancel() and queued.cancelled() and queued.done()
-    done, _ = concurrent.futures.wait([queued], timeout=5)  # seen as done at once
-    assert done == {queued}
-    assert queued.set_running_or_notify_cancel() is False  # as documented, not RuntimeError
-    assert blocker.result(30) == 0.5 and other.result(30) == 0.5
+def test_a_cancelled_future_keeps_the_executor_contract(pool: workers.Pool, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    try:  # both workers wait at the gate until the queued job is cancelled
+        blocker = pool.submit_job(jobs.wait_for_path, (str(gate),), timeout=60)
+        other = pool.submit_job(jobs.wait_for_path, (str(gate),), timeout=60)
+        queued = pool.submit(jobs.add, 1, 1)  # behind two running jobs: still pending
+        assert queued.cancel() and queued.cancelled() and queued.done()
+        done, _ = concurrent.futures.wait([queued], timeout=5)  # seen as done at once
+        assert done == {queued}
+        assert queued.set_running_or_notify_cancel() is False  # as documented, not RuntimeError
+    finally:
+        gate.touch()
+    assert blocker.result(30) is None and other.result(30) is None
