@@ -443,7 +443,12 @@ def _adopt_main(cls: type) -> None:
 
 
 def explain(
-    obj: Any, what: str, exc: BaseException, *, pickle_with: Callable[[Any], bytes] | None = None
+    obj: Any,
+    what: str,
+    exc: BaseException,
+    *,
+    pickle_with: Callable[[Any], bytes] | None = None,
+    to_host: bool = False,
 ) -> str:
     """A few lines that say which part of ``obj`` cannot be sent, and how to fix it.
 
@@ -452,9 +457,11 @@ def explain(
         what: how to call it in the message ("the job's callable", "daemon 'web'").
         exc: the error pickling raised.
         pickle_with: what pickled ``obj`` (default :func:`dumps`), to try its parts the same way.
+        to_host: ``obj`` goes from a child back to the host (a job's result), not to a child.
     """
     path = _culprit_path(obj, depth=0, seen=set(), pickle_with=pickle_with or dumps)
-    lines = [f"{what} is {describe(obj)}, which cannot be sent to a child process."]
+    where = "back to the host process" if to_host else "to a child process"
+    lines = [f"{what} is {describe(obj)}, which cannot be sent {where}."]
     if path:
         steps = " -> ".join(step for step, _ in path)
         lines.append(f"What fails: {steps}.")
@@ -462,7 +469,7 @@ def explain(
     else:
         bad = obj
     lines.append(f"Reason: {type(exc).__name__}: {_short(str(exc))}")
-    lines.append(_fix_for(bad))
+    lines.append(_fix_for_result(bad) if to_host else _fix_for(bad))
     return "\n".join(lines)
 
 
@@ -492,6 +499,17 @@ def _fix_for(bad: Any) -> str:
         "cannot be copied into another process. Create it inside the job or daemon (in start()), or keep "
         "it at module level in an importable module and refer to it through that module "
         "(`import helpers; helpers.THING`): importable modules are sent by reference, never copied."
+    )
+
+
+def _fix_for_result(bad: Any) -> str:
+    kind = type(bad).__qualname__
+    if isinstance(bad, types.GeneratorType):
+        return "Fix: return the data (e.g. list(...)) instead of a generator."
+    return (
+        f"Fix: a {kind} (an open resource such as a lock, socket, file or connection) cannot be "
+        "copied into another process: return the data it holds (or what the host needs to open "
+        "it again) instead."
     )
 
 

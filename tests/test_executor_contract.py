@@ -245,22 +245,12 @@ def test_map_submit_errors_raise_at_the_call(pool: workers.Pool) -> None:
         pool.map(42, [1])  # type: ignore[call-overload]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: Pool.map accepts chunksize < 1; ProcessPoolExecutor.map raises "
-    "ValueError('chunksize must be >= 1.') at the call",
-)
 def test_map_refuses_a_chunksize_below_one(pool: workers.Pool) -> None:
     for chunksize in (0, -1):
         with pytest.raises(ValueError, match="chunksize"):
             pool.map(pow, range(3), range(3), chunksize=chunksize)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: Pool.map's iterator keeps the last result it yielded (its locals `value` and "
-    "`fut`) until the next one is asked for; CPython's map drops it at once (bpo-14406)",
-)
 def test_map_keeps_no_reference_to_a_result_it_yielded(pool: workers.Pool) -> None:
     for obj in pool.map(jobs.make_holder, range(5)):
         ref = weakref.ref(obj)
@@ -428,12 +418,6 @@ def test_submit_from_an_atexit_hook_after_the_exit_shutdown_raises_runtime_error
     assert "runtime-error PoolClosed" in res.stdout, res.stdout + res.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: shutdown(wait=True) called from a done callback (which runs on the pool's I/O "
-    "thread) blocks that thread on itself forever; the stdlib executors raise RuntimeError "
-    "('cannot join current thread') there",
-)
 def test_shutdown_from_a_done_callback_does_not_hang(tmp_path: Path) -> None:
     # In a child process: the hang takes the pool's I/O thread with it, which no cleanup undoes.
     script = tmp_path / "script.py"
@@ -695,12 +679,6 @@ def test_errors_subclass_the_builtins_executor_users_already_catch() -> None:
     assert issubclass(workers.PoolFull, RuntimeError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: PoolBroken (the initializer keeps failing) is not a concurrent.futures."
-    "BrokenExecutor, so `except BrokenExecutor` (which catches ProcessPoolExecutor's "
-    "BrokenProcessPool for the same failure) misses it",
-)
 def test_a_pool_whose_initializer_keeps_failing_is_a_broken_executor() -> None:
     pool = workers.Pool(1, initializer=jobs.init_fails, on_event=None)
     try:

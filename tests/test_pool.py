@@ -195,11 +195,6 @@ def test_fault_fails_only_its_job(
         pool.shutdown(wait=True, cancel_futures=True, timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="DEFECT: a result that cannot be pickled is explained as if it were an argument: "
-    "'cannot be sent to a child process' and 'create the generator inside the job'",
-)
 def test_an_unpicklable_result_is_explained_as_a_result(pool: workers.Pool) -> None:
     with pytest.raises(workers.SerializationError) as info:
         pool.submit(jobs.returns_unpicklable).result(30)
@@ -457,13 +452,6 @@ def test_submit_at_and_after_never_fire_early_by_the_workers_clock(
     record_property("pool_lateness_max_s", round(stats.lateness_max, 6))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="DEFECT: submit_job reads time.monotonic() before it converts `at` and reads time.time(), "
-    "so a submitting thread paused in between (GIL switch, preemption) gets a due time early by "
-    "the length of the pause and the job starts before `at`",
-)
 def test_submit_at_never_fires_early_even_if_the_submitting_thread_is_paused(
     pool: workers.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:

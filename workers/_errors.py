@@ -7,7 +7,7 @@
     ├── JobTimeout(TimeoutError)         the job ran past its timeout; its worker was replaced
     ├── SerializationError(TypeError)    a job (at submit) or its result could not be pickled
     ├── PoolClosed(RuntimeError)         submit after shutdown, or a job the shutdown abandoned
-    ├── PoolBroken(RuntimeError)         the initializer keeps failing: no worker can start
+    ├── PoolBroken(BrokenExecutor)       no worker can start (the initializer keeps failing)
     ├── PoolFull(RuntimeError)           max_pending reached (on_full="raise", or the wait ran out)
     └── ScheduleError(ValueError)        a bad trigger or schedule option
 
@@ -15,6 +15,8 @@ A job's own exception comes back as itself, with the worker's traceback as ``__c
 """
 
 from __future__ import annotations
+
+import concurrent.futures
 
 
 class WorkersError(Exception):
@@ -45,8 +47,12 @@ class PoolClosed(WorkersError, RuntimeError):
     """The pool is shut down."""
 
 
-class PoolBroken(WorkersError, RuntimeError):
-    """The pool cannot start workers (the initializer keeps failing); see ``__cause__``."""
+class PoolBroken(WorkersError, concurrent.futures.BrokenExecutor):
+    """The pool cannot start workers (the initializer keeps failing); see ``__cause__``.
+
+    A :class:`concurrent.futures.BrokenExecutor` (so a RuntimeError), as ProcessPoolExecutor's
+    BrokenProcessPool is: ``except BrokenExecutor`` catches both.
+    """
 
 
 class PoolFull(WorkersError, RuntimeError):

@@ -1076,7 +1076,8 @@ class _Core:
             with sched.cond:
                 sched.cond.notify_all()
             return
-        due = time.monotonic() + (at - time.time())
+        wall = time.time()  # first: a pause before the monotonic read makes it late, never early
+        due = time.monotonic() + (at - wall)
         self.push(due, (sched, sched.generation))
 
     def fire_schedule(self, sched: _Schedule) -> None:
@@ -1345,6 +1346,14 @@ def _release_dropped(core: _Core, io: IOThread, events: EventDispatcher) -> None
     fut.add_done_callback(done)
 
 
+def _result_or_cancel(fut: JobFuture[T], timeout: float | None) -> T:
+    try:
+        return fut.result(timeout)
+    except BaseException:  # timed out or interrupted: that job goes too
+        fut.cancel()
+        raise
+
+
 def _release_slot(slots: threading.BoundedSemaphore, _fut: object) -> None:
     slots.release()
 
@@ -1543,14 +1552,16 @@ class Pool(concurrent.futures.Executor):
             if retry_backoff is not None
             else self.retry_backoff
         )
-        loop_now = time.monotonic()
         if at is not None:
             when = at if type(at) is float and math.isfinite(at) else to_epoch(at, "at")
-            due = loop_now + (when - time.time())
+            # The wall clock first: a pause between the two reads (a thread switch) then makes
+            # the job late by that much, never early.
+            wall = time.time()
+            due = time.monotonic() + (when - wall)
         elif after is not None:
-            due = loop_now + to_seconds(after, "after", positive=False)
+            due = time.monotonic() + to_seconds(after, "after", positive=False)
         else:
-            due = loop_now
+            due = time.monotonic()
         if self._closed or self._core.broken is not None:
             self._check_usable()
         core = self._core
@@ -1693,6 +1704,8 @@ class Pool(concurrent.futures.Executor):
         """
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError(f"buffersize={buffersize!r} must be None or a positive integer")
+        if chunksize < 1:
+            raise ValueError(f"chunksize={chunksize!r} must be >= 1")
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables, strict=False)
         ahead = calls if buffersize is None else itertools.islice(calls, buffersize)
@@ -1701,17 +1714,13 @@ class Pool(concurrent.futures.Executor):
         def results() -> Iterator[T]:
             try:
                 while pending:
-                    fut = pending.popleft()
                     if buffersize is not None:
                         for call in itertools.islice(calls, 1):
                             pending.append(self.submit(fn, *call))
                     left = None if deadline is None else deadline - time.monotonic()
-                    try:
-                        value = fut.result(left)
-                    except BaseException:  # timed out or interrupted: that job goes too
-                        fut.cancel()
-                        raise
-                    yield value
+                    # No local holds the future or its value while suspended at the yield: the
+                    # caller's result is the only reference left to it (as in CPython's map).
+                    yield _result_or_cancel(pending.popleft(), left)
             finally:
                 for fut in pending:
                     fut.cancel()
@@ -1751,8 +1760,15 @@ class Pool(concurrent.futures.Executor):
             _release(self._core, self._io, self._events)
             _pools.discard(self)
 
-        if not wait:  # like concurrent.futures: queued jobs still run, the cleanup goes on behind
+        on_loop = self._io.in_loop_thread()
+        if not wait or on_loop:  # like concurrent.futures: queued jobs still run, cleanup behind
             fut.add_done_callback(release)
+            if wait:  # a done-callback: the I/O thread cannot wait for itself (stdlib raises too)
+                raise RuntimeError(
+                    "Pool.shutdown(wait=True) was called on the pool's I/O thread (from a "
+                    "done-callback): it cannot wait for itself. The pool is shutting down without "
+                    "waiting; call shutdown(wait=False) there."
+                )
             return
         try:
             fut.result(None if timeout is None else timeout + 10.0)

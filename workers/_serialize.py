@@ -100,7 +100,7 @@ def dumps_result(value: Any) -> bytes:
     try:
         return _pickling.dumps_to_host(value)
     except Exception as exc:
-        raise SerializationError(_pickling.explain(value, "the job's result", exc)) from exc
+        raise SerializationError(_pickling.explain(value, "the job's result", exc, to_host=True)) from exc
 
 
 # -- the initializer -----------------------------------------------------------------------------
