@@ -17,6 +17,11 @@ from concurrent.futures._base import (  # the states are not public; Future itse
 )
 from typing import Any, TypeVar
 
+from procman import _wire
+
+from ._errors import SerializationError
+from ._serialize import loads
+
 T = TypeVar("T")
 _LOG = logging.getLogger("concurrent.futures")  # where Future logs a failing done-callback
 _MAKE_CONDITION = threading.Lock()
@@ -60,11 +65,6 @@ class Outcome:
         return self._value, self._error
 
     def _decode(self, payload: bytes | memoryview) -> None:
-        from procman import _wire
-
-        from ._errors import SerializationError
-        from ._serialize import loads
-
         what = "error" if self.is_error else "result"
         try:
             if self.is_error:
@@ -99,7 +99,9 @@ class JobFuture(Future[T]):
     @property
     def _result(self) -> Any:
         outcome = self._outcome
-        return outcome.get()[0] if outcome is not None else None
+        if outcome is None:
+            return None
+        return outcome._value if outcome._payload is None else outcome.get()[0]
 
     @_result.setter
     def _result(self, value: Any) -> None:
@@ -108,7 +110,9 @@ class JobFuture(Future[T]):
     @property
     def _exception(self) -> BaseException | None:
         outcome = self._outcome
-        return outcome.get()[1] if outcome is not None else None
+        if outcome is None:
+            return None
+        return outcome._error if outcome._payload is None else outcome.get()[1]
 
     @_exception.setter
     def _exception(self, error: BaseException | None) -> None:

@@ -78,12 +78,13 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._futures import JobFuture, Outcome
-from ._serialize import CACHE_MAX, InitCall, callable_blob, dumps_job, init_call
+from ._serialize import CACHE_MAX, InitCall, callable_blob, dumps_job, init_call, loads
 from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
 from ._worker import (
     ERROR,
     KIND_OUTPUT,
     KIND_RESULT,
+    OK_PLAIN,
     OUT_HEAD,
     RESULT_HEAD,
     StartedBoard,
@@ -588,7 +589,11 @@ class _Core:
                 with self.lock:
                     self.rebalance()
         # Unpickled later, by whoever asks for it (see Outcome): never on this thread.
-        outcome = Outcome(memoryview(body)[1 + RESULT_HEAD.size :], status == ERROR, job.name)
+        payload = memoryview(body)[1 + RESULT_HEAD.size :]
+        if status == OK_PLAIN:  # a small int, str, bytes...: unpickling it runs no code, in no time
+            outcome = Outcome.known(loads(payload))
+        else:
+            outcome = Outcome(payload, status == ERROR, job.name)
         if status == ERROR:
             self.job_failed(job, outcome)
         else:

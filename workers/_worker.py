@@ -38,6 +38,9 @@ STARTED = struct.Struct("<Q")  # a StartedBoard slot: ticket << 1 | (1 once the 
 KIND_RESULT = ord("R")
 OK = 0
 ERROR = 1
+OK_PLAIN = 2  # OK, and the result is a small number, string, bytes or None: no code to unpickle it
+PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, type(None)})
+PLAIN_MAX = 65536  # bytes: a plain result larger than this is unpickled lazily all the same
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -314,7 +317,10 @@ def run_job(
         fn, args, kwargs = load_job(job, fn_cache)
         if board is not None:  # a death from here on is this job's
             STARTED.pack_into(board, at, ticket << 1 | 1)
-        return OK, dumps_result(fn(*args, **kwargs))
+        value = fn(*args, **kwargs)
+        payload = dumps_result(value)
+        plain = type(value) in PLAIN_TYPES and len(payload) <= PLAIN_MAX
+        return OK_PLAIN if plain else OK, payload
     except BaseException as exc:  # noqa: BLE001 - every job error goes back to its future
         tb = exc.__traceback__
         if tb is not None and tb.tb_next is not None:  # start at the job, not at this function
