@@ -469,7 +469,7 @@ def explain(
     else:
         bad = obj
     lines.append(f"Reason: {type(exc).__name__}: {_short(str(exc))}")
-    lines.append(_fix_for_result(bad) if to_host else _fix_for(bad))
+    lines.append(_fix_for(bad, to_host))
     return "\n".join(lines)
 
 
@@ -490,26 +490,23 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _fix_for(bad: Any) -> str:
+def _fix_for(bad: Any, to_host: bool = False) -> str:
     kind = type(bad).__qualname__
+    resource = f"a {kind} (an open resource such as a lock, socket, file, connection or compiled struct)"
+    if to_host:  # a job's result, going back
+        if isinstance(bad, types.GeneratorType):
+            return "Fix: return the data (e.g. list(...)) instead of a generator."
+        return (
+            f"Fix: {resource} cannot be copied into another process: return the data it holds (or "
+            "what the host needs to open it again) instead."
+        )
     if isinstance(bad, types.GeneratorType):
         return "Fix: pass the data (a list) instead of a generator, or create the generator inside the job."
     return (
-        f"Fix: a {kind} (an open resource such as a lock, socket, file, connection or compiled struct) "
-        "cannot be copied into another process. Create it inside the job or daemon (in start()), or keep "
-        "it at module level in an importable module and refer to it through that module "
-        "(`import helpers; helpers.THING`): importable modules are sent by reference, never copied."
-    )
-
-
-def _fix_for_result(bad: Any) -> str:
-    kind = type(bad).__qualname__
-    if isinstance(bad, types.GeneratorType):
-        return "Fix: return the data (e.g. list(...)) instead of a generator."
-    return (
-        f"Fix: a {kind} (an open resource such as a lock, socket, file or connection) cannot be "
-        "copied into another process: return the data it holds (or what the host needs to open "
-        "it again) instead."
+        f"Fix: {resource} cannot be copied into another process. Create it inside the job or daemon "
+        "(in start()), or keep it at module level in an importable module and refer to it through "
+        "that module (`import helpers; helpers.THING`): importable modules are sent by reference, "
+        "never copied."
     )
 
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import procman
 from workers import PoolEvent, PoolEventKind
@@ -66,11 +71,9 @@ def session_members(sid: int) -> dict[int, str]:
     found: dict[int, str] = {}
     for pid, fields in _live_stats():
         if int(fields[3]) == sid:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            except OSError:
-                continue
+            line = cmdline(pid)
+            if line is not None:
+                found[pid] = line
     return found
 
 
@@ -89,14 +92,28 @@ def descendants(roots: set[int] | list[int]) -> set[int]:
     return out
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
+def proc_state(pid: int) -> str | None:
+    """The state letter of ``pid`` (R, S, T, Z...), None if it does not exist."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()[0].decode()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    return proc_state(pid) not in (None, "Z")
+
+
+def cmdline(pid: int) -> str | None:
+    """The command line (the title procman sets) of ``pid``, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
 
 
 class Events:
@@ -126,16 +143,7 @@ class Events:
 
 def titled(prefix: str) -> set[int]:
     """Pids of live processes whose title (command line) starts with ``prefix``."""
-    found: set[int] = set()
-    for pid, _ in _live_stats():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if cmdline.replace(b"\0", b" ").decode(errors="replace").startswith(prefix):
-            found.add(pid)
-    return found
+    return {pid for pid, _ in _live_stats() if (cmdline(pid) or "").startswith(prefix)}
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
@@ -144,3 +152,50 @@ def wait_until(pred: Callable[[], bool], timeout: float = 15.0, what: str = "con
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def run_script(
+    tmp_path: Path,
+    code: str,
+    *,
+    how: str = "file",
+    args: tuple[str, ...] = (),
+    timeout: float = 90,
+    pythonpath: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` as a user would (``how``: "file", "stdin", "repl" or "-c"), in a session of its
+    own, importing from ``pythonpath`` (default ``tmp_path``); nothing may outlive it."""
+    code = textwrap.dedent(code)
+    if how == "file":
+        script = tmp_path / "script.py"
+        script.write_text(code)
+        cmd = [sys.executable, str(script), *args]
+        stdin = None
+    elif how == "stdin":
+        cmd, stdin = [sys.executable, "-", *args], code
+    elif how == "repl":  # the interactive interpreter reading the lines as typed
+        cmd, stdin = [sys.executable, "-i", "-q", *args], code
+    else:
+        cmd, stdin = [sys.executable, "-c", code, *args], None
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(pythonpath or tmp_path)},
+    )
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+        wait_until(lambda: not session_members(proc.pid), 5, "the script's processes to end")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -9,64 +9,17 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import session_members
+from helpers import run_script
 
 import workers
 
 METHODS = ["forkserver", "fork", "spawn"]
-
-
-def run_script(
-    tmp_path: Path, code: str, *, how: str = "file", args: tuple[str, ...] = (), timeout: float = 90
-) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` as a user would (``how``: "file", "stdin" or "-c"); nothing may outlive it."""
-    code = textwrap.dedent(code)
-    if how == "file":
-        script = tmp_path / "script.py"
-        script.write_text(code)
-        cmd = [sys.executable, str(script), *args]
-        stdin = None
-    elif how == "stdin":
-        cmd, stdin = [sys.executable, "-", *args], code
-    elif how == "repl":  # the interactive interpreter reading the lines as typed
-        cmd, stdin = [sys.executable, "-i", "-q", *args], code
-    else:
-        cmd, stdin = [sys.executable, "-c", code, *args], None
-    proc = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-    )
-    try:
-        out, err = proc.communicate(stdin, timeout=timeout)
-        deadline = time.monotonic() + 5
-        while session_members(proc.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        left = session_members(proc.pid)
-        assert not left, f"processes outlived the script: {left}"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 NO_GUARD = """

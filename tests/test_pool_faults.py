@@ -21,19 +21,10 @@ from pathlib import Path
 
 import jobs
 import pytest
-from helpers import Events, titled, wait_until
+from helpers import Events, proc_state, titled, wait_until
 
 import workers
 from workers import PoolEventKind, WorkerCrashed
-
-
-def _stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :].split()[0] == b"T"
 
 
 def _one_worker(name: str) -> int:
@@ -117,7 +108,7 @@ def test_a_job_written_to_a_worker_killed_before_reading_it_runs_on_the_next(
         assert pool.submit(jobs.add, 1, 1).result(30) == 2  # the worker is up and idle
         pid = _one_worker(name)
         os.kill(pid, signal.SIGSTOP)  # it cannot read its pipe any more
-        wait_until(lambda: _stopped(pid), what="the worker to stop")
+        wait_until(lambda: proc_state(pid) == "T", what="the worker to stop")
         fut = pool.submit(jobs.getpid)  # written straight to the stopped, idle worker
         os.kill(pid, signal.SIGKILL)
         ran_in = fut.result(30)  # never started there: it runs on the replacement

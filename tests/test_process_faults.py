@@ -13,9 +13,6 @@ import json
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +20,7 @@ from types import ModuleType
 import jobs
 import multiprocess
 import pytest
-from helpers import Events, pid_alive, session_members, titled, wait_until
+from helpers import Events, pid_alive, run_script, titled, wait_until
 
 import workers
 from procman import _wire
@@ -44,30 +41,9 @@ def _busy_job(pool: workers.Pool, tmp: Path) -> tuple[workers.JobFuture[int], in
 
 def _run_script(tmp_path: Path, code: str, *args: str) -> dict[str, object]:
     """Run ``code`` in a new session; return the JSON it printed last. Nothing may outlive it."""
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(code))
-    proc = subprocess.Popen(
-        [sys.executable, str(script), *args],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(TESTS)},
-    )
-    try:
-        out, err = proc.communicate(timeout=90)
-        wait_until(lambda: not session_members(proc.pid), 5, "the script's processes to end")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    lines = out.strip().splitlines()
-    assert lines, f"the script printed nothing (exit {proc.returncode}); stderr:\n{err}"
+    proc = run_script(tmp_path, code, args=args, pythonpath=TESTS)
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"the script printed nothing (exit {proc.returncode}); stderr:\n{proc.stderr}"
     result = json.loads(lines[-1])
     assert isinstance(result, dict)
     return result

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from daemons import Escapers, Quick
-from helpers import Recorder, descendants, pid_alive, proc_table
+from helpers import Recorder, cmdline, descendants, pid_alive, proc_table
 
 import procman
 from procman import DaemonState, EventKind
@@ -39,14 +39,7 @@ BOUND = 30.0  # seconds: every wait below is bounded by this (they normally take
 
 def _titles() -> dict[int, str]:
     """pid -> title (the whole command line) of every live process."""
-    found: dict[int, str] = {}
-    for pid in proc_table():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                found[pid] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-    return found
+    return {pid: line for pid in proc_table() if (line := cmdline(pid)) is not None}
 
 
 def _carriers(name: str) -> tuple[list[int], list[int]]:
