@@ -836,7 +836,8 @@ def test_map_timeout_covers_the_whole_iteration(pool: workers.Pool, tmp_path: Pa
     gate.touch()
     assert pool.submit(jobs.add, 1, 1).result(30) == 2
     pool.shutdown()
-    assert log.read_text().split() == ["0", "1"]  # the third job was cancelled, not left running
+    # The third job was cancelled, not left running (the first two ran at once: in either order).
+    assert sorted(log.read_text().split()) == ["0", "1"]
 
 
 def test_shutdown_without_waiting_still_runs_queued_and_running_jobs() -> None:
