@@ -146,7 +146,8 @@ class StartedBoard:
         return slot
 
     def read(self, slot: int) -> int | None:
-        """The ticket the worker in ``slot`` started last (0: none), None if it had no slot."""
+        """The mark of the worker in ``slot``: ``ticket << 1``, ``| 1`` once the job's code runs
+        (0: no job yet); None if it had no slot."""
         if slot < 0 or self.map.closed:
             return None
         value: int = STARTED.unpack_from(self.map, slot * STARTED.size)[0]
