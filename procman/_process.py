@@ -404,11 +404,15 @@ class Child:
         if pid is None or self.exitcode is not None:
             return
         try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
+            # The group named after the child: the child's own, or, for a daemon, the one its
+            # guard made for the daemon and left (the guard then sweeps what is left below it).
+            os.killpg(pid, sig)
+        except ProcessLookupError:  # no such group yet: the child alone
+            try:
                 os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
+            except (ProcessLookupError, PermissionError):
+                pass
+        except PermissionError:
             pass
 
     def kill(self) -> None:
