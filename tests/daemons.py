@@ -281,3 +281,16 @@ class Escapers:
 
     def stop(self) -> None:
         pass
+
+
+class HangsInStop:
+    """stop() never returns; SIGTERM (left at its default) ends the process."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        time.sleep(3600)

@@ -481,3 +481,16 @@ def test_a_spawn_failing_midway_releases_the_descriptors_it_made(tmp_path: Path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "START_ERROR True" in res.stdout, res.stdout
     assert "LEAKED []" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork", "spawn"])
+def test_the_sigterm_phase_reaches_a_guarded_daemon(method: str, recorder: Recorder) -> None:
+    # The stop escalation signals the daemon's group, not its guard alone (which ignores SIGTERM
+    # and, SIGKILLed, could not sweep): a daemon whose stop() hangs ends at SIGTERM, not SIGKILL.
+    from daemons import HangsInStop
+
+    with procman.Manager(start_method=method, on_event=recorder) as m:
+        m.register(HangsInStop("hangs"), stop_timeout=0.2, term_timeout=30)
+        m.start(timeout=30)
+        report = m.stop(timeout=60)
+    assert report.outcomes == {"hangs": procman.StopOutcome.TERMINATED}  # not KILLED
