@@ -81,13 +81,15 @@ class Crasher:
 
 
 class Stubborn:
-    """Ignores both stop() and SIGTERM."""
+    """Ignores stop() and (unless ``ignore_term=False``) SIGTERM."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, ignore_term: bool = True) -> None:
         self.name = name
+        self.ignore_term = ignore_term
 
     def start(self) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if self.ignore_term:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def stop(self) -> None:
         time.sleep(3600)
@@ -281,16 +283,3 @@ class Escapers:
 
     def stop(self) -> None:
         pass
-
-
-class HangsInStop:
-    """stop() never returns; SIGTERM (left at its default) ends the process."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        time.sleep(3600)

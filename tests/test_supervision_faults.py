@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from daemons import Escapers, Quick
+from daemons import Escapers, Quick, Stubborn
 from helpers import Recorder, cmdline, descendants, pid_alive, proc_table
 
 import procman
@@ -487,10 +487,8 @@ def test_a_spawn_failing_midway_releases_the_descriptors_it_made(tmp_path: Path)
 def test_the_sigterm_phase_reaches_a_guarded_daemon(method: str, recorder: Recorder) -> None:
     # The stop escalation signals the daemon's group, not its guard alone (which ignores SIGTERM
     # and, SIGKILLed, could not sweep): a daemon whose stop() hangs ends at SIGTERM, not SIGKILL.
-    from daemons import HangsInStop
-
     with procman.Manager(start_method=method, on_event=recorder) as m:
-        m.register(HangsInStop("hangs"), stop_timeout=0.2, term_timeout=30)
+        m.register(Stubborn("hangs", ignore_term=False), stop_timeout=0.2, term_timeout=30)
         m.start(timeout=30)
         report = m.stop(timeout=60)
     assert report.outcomes == {"hangs": procman.StopOutcome.TERMINATED}  # not KILLED
