@@ -142,8 +142,14 @@ class Events:
 
 
 def titled(prefix: str) -> set[int]:
-    """Pids of live processes whose title (command line) starts with ``prefix``."""
-    return {pid for pid, _ in _live_stats() if (cmdline(pid) or "").startswith(prefix)}
+    """Pids of live processes whose title (command line) starts with ``prefix``.
+
+    A process forking or posix_spawn()ing (a worker starting its shell guard) has, for a moment, a
+    child that shares its memory and so shows its title; that child, whose parent has the same
+    title, is left out: killing it instead of the titled process would prove nothing.
+    """
+    found = {pid: int(f[1]) for pid, f in _live_stats() if (cmdline(pid) or "").startswith(prefix)}
+    return {pid for pid, parent in found.items() if parent not in found}
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
