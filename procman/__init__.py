@@ -6,25 +6,64 @@ concurrently (all or nothing), restarts crash-prone ones under a policy, and sto
 concurrently within a deadline.
 """
 
-from ._child import heartbeat, in_child
-from ._command import CommandDaemon
-from ._daemon import Daemon
-from ._errors import (
-    DaemonError,
-    DaemonExited,
-    ManagerClosed,
-    OperationTimeout,
-    ProcmanError,
-    RemoteTraceback,
-    StartError,
-    StateError,
-)
-from ._events import Event, EventHook, EventKind, log_event
-from ._manager import AsyncManager, Manager
-from ._policy import Restart, RestartPolicy
-from ._signals import run_until_signal
-from ._supervisor import DaemonState, DaemonStatus, ExitInfo, StopOutcome, StopReport
-from ._wire import ChildError, describe_exit
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._child.boot import heartbeat, in_child
+    from ._child.wire import ChildError, describe_exit
+    from ._command import CommandDaemon
+    from ._daemon import Daemon
+    from ._errors import (
+        DaemonError,
+        DaemonExited,
+        ManagerClosed,
+        OperationTimeout,
+        ProcmanError,
+        RemoteTraceback,
+        StartError,
+        StateError,
+    )
+    from ._manager import AsyncManager, Manager
+    from ._policy import Restart, RestartPolicy
+    from ._proc.events import Event, EventHook, EventKind, log_event
+    from ._signals import run_until_signal
+    from ._supervisor import DaemonState, DaemonStatus, ExitInfo, StopOutcome, StopReport
+
+# Each public name and the module it lives in, imported on first use (PEP 562): a child process
+# loads procman._child alone, never the parent side this package's names would pull in.
+_HOMES = {
+    "heartbeat": "_child.boot",
+    "in_child": "_child.boot",
+    "ChildError": "_child.wire",
+    "describe_exit": "_child.wire",
+    "CommandDaemon": "_command",
+    "Daemon": "_daemon",
+    "DaemonError": "_errors",
+    "DaemonExited": "_errors",
+    "ManagerClosed": "_errors",
+    "OperationTimeout": "_errors",
+    "ProcmanError": "_errors",
+    "RemoteTraceback": "_errors",
+    "StartError": "_errors",
+    "StateError": "_errors",
+    "Event": "_proc.events",
+    "EventHook": "_proc.events",
+    "EventKind": "_proc.events",
+    "log_event": "_proc.events",
+    "AsyncManager": "_manager",
+    "Manager": "_manager",
+    "Restart": "_policy",
+    "RestartPolicy": "_policy",
+    "run_until_signal": "_signals",
+    "DaemonState": "_supervisor",
+    "DaemonStatus": "_supervisor",
+    "ExitInfo": "_supervisor",
+    "StopOutcome": "_supervisor",
+    "StopReport": "_supervisor",
+}
 
 __all__ = (
     "AsyncManager",
@@ -57,3 +96,16 @@ __all__ = (
     "run_until_signal",
 )
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

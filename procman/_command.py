@@ -5,7 +5,7 @@ speaks the control protocol for it: ready once the program was exec'd, ``stop`` 
 the program, and the program's own exit (code or signal) becomes the shim's, so the manager sees
 and decodes it exactly as for a Python daemon. The program inherits the shim's stdout/stderr, which
 are already the manager's log pipes, and a parent-death signal: if the shim is killed, so is it.
-Like every daemon's process, the shim runs below the daemon's guard (procman._child, step 4): what
+Like every daemon's process, the shim runs below the daemon's guard (procman._child.guard): what
 the program leaves behind when it ends, children it ``setsid()``'d or daemonized included, is
 killed then. So a program that daemonizes itself is stopped as soon as its foreground process exits.
 """

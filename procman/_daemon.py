@@ -14,10 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from . import _pickling
+from ._child import pickling as _pickling
+from ._child.explain import explain
 from ._errors import DaemonError
 from ._names import check_name
-from ._policy import MAX_SECONDS, Restart, RestartPolicy
+from ._policy import Restart, RestartPolicy
+from ._proc.loop import MAX_SECONDS
 
 
 @runtime_checkable
@@ -96,7 +98,7 @@ def make_spec(
     try:
         blob = _pickling.dumps(daemon)
     except Exception as exc:
-        raise DaemonError(_pickling.explain(daemon, f"daemon {name!r}", exc)) from exc
+        raise DaemonError(explain(daemon, f"daemon {name!r}", exc)) from exc
     assert start_t is not None and stop_t is not None and term_t is not None
     return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog, check_depends_on(name, depends_on))
 

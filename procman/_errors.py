@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ._child.wire import RemoteTraceback
+
 
 class ProcmanError(Exception):
     """Base class of every procman error."""
@@ -36,17 +38,6 @@ class StateError(ProcmanError, RuntimeError):
 
 class OperationTimeout(ProcmanError, TimeoutError):
     """A bounded wait ran out."""
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a child process, as text."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.tb}"""'
 
 
 class StartError(ProcmanError, RuntimeError):
@@ -70,3 +61,15 @@ class StartError(ProcmanError, RuntimeError):
 
 class DaemonExited(ProcmanError, RuntimeError):
     """A daemon's process ended before it was ready (exit status decoded in the message)."""
+
+
+__all__ = (  # RemoteTraceback lives with the wire protocol that carries it; it is one of procman's errors
+    "DaemonError",
+    "DaemonExited",
+    "ManagerClosed",
+    "OperationTimeout",
+    "ProcmanError",
+    "RemoteTraceback",
+    "StartError",
+    "StateError",
+)

@@ -14,11 +14,11 @@ from typing import Any, TypeVar
 
 from ._daemon import make_spec
 from ._errors import ManagerClosed
-from ._events import EventDispatcher, EventHook, log_event
-from ._loop import IOThread
-from ._output import Output, OutputRouter, check_output
 from ._policy import Restart, RestartPolicy
-from ._process import START_METHODS, preload, warn_if_fork
+from ._proc.events import EventDispatcher, EventHook, log_event
+from ._proc.loop import IOThread
+from ._proc.output import Output, OutputRouter, check_output
+from ._proc.start import START_METHODS, preload, warn_if_fork
 from ._supervisor import DaemonStatus, StopOutcome, StopReport, Supervisor
 
 log = logging.getLogger("procman")

@@ -22,10 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from ._errors import DaemonError
-
-MAX_SECONDS = 100 * 365 * 24 * 3600.0
-"""The longest duration accepted anywhere (100 years): beyond it the event loop's timers overflow
-(``OverflowError`` after the action began), so it is refused at the call instead."""
+from ._proc.loop import MAX_SECONDS
 
 
 class Restart(StrEnum):

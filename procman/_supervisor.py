@@ -34,14 +34,14 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from . import _wire
-from ._child import run_daemon
+from ._child import wire as _wire
+from ._child.daemon_loop import run_daemon
 from ._daemon import DaemonSpec
 from ._errors import DaemonError, DaemonExited, OperationTimeout, StartError, StateError
-from ._events import Event, EventKind
-from ._output import OutputRouter
 from ._policy import RestartTracker, Verdict
-from ._process import Child
+from ._proc.child import Child
+from ._proc.events import Event, EventKind
+from ._proc.output import OutputRouter
 
 WATCHDOG_DUMP_GRACE = 0.2  # seconds between the stack dump (SIGUSR1) and SIGKILL
 REAP_BOUND = 5.0  # seconds to wait for a SIGKILLed process to be reported dead

@@ -13,7 +13,7 @@ from daemons import Quick
 from helpers import Events, Recorder, descendants
 
 import procman
-from procman._process import get_context
+from procman._proc.start import get_context
 
 
 def _helper_pids() -> set[int]:

@@ -191,7 +191,7 @@ class PipeProbe:
         self.name = name
 
     def start(self) -> None:
-        from procman import _child
+        from procman._child import boot as _child
 
         chan = _child._channel
         assert chan is not None
@@ -280,6 +280,22 @@ class Escapers:
         with open(self.pidfile + ".tmp", "w") as f:
             f.write(f"{os.getpid()}\n{' '.join(pids)}\n")
         os.rename(self.pidfile + ".tmp", self.pidfile)
+
+    def stop(self) -> None:
+        pass
+
+
+class ModulesReport:
+    """Prints the procman and workers modules its process loaded, then idles (tests/test_layers.py)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        import sys
+
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("procman", "workers"))
+        print("loaded " + " ".join(loaded), flush=True)
 
     def stop(self) -> None:
         pass

@@ -357,3 +357,8 @@ class TouchesOnDel:
 
 def make_holder(value: int) -> Holder:
     return Holder(value)
+
+
+def loaded_modules() -> list[str]:
+    """The procman and workers modules this process has loaded (tests/test_layers.py)."""
+    return sorted(m for m in sys.modules if m.split(".")[0] in ("procman", "workers"))

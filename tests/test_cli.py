@@ -485,7 +485,7 @@ every = "0.2s"
 def test_colour_per_name_on_a_terminal() -> None:
     import io
 
-    from procman._console import Console
+    from procman.cli.console import Console
 
     out = io.StringIO()
     console = Console(["web", "db"], out, color=True)

@@ -18,9 +18,9 @@ import orjson
 import pytest
 from test_cli import READY, Procman, _env, run_procman
 
-from procman._cli import _parser, version_line
-from procman._console import Console, traceback_lines
 from procman._errors import RemoteTraceback
+from procman.cli.console import Console, traceback_lines
+from procman.cli.main import _parser, version_line
 
 Start = Callable[[Path, str], Procman]
 
@@ -152,7 +152,7 @@ def test_the_config_socket_key_and_socket_option_still_win(
 def test_a_long_config_name_still_gets_a_socket_that_fits(
     tmp_path: Path, runtime: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from procman._control import SUN_PATH_MAX, default_socket
+    from procman.cli.control import SUN_PATH_MAX, default_socket
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", runtime["XDG_RUNTIME_DIR"])
     long = tmp_path / ("x" * 150 + ".toml")

@@ -26,10 +26,10 @@ import orjson
 import pytest
 from test_cli import READY, Procman, _env, run_procman
 
-from procman._cli import main
-from procman._config import MAX_NESTING, ConfigError, load
-from procman._console import QUEUE_BYTES, Console
-from procman._control import MAX_REQUEST
+from procman.cli.config import MAX_NESTING, ConfigError, load
+from procman.cli.console import QUEUE_BYTES, Console
+from procman.cli.control import MAX_REQUEST
+from procman.cli.main import main
 
 # -- config values: one line at `check` and at `run`, no traceback -----------------------------------
 

@@ -377,8 +377,8 @@ def test_a_script_failing_right_after_making_a_pool_exits_with_only_its_own_erro
 
 
 def test_a_workers_job_output_sends_whole_lines_tagged_with_the_job() -> None:
-    from procman import _wire
-    from workers._worker import OUT_HEAD, OUT_MAX, JobOutput
+    from procman._child import wire as _wire
+    from procman._child.worker_loop import OUT_HEAD, OUT_MAX, JobOutput
 
     class Chan:
         def __init__(self) -> None:

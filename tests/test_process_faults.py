@@ -23,7 +23,7 @@ import pytest
 from helpers import Events, pid_alive, run_script, titled, wait_until
 
 import workers
-from procman import _wire
+from procman._child import wire as _wire
 from workers import PoolEventKind, SerializationError, WorkerCrashed
 
 METHODS = ["forkserver", "fork", "spawn"]

@@ -17,8 +17,8 @@ import pytest
 from helpers import Events
 
 import workers
-from procman._cli import main as procman_main
-from procman._config import ConfigError, load
+from procman.cli.config import ConfigError, load
+from procman.cli.main import main as procman_main
 from workers import PoolEventKind
 
 TESTS = Path(__file__).resolve().parent

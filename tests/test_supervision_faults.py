@@ -31,7 +31,7 @@ from helpers import Recorder, cmdline, descendants, pid_alive, proc_table
 
 import procman
 from procman import DaemonState, EventKind
-from procman._process import START_METHODS
+from procman._proc.start import START_METHODS
 
 TESTS = Path(__file__).parent
 BOUND = 30.0  # seconds: every wait below is bounded by this (they normally take milliseconds)

@@ -8,7 +8,7 @@ import pytest
 
 import procman
 import workers
-from procman import _wire
+from procman._child import wire as _wire
 
 
 def test_frames_split_anywhere_are_reassembled() -> None:

@@ -5,19 +5,58 @@ that kills its worker fails alone (``WorkerCrashed``), jobs can run at a time, a
 interval or on a cron expression, and CPU-bound work runs outside the host's GIL.
 """
 
-from ._errors import (
-    JobTimeout,
-    PoolBroken,
-    PoolClosed,
-    PoolFull,
-    ScheduleError,
-    SerializationError,
-    WorkerCrashed,
-    WorkersError,
-)
-from ._futures import JobFuture
-from ._pool import Pool, PoolEvent, PoolEventKind, PoolStats, Schedule, ScheduleState, log_pool_event
-from ._triggers import Cron, Every, Plan, plan
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._errors import (
+        JobTimeout,
+        PoolBroken,
+        PoolClosed,
+        PoolFull,
+        ScheduleError,
+        SerializationError,
+        WorkerCrashed,
+        WorkersError,
+    )
+    from ._futures import JobFuture
+    from ._pool import (
+        Pool,
+        PoolEvent,
+        PoolEventKind,
+        PoolStats,
+        Schedule,
+        ScheduleState,
+        log_pool_event,
+    )
+    from ._triggers import Cron, Every, Plan, plan
+
+# Each public name and the module it lives in, imported on first use (PEP 562): a child process
+# loads procman._child alone, never the parent side this package's names would pull in.
+_HOMES = {
+    "JobTimeout": "_errors",
+    "PoolBroken": "_errors",
+    "PoolClosed": "_errors",
+    "PoolFull": "_errors",
+    "ScheduleError": "_errors",
+    "SerializationError": "_errors",
+    "WorkerCrashed": "_errors",
+    "WorkersError": "_errors",
+    "JobFuture": "_futures",
+    "Pool": "_pool",
+    "PoolEvent": "_pool",
+    "PoolEventKind": "_pool",
+    "PoolStats": "_pool",
+    "Schedule": "_pool",
+    "ScheduleState": "_pool",
+    "log_pool_event": "_pool",
+    "Cron": "_triggers",
+    "Every": "_triggers",
+    "Plan": "_triggers",
+    "plan": "_triggers",
+}
 
 __all__ = (
     "Cron",
@@ -41,3 +80,16 @@ __all__ = (
     "log_pool_event",
     "plan",
 )
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,7 +17,8 @@ from concurrent.futures._base import (  # the states are not public; Future itse
 )
 from typing import Any, TypeVar
 
-from procman import _wire
+from procman._child import wire as _wire
+from procman._child.worker_loop import ResultNotSent
 
 from ._errors import SerializationError
 from ._serialize import loads
@@ -68,7 +69,11 @@ class Outcome:
         what = "error" if self.is_error else "result"
         try:
             if self.is_error:
-                self._error = _wire.rebuild_error(pickle.loads(payload))
+                error = _wire.rebuild_error(pickle.loads(payload))
+                if isinstance(error, ResultNotSent):  # the worker's name for it
+                    sent, error = error, SerializationError(str(error))
+                    error.__cause__ = sent.__cause__
+                self._error = error
             else:
                 self._value = loads(payload)
         except BaseException as exc:  # noqa: BLE001 - becomes the job's error, with its cause

@@ -61,13 +61,26 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from procman import _wire
-from procman._child import FdBox
-from procman._events import EventDispatcher, event_line
-from procman._loop import IOThread
-from procman._output import Output, OutputRouter, check_output
-from procman._policy import MAX_SECONDS
-from procman._process import START_METHODS, Child, preload, warn_if_fork
+from procman._child import wire as _wire
+from procman._child.boot import FdBox
+from procman._child.worker_loop import (
+    CACHE_MAX,
+    ERROR,
+    KIND_OUTPUT,
+    KIND_RESULT,
+    OK_PLAIN,
+    OUT_HEAD,
+    RESULT_HEAD,
+    InitCall,
+    StartedBoard,
+    job_frame,
+    worker_main,
+)
+from procman._proc.child import Child
+from procman._proc.events import EventDispatcher, event_line
+from procman._proc.loop import MAX_SECONDS, IOThread
+from procman._proc.output import Output, OutputRouter, check_output
+from procman._proc.start import START_METHODS, warn_if_fork
 
 from ._errors import (
     JobTimeout,
@@ -78,19 +91,8 @@ from ._errors import (
     WorkerCrashed,
 )
 from ._futures import JobFuture, Outcome
-from ._serialize import CACHE_MAX, InitCall, callable_blob, dumps_job, init_call, loads
+from ._serialize import callable_blob, dumps_job, init_call, loads
 from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
-from ._worker import (
-    ERROR,
-    KIND_OUTPUT,
-    KIND_RESULT,
-    OK_PLAIN,
-    OUT_HEAD,
-    RESULT_HEAD,
-    StartedBoard,
-    job_frame,
-    worker_main,
-)
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
@@ -1491,8 +1493,6 @@ class Pool(concurrent.futures.Executor):
         self._shutdown_fut: concurrent.futures.Future[None] | None = None
         self._events = EventDispatcher(on_event, "workers-events")
         self._output = OutputRouter(output, "workers.job", "job", self._events.emit)
-        if start_method == "forkserver":
-            preload("workers")  # every worker imports it: import it once in the forkserver
         self._io = IOThread("workers-io")
         settings = _Settings(
             name=name,

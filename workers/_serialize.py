@@ -1,4 +1,7 @@
-"""Job serialization: what a job sends to its worker and what comes back (rules: procman._pickling).
+"""Job serialization, the parent's half: what a job sends to its worker.
+
+The rules are procman._child.pickling's; the worker's half (loading a job, pickling its result,
+the initializer) is in procman._child.worker_loop.
 
 Importable functions and modules go by reference (stdlib pickle, about 2 us); what comes from
 ``__main__`` (the host's script, ``-c``, stdin, the REPL), lambdas and closures go by value. A
@@ -10,19 +13,17 @@ callable by its bytes for the same reason.
 from __future__ import annotations
 
 import importlib
-import struct
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from procman import _pickling
+from procman._child import pickling as _pickling
+from procman._child.explain import describe, explain
+from procman._child.worker_loop import CACHE_MAX, FN_LEN, InitCall
 
 from ._errors import SerializationError
 
 _blobs: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
-_FN_LEN = struct.Struct("<I")
-FN_CACHE_MAX = 256  # loaded callables a worker keeps, by their bytes
-CACHE_MAX = 65536  # bytes: a callable pickled to more is pickled again at each use, not cached
 
 
 def callable_blob(fn: Callable[..., Any]) -> bytes:
@@ -37,7 +38,7 @@ def callable_blob(fn: Callable[..., Any]) -> bytes:
     try:
         blob = _pickling.dumps(fn)
     except Exception as exc:
-        raise SerializationError(_pickling.explain(fn, "the job's callable", exc)) from exc
+        raise SerializationError(explain(fn, "the job's callable", exc)) from exc
     if len(blob) <= CACHE_MAX:  # a big one (a partial over a large object) is not kept twice
         try:
             _blobs[fn] = blob
@@ -56,26 +57,8 @@ def dumps_job(fn_blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         payload = _pickling.dumps(call)
     except Exception as exc:
         label, culprit = _culprit(args, kwargs)
-        raise SerializationError(_pickling.explain(culprit, f"the job's {label}", exc)) from exc
-    return _FN_LEN.pack(len(fn_blob)) + fn_blob + payload
-
-
-def load_job(
-    blob: bytes | memoryview, cache: dict[bytes, Callable[..., Any]] | None = None
-) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    """The callable and arguments of a job from dumps_job; callables cached by their bytes."""
-    view = memoryview(blob)
-    (n,) = _FN_LEN.unpack_from(view, 0)
-    fn_blob = bytes(view[4 : 4 + n])
-    fn = cache.get(fn_blob) if cache is not None else None
-    if fn is None:
-        fn = _pickling.loads(fn_blob)
-        if cache is not None and n <= CACHE_MAX:  # a big one would keep its objects alive
-            if len(cache) >= FN_CACHE_MAX:
-                cache.clear()
-            cache[fn_blob] = fn
-    args, kwargs = _pickling.loads(view[4 + n :])
-    return fn, args, kwargs
+        raise SerializationError(explain(culprit, f"the job's {label}", exc)) from exc
+    return FN_LEN.pack(len(fn_blob)) + fn_blob + payload
 
 
 def _culprit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
@@ -95,44 +78,7 @@ def _culprit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
 loads = _pickling.loads
 
 
-def dumps_result(value: Any) -> bytes:
-    """A result for the wire (the host's ``__main__`` classes by name); SerializationError if it can't go."""
-    try:
-        return _pickling.dumps_to_host(value)
-    except Exception as exc:
-        raise SerializationError(_pickling.explain(value, "the job's result", exc, to_host=True)) from exc
-
-
 # -- the initializer -----------------------------------------------------------------------------
-
-
-class InitCall:
-    """The pool's initializer and its ``initargs``, as each worker gets them.
-
-    The callable is pickled once, at Pool(). The arguments are pickled when this object is: while
-    procman starts a forkserver or spawn worker (procman._process pickles the process object
-    inside _pickling.spawning), as ProcessPoolExecutor hands over its initargs. So they may hold
-    what multiprocessing shares only with a process it starts (a Queue, Lock or Event of
-    multiprocessing or multiprocess, made in the context of the pool's start method): each worker
-    gets their pipes and semaphores as file descriptors of its own start. A forked worker inherits
-    this object, arguments and all, and nothing is pickled.
-    """
-
-    __slots__ = ("args", "args_blob", "fn_blob")
-
-    def __init__(self, fn_blob: bytes, args: tuple[Any, ...], args_blob: bytes | None = None) -> None:
-        self.fn_blob = fn_blob
-        self.args = args
-        self.args_blob = args_blob  # in a worker: the arguments, loaded by load()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (InitCall, (self.fn_blob, (), _pickling.dumps_at_start(self.args)))
-
-    def load(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        """The initializer and its arguments (in the worker: so that errors are the initializer's)."""
-        fn = _pickling.loads(self.fn_blob)
-        args = self.args if self.args_blob is None else _pickling.loads(self.args_blob)
-        return fn, tuple(args)
 
 
 def init_call(fn: Callable[..., Any], initargs: tuple[Any, ...], start_method: str) -> InitCall:
@@ -145,7 +91,7 @@ def init_call(fn: Callable[..., Any], initargs: tuple[Any, ...], start_method: s
     try:
         fn_blob = _pickling.dumps(fn)
     except Exception as exc:
-        raise SerializationError(_pickling.explain(fn, "the initializer", exc)) from exc
+        raise SerializationError(explain(fn, "the initializer", exc)) from exc
     args = tuple(initargs)
     if start_method != "fork":  # forked workers inherit the arguments as they are
         # A trial start: the arguments pickle as they will at each worker's start.
@@ -169,9 +115,9 @@ def _initargs_error(args: tuple[Any, ...], start_method: str, exc: BaseException
             package = "multiprocess" if "multiprocess objects" in str(exc) else "multiprocessing"
         kind = type(culprit).__name__
         context = f"{package}.get_context({start_method!r})"
-        subject = f"{what} is {_pickling.describe(culprit)}"
+        subject = f"{what} is {describe(culprit)}"
         if not module.startswith(package):  # a container: it holds one
-            subject = f"{what} ({_pickling.describe(culprit)}) holds a {package} object"
+            subject = f"{what} ({describe(culprit)}) holds a {package} object"
         if module.startswith(package) and hasattr(importlib.import_module(package), kind):
             made, make = f"{package}.{kind}()", f"{context}.{kind}()"
         else:
@@ -182,7 +128,7 @@ def _initargs_error(args: tuple[Any, ...], start_method: str, exc: BaseException
             f"Fix: make it in the pool's context, {make}, or pass start_method='fork' to the pool.\n"
             f"Reason: {type(exc).__name__}: {exc}"
         )
-    return _pickling.explain(culprit, what, exc, pickle_with=_pickling.dumps_at_start)
+    return explain(culprit, what, exc, pickle_with=_pickling.dumps_at_start)
 
 
 def _sends_at_start(obj: Any) -> bool:

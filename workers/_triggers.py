@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, tzinfo
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from procman._policy import MAX_SECONDS
+from procman._proc.loop import MAX_SECONDS
 
 from ._errors import ScheduleError
 

@@ -17,6 +17,6 @@ ENV = "_PROCMAN_FORKSERVER_PARENT"
 
 if "multiprocess.forkserver" in sys.modules and os.environ.get(ENV) == str(os.getppid()):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from ._child import set_title  # preloaded in the forkserver before this module
+    from .linux import set_title  # preloaded in the forkserver before this module
 
     set_title("procman: forkserver")

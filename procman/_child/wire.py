@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from ._errors import RemoteTraceback
+from . import pickling
 
 HEADER = struct.Struct("<I")
 MAX_FRAME = 1 << 30
@@ -121,14 +121,23 @@ def error_record(exc: BaseException) -> dict[str, Any]:
         "tb": tb,
     }
     try:
-        from . import _pickling
-
-        blob = _pickling.dumps_to_host(exc)  # a __main__ exception class by name: the host's own
-        _pickling.loads(blob)  # some exceptions pickle but do not unpickle (required init args)
+        blob = pickling.dumps_to_host(exc)  # a __main__ exception class by name: the host's own
+        pickling.loads(blob)  # some exceptions pickle but do not unpickle (required init args)
         record["pickled"] = blob.hex()
     except Exception:  # noqa: BLE001 - any failure just means "send the text only"
         pass
     return record
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a child process, as text."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
 
 
 class ChildError(Exception):
@@ -145,9 +154,7 @@ def rebuild_error(record: dict[str, Any]) -> BaseException:
     blob = record.get("pickled")
     if isinstance(blob, str):
         try:
-            from . import _pickling
-
-            loaded = _pickling.loads(bytes.fromhex(blob))
+            loaded = pickling.loads(bytes.fromhex(blob))
             if isinstance(loaded, BaseException):
                 exc = loaded
         except Exception:  # noqa: BLE001 - fall back to the text form

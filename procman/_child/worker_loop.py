@@ -1,6 +1,6 @@
 """The worker process: runs jobs one at a time, read from its pipe, results written back.
 
-Frames (see procman._wire): parent -> worker ``P`` + JOB_HEAD(job id, due) + job bytes, or a JSON
+Frames (see procman._child.wire): parent -> worker ``P`` + JOB_HEAD(job id, due) + job bytes, or a JSON
 ``stop``; worker -> parent a JSON ``ready`` once the initializer ran, then one ``R`` frame per job:
 RESULT_HEAD(job id, started, finished, rss kB, status) + payload. ``started`` and ``due`` are both
 CLOCK_MONOTONIC, which Linux shares between processes, so lateness is measured where it happens.
@@ -21,12 +21,13 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from procman import _wire
-from procman._child import Channel, FdBox, manager_gone
-
-from ._serialize import InitCall, dumps_result, load_job
+from . import pickling
+from . import wire as _wire
+from .boot import Channel, FdBox, manager_gone
+from .explain import explain
 
 JOB_HEAD = struct.Struct("<Qd")
 OUT_HEAD = struct.Struct("<QB")  # job id (0: none), stream (1 stdout, 2 stderr)
@@ -42,6 +43,72 @@ OK_PLAIN = 2  # OK, and the result is a small number, string, bytes or None: no 
 PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, type(None)})
 PLAIN_MAX = 65536  # bytes: a plain result larger than this is unpickled lazily all the same
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+# -- a job's bytes in, its result's bytes out (the parent's half: workers._serialize) -------------
+
+FN_LEN = struct.Struct("<I")
+FN_CACHE_MAX = 256  # loaded callables a worker keeps, by their bytes
+CACHE_MAX = 65536  # bytes: a callable pickled to more is pickled again at each use, not cached
+
+
+class ResultNotSent(TypeError):
+    """A job's result that cannot be pickled back (the pool raises it as SerializationError)."""
+
+
+def load_job(
+    blob: bytes | memoryview, cache: dict[bytes, Callable[..., Any]] | None = None
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """The callable and arguments of a job from dumps_job; callables cached by their bytes."""
+    view = memoryview(blob)
+    (n,) = FN_LEN.unpack_from(view, 0)
+    fn_blob = bytes(view[4 : 4 + n])
+    fn = cache.get(fn_blob) if cache is not None else None
+    if fn is None:
+        fn = pickling.loads(fn_blob)
+        if cache is not None and n <= CACHE_MAX:  # a big one would keep its objects alive
+            if len(cache) >= FN_CACHE_MAX:
+                cache.clear()
+            cache[fn_blob] = fn
+    args, kwargs = pickling.loads(view[4 + n :])
+    return fn, args, kwargs
+
+
+def dumps_result(value: Any) -> bytes:
+    """A result for the wire (the host's ``__main__`` classes by name); ResultNotSent if it can't go."""
+    try:
+        return pickling.dumps_to_host(value)
+    except Exception as exc:
+        raise ResultNotSent(explain(value, "the job's result", exc, to_host=True)) from exc
+
+
+class InitCall:
+    """The pool's initializer and its ``initargs``, as each worker gets them.
+
+    The callable is pickled once, at Pool(). The arguments are pickled when this object is: while
+    procman starts a forkserver or spawn worker (the process layer pickles the process object
+    inside pickling.spawning), as ProcessPoolExecutor hands over its initargs. So they may hold
+    what multiprocessing shares only with a process it starts (a Queue, Lock or Event of
+    multiprocessing or multiprocess, made in the context of the pool's start method): each worker
+    gets their pipes and semaphores as file descriptors of its own start. A forked worker inherits
+    this object, arguments and all, and nothing is pickled.
+    """
+
+    __slots__ = ("args", "args_blob", "fn_blob")
+
+    def __init__(self, fn_blob: bytes, args: tuple[Any, ...], args_blob: bytes | None = None) -> None:
+        self.fn_blob = fn_blob
+        self.args = args
+        self.args_blob = args_blob  # in a worker: the arguments, loaded by load()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (InitCall, (self.fn_blob, (), pickling.dumps_at_start(self.args)))
+
+    def load(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        """The initializer and its arguments (in the worker: so that errors are the initializer's)."""
+        fn = pickling.loads(self.fn_blob)
+        args = self.args if self.args_blob is None else pickling.loads(self.args_blob)
+        return fn, tuple(args)
 
 
 def job_frame(job_id: int, due: float, blob: bytes) -> bytes:

@@ -18,229 +18,16 @@ still hold the write ends.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import select
 import signal
 import threading
-import warnings
 from collections.abc import Callable
-from multiprocessing import process as std_process  # free: dill imports stdlib multiprocessing
 from typing import Any
 
-import multiprocess
-from multiprocess import context as mp_context
-from multiprocess import process as mp_process
-from multiprocess import util as _mp_util  # noqa: F401 - see _EXIT_HOOK_ORDER
+from procman._child import wire as _wire
 
-try:  # imported here once: a forked child inherits it instead of importing it (~1-2 ms a start)
-    import setproctitle  # noqa: F401
-except ImportError:  # pragma: no cover - a dependency; children then keep their default title
-    pass
-
-from . import _pickling, _wire
-from ._child import FdBox, child_main
-
-START_METHODS = ("forkserver", "fork", "spawn")
-
-# Python 3.12+ warns (DeprecationWarning) at every fork of a process that runs threads, and under
-# start_method="fork" procman's own I/O thread always runs. That is one repeated, unexplained line
-# per child; procman says it once, in its own words, when fork is chosen (warn_if_fork), and puts a
-# filter for exactly that message from multiprocess's fork call in front before each fork (a filter
-# set once would lose to any later simplefilter, pytest's included; catch_warnings would race with
-# other threads when it restores the list).
-
-
-def _quiet_fork_warning() -> None:
-    warnings.filterwarnings(
-        "ignore",
-        message=r"This process \(pid=\d+\) is multi-threaded, use of fork\(\) may lead to deadlocks",
-        category=DeprecationWarning,
-        module=r"multiprocess\.popen_fork",
-    )
-
-
-_fork_warned = False
-FORK_WARNING = (
-    "start_method='fork' copies a process that runs threads (procman's I/O thread at least): a lock "
-    "another thread holds at that instant stays locked in the child and can deadlock it, which is "
-    "why Python 3.12+ deprecates forking such a process. Use start_method='forkserver' (the default) "
-    "unless you need fork's speed or the host's memory in the children. (Shown once.)"
-)
-
-
-def warn_if_fork(method: str, stacklevel: int = 3) -> None:
-    """Warn once per process that fork copies a threaded host (see FORK_WARNING)."""
-    global _fork_warned
-    if method == "fork" and not _fork_warned:
-        _fork_warned = True
-        warnings.warn(FORK_WARNING, RuntimeWarning, stacklevel=stacklevel)
-
-
-# _EXIT_HOOK_ORDER: multiprocess.util registers, when first imported, an exit hook that removes the
-# forkserver's socket directory. Importing it above, before procman and workers register their own
-# exit hooks, makes ours run first (atexit runs in reverse order): pools and managers stop their
-# children while the forkserver still works. Imported lazily instead, it could run first, and a
-# worker still starting at exit would fail on a vanished socket.
-
-_contexts: dict[str, Any] = {}
-MAX_LINE = 65536  # bytes of a log line without newline before it is logged as it stands
-CTRL_READ = 262144  # bytes per read of a control pipe
-
-
-def get_context(method: str) -> Any:
-    """The multiprocess context for ``method``; the forkserver preloads procman's child code."""
-    ctx = _contexts.get(method)
-    if ctx is None:
-        ctx = multiprocess.get_context(method)
-        if method == "forkserver":
-            ctx.set_forkserver_preload(
-                ["procman._child", "procman._pickling", "orjson", "uvloop", "dill", "setproctitle"]
-            )
-        _contexts[method] = ctx
-    return ctx
-
-
-# Children never re-run the host's main script. multiprocessing's forkserver and spawn children
-# re-import it (as __mp_main__) so that pickles naming __main__ resolve; that is why scripts need
-# the main guard, why a script read from stdin or `-c` cannot start children, and why a script that
-# makes a pool at top level loops. Here what a child needs from __main__ travels by value instead
-# (procman._pickling), so the preparation data sent to a child leaves the main module out. fork
-# children are copies of the host and re-run nothing anyway.
-
-
-def _payload(popen: Any, process_obj: Any) -> io.BytesIO:
-    """What a forkserver or spawn child reads first: preparation data (no main module), process.
-
-    Pickled with ``popen`` as the spawning popen of multiprocess and of the stdlib multiprocessing
-    (_pickling.spawning): a Queue, Lock or Event of either that the process object holds (a
-    pool's initargs) is handed to this child, its pipes as file descriptors of this start.
-    """
-    from multiprocess import spawn
-    from multiprocess.context import reduction
-
-    prep = spawn.get_preparation_data(process_obj._name)
-    prep.pop("init_main_from_path", None)
-    prep.pop("init_main_from_name", None)
-    buf = io.BytesIO()
-    with _pickling.spawning(popen):
-        reduction.dump(prep, buf)
-        reduction.dump(process_obj, buf)
-    return buf
-
-
-def _forkserver_popen() -> type[Any]:
-    from multiprocess import forkserver, popen_forkserver, util
-
-    class Popen(popen_forkserver.Popen):  # type: ignore[misc]
-        def _launch(self, process_obj: Any) -> None:
-            buf = _payload(self, process_obj)
-            self.sentinel, w = forkserver.connect_to_new_process(self._fds)
-            # The child watches a duplicate of the data pipe's write end as its parent's sentinel.
-            parent_w = os.dup(w)
-            self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel))
-            with open(w, "wb", closefd=True) as f:
-                f.write(buf.getbuffer())
-            self.pid = forkserver.read_signed(self.sentinel)
-
-    return Popen
-
-
-def _spawn_popen() -> type[Any]:
-    from multiprocess import popen_spawn_posix, resource_tracker, spawn, util
-
-    class Popen(popen_spawn_posix.Popen):  # type: ignore[misc]
-        def _launch(self, process_obj: Any) -> None:
-            tracker_fd = resource_tracker.getfd()
-            self._fds.append(tracker_fd)
-            buf = _payload(self, process_obj)
-            parent_r, child_w = os.pipe()
-            child_r, parent_w = os.pipe()
-            try:
-                cmd = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r)
-                self._fds.extend([child_r, child_w])
-                self.pid = util.spawnv_passfds(spawn.get_executable(), cmd, self._fds)
-                self.sentinel = parent_r
-                with open(parent_w, "wb", closefd=False) as f:
-                    f.write(buf.getbuffer())
-            finally:
-                self.finalizer = util.Finalize(self, util.close_fds, [parent_r, parent_w])
-                os.close(child_r)
-                os.close(child_w)
-
-    return Popen
-
-
-_popens: dict[str, Any] = {}
-
-
-def _popen(method: str, process_obj: Any) -> Any:
-    """Launch ``process_obj`` with our Popen class for ``method`` (made once, on first use)."""
-    cls = _popens.get(method)
-    if cls is None:
-        cls = _popens[method] = _forkserver_popen() if method == "forkserver" else _spawn_popen()
-    return cls(process_obj)
-
-
-class ForkServerProcess(mp_context.ForkServerProcess):  # type: ignore[misc]
-    """A forkserver child that does not re-run the host's main script.
-
-    A module-level class: the process object is pickled into the child, and a class made on the fly
-    would be pickled by value, costing every start about 1.5 ms.
-    """
-
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _popen("forkserver", process_obj)
-
-
-class SpawnProcess(mp_context.SpawnProcess):  # type: ignore[misc]
-    """A spawn child that does not re-run the host's main script (see ForkServerProcess)."""
-
-    @staticmethod
-    def _Popen(process_obj: Any) -> Any:
-        return _popen("spawn", process_obj)
-
-
-def process_class(method: str) -> Any:
-    """The Process class for ``method`` whose children do not re-run the host's main script."""
-    if method == "forkserver":
-        return ForkServerProcess
-    if method == "spawn":
-        return SpawnProcess
-    return get_context(method).Process
-
-
-_guarded_in: int | None = None  # the pid that set up the guard (a forked host sets it up anew)
-
-
-def _guard_forkserver() -> None:
-    """Before the forkserver starts: have it ignore SIGTERM sent to our process group (_fsguard)."""
-    global _guarded_in
-    if _guarded_in == os.getpid():
-        return
-    _guarded_in = os.getpid()
-    from multiprocess import forkserver
-
-    os.environ["_PROCMAN_FORKSERVER_PARENT"] = str(os.getpid())
-    modules = list(forkserver._forkserver._preload_modules)
-    if "procman._fsguard" not in modules:
-        get_context("forkserver").set_forkserver_preload([*modules, "procman._fsguard"])
-
-
-def preload(module: str) -> None:
-    """Have the forkserver import ``module`` once, so children do not each import it.
-
-    Effective only before the forkserver starts (its first child); later calls change nothing.
-    """
-    if module in ("__main__", "builtins") or not module:
-        return
-    from multiprocess import forkserver
-
-    ctx = get_context("forkserver")
-    modules = list(forkserver._forkserver._preload_modules)
-    if module not in modules:
-        ctx.set_forkserver_preload([*modules, module])
+from .start import CTRL_READ, MAX_LINE, forkserver_status, launch
 
 
 class Child:
@@ -293,40 +80,18 @@ class Child:
                 os.close(fd)
             raise
         to_child_r, to_child_w, from_child_r, from_child_w, out_r, out_w, err_r, err_w = made
+        options: dict[str, Any] = dict(self.options or {})
+        options["title"] = self.title
         child_ends = (to_child_r, from_child_w, out_w, err_w)
         parent_ends = (to_child_w, from_child_r, out_r, err_r)
         try:
-            if self.method == "forkserver":
-                _guard_forkserver()
-            fds = tuple(FdBox(fd) for fd in child_ends)
-            options: dict[str, Any] = dict(self.options or {})
-            options["title"] = self.title
-            if self.method != "fork":
-                # A forked child keeps the host's stdlib multiprocessing authkey; others get it
-                # here (multiprocess's own travels in the preparation data), or a proxy of the
-                # host's multiprocessing.Manager() fails in them with AuthenticationError.
-                options["authkey"] = bytes(std_process.current_process().authkey)
-            else:
-                _quiet_fork_warning()
-                # A forked child inherits the parent's ends of its own pipes; holding the write end
-                # of its control pipe it would never see end of file when the manager dies.
-                options["close_fds"] = parent_ends
-            proc = process_class(self.method)(
-                target=child_main,
-                args=(self.entry, fds, os.getpid(), options),
-                name=f"procman:{self.name}",
-                daemon=False,
-            )
-            proc.start()
+            proc = launch(self.method, self.entry, child_ends, parent_ends, options, self.name)
         except BaseException:
             for fd in child_ends + parent_ends:
                 os.close(fd)
             raise
         for fd in child_ends:
             os.close(fd)
-        # multiprocessing would join this process at interpreter exit and hang the host if it is
-        # still running; procman's own atexit hook stops children instead.
-        mp_process._children.discard(proc)
         self._proc = proc
         self.pid = proc.pid
         self._ctrl_w, self._ctrl_r = to_child_w, from_child_r
@@ -508,15 +273,7 @@ class Child:
                 self._exit_fd = popen.sentinel
                 self.loop.add_reader(self._exit_fd, self._on_exit_readable)
                 return None
-            from multiprocess import forkserver
-
-            try:
-                popen.returncode = forkserver.read_signed(popen.sentinel)
-            except (OSError, EOFError):
-                # End of file without a report: the forkserver died. multiprocess calls that
-                # EXIT(255), which reads as the process's own choice; nobody knows its status.
-                popen.returncode = _wire.STATUS_FORKSERVER_DIED
-            return int(popen.returncode)
+            return forkserver_status(popen)
         # A child of this process (fork, spawn). waitid on the pidfd, not waitpid on the pid: the
         # pid may already name another process if someone else reaped this one.
         try:

@@ -121,7 +121,7 @@ class EventDispatcher:
             event = self._queue.get()
             if event is None:
                 return
-            deliver = getattr(event, "deliver", None)  # a child's output line (procman._output)
+            deliver = getattr(event, "deliver", None)  # a child's output line (procman._proc.output)
             if deliver is not None:
                 try:
                     deliver()

@@ -17,7 +17,11 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from ._errors import OperationTimeout, StateError
+from procman._errors import OperationTimeout, StateError
+
+MAX_SECONDS = 100 * 365 * 24 * 3600.0
+"""The longest duration accepted anywhere (100 years): beyond it the event loop's timers overflow
+(``OverflowError`` after the action began), so it is refused at the call instead."""
 
 T = TypeVar("T")
 

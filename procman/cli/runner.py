@@ -20,13 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ._config import Config, JobConfig
-from ._console import Console, ConsoleHandler, short_repr
-from ._control import ControlError, ControlServer, config_key, passed_over, runtime_dir, sd_notify
-from ._errors import DaemonError, ProcmanError, StartError
-from ._manager import AsyncManager
-from ._process import preload
-from ._supervisor import DaemonStatus
+from procman import AsyncManager, DaemonError, DaemonStatus, ProcmanError, StartError
+from procman._proc.start import preload
+
+from .config import Config, JobConfig
+from .console import Console, ConsoleHandler, short_repr
+from .control import ControlError, ControlServer, config_key, passed_over, runtime_dir, sd_notify
 
 EXIT_OK = 0
 EXIT_UNCLEAN = 1

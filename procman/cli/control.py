@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from ._errors import ProcmanError
+from procman import ProcmanError
 
 MAX_REQUEST = 1 << 20  # bytes in one request line
 CLIENT_IDLE = 300.0  # seconds a connected client may stay silent before it is dropped

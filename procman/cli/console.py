@@ -20,8 +20,7 @@ from collections import deque
 from datetime import datetime
 from typing import Any, TextIO
 
-from ._errors import RemoteTraceback
-from ._events import Event, EventKind
+from procman import Event, EventKind, RemoteTraceback
 
 COLORS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI foreground colours
 RESET = "\033[0m"

@@ -7,7 +7,7 @@
     stop_timeout = 30              # seconds for everything to stop
     start_method = "forkserver"    # or "fork", "spawn"
     socket = "run/app.sock"        # control socket, relative to this file (default: STEM-HASH.sock
-                                   # in procman._control.runtime_dir(), HASH from this file's path)
+                                   # in procman.cli.control.runtime_dir(), HASH from this file's path)
 
     [daemons.web]                  # the key is the daemon's name
     factory = "app.web:HttpServer" # a Python daemon: a callable returning one, called with...
@@ -69,12 +69,13 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from ._control import SUN_PATH_MAX
-from ._daemon import make_spec
-from ._errors import DaemonError, ProcmanError
-from ._names import check_name
-from ._policy import MAX_SECONDS, Restart, RestartPolicy
-from ._process import START_METHODS
+from procman import DaemonError, ProcmanError, Restart, RestartPolicy
+from procman._daemon import make_spec
+from procman._names import check_name
+from procman._proc.loop import MAX_SECONDS
+from procman._proc.start import START_METHODS
+
+from .control import SUN_PATH_MAX
 
 MAX_NESTING = 64
 """Levels of tables, arrays and inline tables a file may nest: deeper values would exhaust the
@@ -551,7 +552,7 @@ class _Loader:
         if t.has("factory") == t.has("command"):
             raise t.fail(None, "give exactly one of factory = 'package.module:callable' or command = [...]")
         if t.has("command"):
-            from ._command import CommandDaemon
+            from procman import CommandDaemon
 
             argv = self.command(t)
             for key in ("args", "kwargs"):
@@ -701,8 +702,7 @@ class _Loader:
         if tz is not None and cron is None:
             raise t.fail("timezone", "applies to cron schedules only")
         if cron is not None:
-            from workers._errors import ScheduleError
-            from workers._triggers import Cron
+            from workers import Cron, ScheduleError
 
             try:
                 Cron(cron, tz)  # checks the expression field by field, then the time zone

@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from ._config import ConfigError, load, parse_toml
-from ._control import ControlError, config_key, default_socket, find_socket, request, runtime_dir_text
+from .config import ConfigError, load, parse_toml
+from .control import ControlError, config_key, default_socket, find_socket, request, runtime_dir_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -45,7 +45,7 @@ def version_line() -> str:
     try:
         return f"procman ({DISTRIBUTION}) {version(DISTRIBUTION)}"
     except PackageNotFoundError:
-        from . import __version__
+        from procman import __version__
 
         return f"procman ({DISTRIBUTION}) {__version__} (not installed: the version of the source tree)"
 
@@ -246,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._console import use_color
-    from ._runner import run
+    from .console import use_color
+    from .runner import run
 
     cfg = load(args.config)
     socket_path = Path(args.socket) if args.socket else cfg.socket or default_socket(cfg.path)
