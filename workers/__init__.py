@@ -21,16 +21,11 @@ if TYPE_CHECKING:
         WorkerCrashed,
         WorkersError,
     )
+    from ._events import PoolEvent, PoolEventKind, log_pool_event
     from ._futures import JobFuture
-    from ._pool import (
-        Pool,
-        PoolEvent,
-        PoolEventKind,
-        PoolStats,
-        Schedule,
-        ScheduleState,
-        log_pool_event,
-    )
+    from ._pool import Pool
+    from ._schedules import Schedule, ScheduleState
+    from ._stats import PoolStats
     from ._triggers import Cron, Every, Plan, plan
 
 # Each public name and the module it lives in, imported on first use (PEP 562): a child process
@@ -46,12 +41,12 @@ _HOMES = {
     "WorkersError": "_errors",
     "JobFuture": "_futures",
     "Pool": "_pool",
-    "PoolEvent": "_pool",
-    "PoolEventKind": "_pool",
-    "PoolStats": "_pool",
-    "Schedule": "_pool",
-    "ScheduleState": "_pool",
-    "log_pool_event": "_pool",
+    "PoolEvent": "_events",
+    "PoolEventKind": "_events",
+    "PoolStats": "_stats",
+    "Schedule": "_schedules",
+    "ScheduleState": "_schedules",
+    "log_pool_event": "_events",
     "Cron": "_triggers",
     "Every": "_triggers",
     "Plan": "_triggers",

@@ -694,7 +694,7 @@ class _Loader:
                 f'give exactly one of every = "30s", cron = "*/5 * * * *" or at = 2026-12-01T02:00:00Z '
                 f"(found {found})",
             )
-        from workers._pool import MIN_INTERVAL
+        from workers._schedules import MIN_INTERVAL
 
         every = t.seconds("every", None, positive=True, minimum=MIN_INTERVAL)
         cron = t.string("cron")

@@ -1,0 +1,1069 @@
+"""The dispatcher: the pool's state on the I/O loop, from a job's arrival to its outcome.
+
+Data flow::
+
+    submit / submit_at / schedule            (caller's thread: validate, serialize, make the future)
+        |  a plain job due now, an idle worker, nothing queued: written straight to that worker
+        |  otherwise: inbox + call_soon_threadsafe (one loop wake-up per batch)
+        v
+    I/O loop (procman's IOThread, uvloop)
+        timed heap  --due-->  ready queue  --dispatch-->  worker's pipe  (job frames)
+        ^  (retries, schedules re-armed)                          |
+        |                                                         v
+        +-- results / crashes / timeouts  <--  worker's pipe  (result frame) or its exit
+                     |
+                     v
+               JobFuture result / exception   (wakes the caller's thread or loop)
+
+Everything that mutates the queue, the heap or a worker runs on the I/O loop, except the direct
+hand-off of submit (Core.try_direct), which takes an idle worker under ``Core.lock``; the loop
+holds the same lock wherever it hands out work or drops an idle worker. Due times are
+``time.monotonic()`` (CLOCK_MONOTONIC, the clock the workers stamp their start with), never
+``loop.time()``: uvloop's clock has millisecond resolution and is cached per loop iteration, so
+read from a submitting thread it can be stale by milliseconds.
+
+While recent jobs ran in well under a millisecond, a busy worker is also handed up to 16 more
+plain jobs (no timeout, not a schedule's run) to hold behind the running one, so it never waits for
+the parent between small jobs. If it dies, only the job whose code it started fails (see
+StartedBoard); the others go back to the front of the queue. Once its running job has taken
+RECALL_AFTER while another worker idles, the held jobs are recalled (see rebalance).
+
+The I/O thread never unpickles a job's result or error: futures, schedules and events carry it as
+an Outcome, unpickled by the thread that reads it.
+
+Workers are procman children (same bootstrap: parent-death signal, process group, log capture,
+pipe-EOF exit); a worker that dies fails only the job it was running and is
+replaced. A worker is retired after ``max_tasks_per_worker`` jobs or above ``max_memory_mb``:
+it finishes its job, exits on a stop message, and its replacement is spawned at once, so a full
+queue never waits on a retiring worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import heapq
+import itertools
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from procman._child import wire as _wire
+from procman._child.boot import FdBox
+from procman._child.worker_loop import (
+    ERROR,
+    KIND_OUTPUT,
+    KIND_RESULT,
+    OK_PLAIN,
+    OUT_HEAD,
+    RESULT_HEAD,
+    InitCall,
+    StartedBoard,
+    job_frame,
+    worker_main,
+)
+from procman._proc.child import Child
+from procman._proc.events import EventDispatcher
+from procman._proc.output import OutputRouter
+
+from ._errors import (
+    JobTimeout,
+    PoolBroken,
+    PoolClosed,
+    WorkerCrashed,
+)
+from ._events import LazyEvent, PoolEvent, PoolEventKind, outcome_of
+from ._futures import Outcome
+from ._jobs import Job
+from ._schedules import ScheduleRecord, ScheduleState
+from ._serialize import loads
+from ._stats import PoolStats
+from ._triggers import plan
+
+log = logging.getLogger("workers")
+
+INIT_FAILURE_LIMIT = 3  # consecutive worker start failures before the pool is broken
+INIT_BACKOFF = 0.1  # seconds before the first new attempt after a failed start, doubling
+INIT_BACKOFF_MAX = 5.0  # seconds
+STOP_GRACE = 5.0  # seconds a retiring worker has to exit after its stop message
+LATENCY_SAMPLES = 10_000
+SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on a timer
+PREFETCH_WINDOW = 0.001  # seconds of work a worker may hold behind its running job
+PREFETCH_MAX = 16  # jobs a worker may hold behind its running job
+RECALL_AFTER = 0.002  # seconds a worker's job runs before the jobs held behind it may be recalled
+RUN_AVG_WEIGHT = 0.2  # weight of the newest run time in the moving average
+
+
+# ------------------------------------------------------------------------------------------------
+# Workers (loop-side)
+
+
+class WState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    RETIRING = "retiring"
+
+
+class Worker:
+    __slots__ = (
+        "child",
+        "error_stage",
+        "head_since",
+        "index",
+        "jobs",
+        "pending_error",
+        "recall_w",
+        "recalling",
+        "slot",
+        "state",
+        "stop_timer",
+        "tasks",
+        "timer",
+    )
+
+    def __init__(self) -> None:
+        self.child: Child | None = None
+        self.state = WState.STARTING
+        # Jobs handed to this worker, in the order it runs them: the first is running (or about to),
+        # the others are prefetched behind it (only plain short jobs; see Core.dispatch).
+        self.jobs: deque[Job] = deque()
+        self.tasks = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.stop_timer: asyncio.TimerHandle | None = None
+        self.pending_error: BaseException | None = None
+        self.error_stage = ""
+        self.index = 0  # 1..max_workers among the live workers: "procman: worker 2 (pool)"
+        self.slot = -1  # its slot on the StartedBoard
+        self.recall_w = -1  # a byte written here asks the worker for its jobs not started yet
+        self.recalling = False
+        self.head_since = 0.0  # monotonic time its first job in hand became that
+
+    def close_recall(self) -> None:
+        if self.recall_w >= 0:
+            os.close(self.recall_w)
+            self.recall_w = -1
+
+    @property
+    def job(self) -> Job | None:
+        """The job running now (or about to), if any."""
+        return self.jobs[0] if self.jobs else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the I/O loop needs to know of its Pool's options."""
+
+    name: str
+    start_method: str
+    init: InitCall | None
+    init_name: str
+    max_tasks_per_worker: int | None
+    max_memory_mb: float | None
+
+
+class Core:
+    """The pool's state, touched only on the I/O loop (and try_direct, under ``lock``).
+
+    It never refers to its Pool: the loop's thread keeps the core alive, and a Pool that nobody
+    holds any more must be collectable, so that its finalizer can release the workers.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        events: EventDispatcher,
+        output: OutputRouter,
+    ) -> None:
+        self.cfg = settings
+        self.loop = loop
+        self.events = events
+        self.output = output
+        self.ids = itertools.count(1)
+        self.tickets = itertools.count(1)
+        self.board = StartedBoard()
+        # Jobs submitted from other threads on their way to the loop (see Pool.submit_job).
+        self.inbox: deque[Job] = deque()
+        self.drain_pending = False
+        self.queue: deque[Job] = deque()
+        self.heap: list[tuple[float, int, Any]] = []
+        self.seq = itertools.count()
+        self.timer: asyncio.Handle | None = None
+        self.timer_at = math.inf
+        self.workers: set[Worker] = set()
+        self.idle: deque[Worker] = deque()
+        self.retiring: set[Worker] = set()
+        self.init_failures = 0
+        self.outside_kills = 0  # workers killed by a signal from outside while starting, in a row
+        self.failures_logged: set[str] = set()
+        self.broken: BaseException | None = None
+        self.closing = False
+        self.counts = dict.fromkeys(
+            ("done", "failed", "crashed", "timed_out", "cancelled", "retried", "worker_restarts"), 0
+        )
+        self.lateness: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.idle_waiters: list[asyncio.Future[None]] = []
+        self.run_avg: float | None = None  # moving average of a job's run time in the worker
+        self.recycling = settings.max_tasks_per_worker is not None or settings.max_memory_mb is not None
+        self.prefetch_soon = False
+        self.rebalance_timer: asyncio.TimerHandle | None = None
+        # Guards handing a job to an idle worker, which submit() may do from the caller's thread
+        # (try_direct) as well as the loop; reentrant because dispatch can start a schedule's run.
+        self.lock = threading.RLock()
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def spawn_workers(self, n: int) -> None:
+        for _ in range(n):
+            self.spawn_worker()
+
+    def spawn_worker(self) -> None:
+        if self.closing or self.broken is not None:
+            return
+        cfg = self.cfg
+        w = Worker()
+        used = {x.index for x in self.workers} | {x.index for x in self.retiring}
+        w.index = next(i for i in itertools.count(1) if i not in used)
+        w.slot = self.board.take()
+        recall_r = -1
+        if not self.recycling:  # a pool that recycles workers never hands jobs ahead
+            try:
+                recall_r, w.recall_w = os.pipe2(os.O_CLOEXEC)
+            except OSError as exc:  # out of file descriptors: retry, bounded
+                self.board.give_back(w.slot)
+                self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
+                return
+            os.set_blocking(w.recall_w, False)
+        child = Child(
+            self.loop,
+            cfg.start_method,
+            functools.partial(
+                worker_main,
+                cfg.init,
+                cfg.max_memory_mb is not None,
+                FdBox(self.board.fd),
+                w.slot,
+                FdBox(recall_r) if recall_r >= 0 else None,
+            ),
+            name="worker",
+            title=f"procman: worker {w.index} ({cfg.name})",
+            on_frame=lambda body: None,
+            on_line=functools.partial(self.on_line, w),
+            on_exit=lambda code: None,
+            options={"reader": False},
+        )
+        child.on_frame = functools.partial(self.on_frame, w, child)
+        child.on_exit = functools.partial(self.on_exit, w, child)
+        try:
+            child.start()
+        except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: retry, bounded
+            self.board.give_back(w.slot)
+            w.close_recall()
+            self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
+            return
+        finally:
+            if recall_r >= 0:
+                os.close(recall_r)
+        w.child = child
+        self.workers.add(w)
+        self.events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=child.pid))
+
+    def on_line(self, w: Worker, stream: str, line: str) -> None:
+        """A line written to a worker's file descriptors (C code, programs a job started)."""
+        pid = w.child.pid if w.child is not None else None
+        self.output.line("pool", stream, line, worker_pid=pid)
+
+    def on_output(self, w: Worker, body: bytes) -> None:
+        """Lines a job printed (sys.stdout/stderr in the worker), shown under the job's name."""
+        job_id, stream = OUT_HEAD.unpack_from(body, 1)
+        name = "pool"
+        for job in w.jobs:
+            if job.ticket == job_id:
+                name = job.name
+                break
+        text = bytes(body[1 + OUT_HEAD.size :]).decode("utf-8", "replace")
+        pid = w.child.pid if w.child is not None else None
+        out = self.output
+        for line in text.split("\n"):
+            out.line(name, "stderr" if stream == 2 else "stdout", line, worker_pid=pid)
+
+    def on_frame(self, w: Worker, child: Child, body: bytes) -> None:
+        kind = body[0]
+        if kind == KIND_RESULT:
+            self.on_result(w, body)
+        elif kind == KIND_OUTPUT:
+            self.on_output(w, body)
+        elif kind == _wire.KIND_JSON:
+            msg = _wire.decode_json(body)
+            t = msg.get("t")
+            if t == "ready" and w.state is WState.STARTING:
+                self.init_failures = self.outside_kills = 0
+                w.state = WState.IDLE
+                self.idle.append(w)
+                self.dispatch()
+            elif t == "recalled":
+                self.on_recalled(w, msg.get("tickets") or ())
+            elif t == "error":
+                w.pending_error = _wire.rebuild_error(msg)
+                w.error_stage = str(msg.get("stage", ""))
+
+    def on_result(self, w: Worker, body: bytes) -> None:
+        job_id, started, finished, rss, status = RESULT_HEAD.unpack_from(body, 1)
+        jobs = w.jobs
+        if not jobs or jobs[0].ticket != job_id:
+            return
+        job = jobs.popleft()
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+        if jobs:  # the next held job is running now: from here on it can be cancelled
+            w.head_since = time.monotonic()
+            nxt = jobs[0].future
+            if nxt is not None and nxt._kill_running is None:
+                nxt._kill_running = functools.partial(self.cancel_running_threadsafe, jobs[0])
+        w.tasks += 1
+        job.ran = ran = finished - started
+        self.run_avg = ran if self.run_avg is None else self.run_avg + RUN_AVG_WEIGHT * (ran - self.run_avg)
+        self.lateness.append(started - job.due)
+        # The worker first (idle again, or topped up), the job's outcome last: a caller woken by
+        # its result then finds the worker free and the I/O thread about to let go of the GIL.
+        cfg = self.cfg
+        if (cfg.max_tasks_per_worker is not None and w.tasks >= cfg.max_tasks_per_worker) or (
+            cfg.max_memory_mb is not None and rss > cfg.max_memory_mb * 1024
+        ):
+            self.retire(w, f"after {w.tasks} jobs, rss {rss // 1024} MB")
+            self.dispatch()
+        elif jobs:
+            # Still busy: top it up once this batch of results is read (one write for several).
+            if not self.prefetch_soon and self.queue:
+                self.prefetch_soon = True
+                self.loop.call_soon(self.deferred_prefetch)
+        else:
+            if w.state is WState.BUSY:
+                w.state = WState.IDLE
+                self.idle.append(w)
+            if self.queue:
+                self.dispatch()
+            else:  # nothing to give it: it may take jobs held behind a long one elsewhere
+                with self.lock:
+                    self.rebalance()
+        # Unpickled later, by whoever asks for it (see Outcome): never on this thread.
+        payload = memoryview(body)[1 + RESULT_HEAD.size :]
+        if status == OK_PLAIN:  # a small int, str, bytes...: unpickling it runs no code, in no time
+            outcome = Outcome.known(loads(payload))
+        else:
+            outcome = Outcome(payload, status == ERROR, job.name)
+        if status == ERROR:
+            self.job_failed(job, outcome)
+        else:
+            self.job_done(job, outcome)
+        self.check_idle()
+
+    def on_recalled(self, w: Worker, tickets: Iterable[int]) -> None:
+        """The worker gave back the jobs it had not started (see rebalance)."""
+        w.recalling = False
+        back = set(tickets)
+        if not back or not w.jobs:
+            return
+        kept = [job for job in w.jobs if job.ticket not in back]
+        returned = [job for job in w.jobs if job.ticket in back]
+        if w.jobs[0].ticket in back and w.timer is not None:  # its first never started either
+            w.timer.cancel()
+            w.timer = None
+        w.jobs = deque(kept)
+        for job in reversed(returned):
+            self.requeue(job)
+        if not kept and w.state is WState.BUSY:
+            w.state = WState.IDLE
+            with self.lock:
+                self.idle.append(w)
+        self.dispatch()
+
+    def rebalance(self) -> None:
+        """Workers idle and nothing queued: take back jobs held behind one that runs long.
+
+        A job handed ahead waits behind its worker's running job; that is a gain while jobs
+        take microseconds, and head-of-line blocking once the running one turns out long. So a
+        worker whose first job has run RECALL_AFTER is asked for the others, which go to the
+        idle workers.
+        """
+        now = time.monotonic()
+        soonest = math.inf
+        for w in self.workers:
+            if len(w.jobs) < 2 or w.recalling or w.recall_w < 0:
+                continue
+            ripe = w.head_since + RECALL_AFTER
+            if ripe > now:
+                soonest = min(soonest, ripe)
+                continue
+            try:
+                os.write(w.recall_w, b"r")
+            except OSError:  # it is dying: its exit puts the jobs back in line
+                continue
+            w.recalling = True
+        if soonest < math.inf and self.rebalance_timer is None:
+            self.rebalance_timer = self.loop.call_later(soonest - now, self.on_rebalance_timer)
+
+    def on_rebalance_timer(self) -> None:
+        self.rebalance_timer = None
+        if self.idle and not self.queue:
+            with self.lock:
+                self.rebalance()
+
+    def deferred_prefetch(self) -> None:
+        self.prefetch_soon = False
+        self.dispatch()
+
+    def retire(self, w: Worker, reason: str) -> None:
+        w.state = WState.RETIRING
+        self.workers.discard(w)
+        self.retiring.add(w)
+        child = w.child
+        assert child is not None
+        child.send(_wire.encode_json({"t": "stop"}))
+        w.stop_timer = self.loop.call_later(STOP_GRACE, child.kill)
+        self.events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=child.pid, reason=reason))
+        self.spawn_worker()
+
+    def on_exit(self, w: Worker, child: Child, code: int) -> None:
+        for timer in (w.timer, w.stop_timer):
+            if timer is not None:
+                timer.cancel()
+        was = w.state
+        self.workers.discard(w)
+        self.retiring.discard(w)
+        with self.lock:
+            if w in self.idle:
+                self.idle.remove(w)
+        started = self.board.read(w.slot)
+        self.board.give_back(w.slot)
+        w.close_recall()
+        w.recalling = False
+        # Only the job whose code the worker started dies with it. The first job in hand may never
+        # have been read (written to a worker killed meanwhile) or been loading; the ones held
+        # behind never ran. Those go back in line (see StartedBoard).
+        job = None
+        loading = False
+        if w.jobs:
+            head = w.jobs[0]
+            if started is None or started == head.ticket << 1 | 1 or head.timed_out:
+                job = w.jobs.popleft()  # (a timeout counts from the hand-off: it is up either way)
+            elif started == head.ticket << 1:
+                head.load_deaths += 1
+                if head.load_deaths >= 2:  # its arguments are what kills workers: blame it
+                    job = w.jobs.popleft()
+                    loading = True
+        while w.jobs:  # never started: first in line again, in order
+            self.requeue(w.jobs.pop())
+        reason = _wire.describe_exit(code)
+        if was is WState.RETIRING or (self.closing and job is None):
+            self.dispatch()
+            return
+        if was is WState.STARTING:
+            error = w.pending_error
+            self.events.emit(
+                PoolEvent(
+                    PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"before ready: {reason}", error=error
+                )
+            )
+            if not self.closing:
+                if error is not None and w.error_stage == "initializer":
+                    what = f"the initializer {self.cfg.init_name} raised {type(error).__name__}: {error}"
+                elif error is not None:
+                    what = f"a worker process failed to start ({reason}): {type(error).__name__}: {error}"
+                else:
+                    what = f"a worker process died before it was ready: {reason}" + _crash_hint(code)
+                outside = error is None and code < 0 and -code not in _SELF_INFLICTED
+                self.start_failed(what, error, counts=not outside)
+            self.dispatch()
+            self.check_idle()
+            return
+        elif job is not None:
+            if job.cancelled_running:
+                self.counts["cancelled"] += 1
+                self.finish_schedule_run(job, Outcome.known())
+            elif job.timed_out:
+                self.counts["timed_out"] += 1
+                err: BaseException = JobTimeout(f"job {job.name!r} ran past its timeout of {job.timeout}s")
+                self.events.emit(PoolEvent(PoolEventKind.JOB_TIMED_OUT, job.name, child.pid, str(err)))
+                self.job_failed(job, err)
+            else:
+                self.counts["crashed"] += 1
+                doing = "loading" if loading else "running"
+                err = WorkerCrashed(
+                    f"the worker (pid {child.pid}) {doing} job {job.name!r} died: {reason}"
+                    + (" (twice in a row while unpickling its arguments)" if loading else _crash_hint(code)),
+                    code,
+                )
+                self.events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, child.pid, reason))
+                self.job_failed(job, err)
+        else:
+            self.events.emit(PoolEvent(PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"idle: {reason}"))
+        if not self.closing:
+            self.counts["worker_restarts"] += 1
+            self.spawn_worker()
+        self.dispatch()
+        self.check_idle()
+
+    def requeue(self, job: Job) -> None:
+        """A job handed to a worker that died before starting it: first in line again."""
+        job.timed_out = False
+        fut = job.future
+        if fut is not None and fut.done():  # cancelled meanwhile (its worker was killed for it)
+            if job.cancelled_running:
+                self.counts["cancelled"] += 1
+            return
+        job.cancelled_running = False
+        if self.closing:  # killed (Pool.kill) or shutting down: nothing will run it
+            self.fail_final(job, PoolClosed("the pool was shut down before this job ran"))
+        else:
+            self.queue.appendleft(job)
+
+    def start_failed(self, what: str, error: BaseException | None, *, counts: bool = True) -> None:
+        """A worker could not start: retry with backoff, and break the pool after a few in a row.
+
+        Each distinct failure is logged once (not once per attempt); the pool breaks with
+        PoolBroken carrying the child's own exception and traceback as its ``__cause__``. A
+        worker killed from outside while starting (``counts=False``: the operator, the OOM
+        killer) says nothing of the next one: it is replaced, after the same backoff, but never
+        breaks the pool.
+        """
+        if self.closing or self.broken is not None:
+            return
+        if what not in self.failures_logged:
+            self.failures_logged.add(what)
+            log.error("workers: %s", what)
+        if not counts:
+            self.outside_kills += 1
+            self.counts["worker_restarts"] += 1
+            delay = min(INIT_BACKOFF * 2 ** (self.outside_kills - 1), INIT_BACKOFF_MAX)
+            self.loop.call_later(delay, self.spawn_worker)
+            return
+        self.init_failures += 1
+        # Broken only once no worker is left to run a job: with some up or still starting (the
+        # others out of file descriptors or memory), the pool runs short-handed and keeps
+        # trying, backing off; if those fail too, the last one to go breaks it.
+        if self.init_failures >= INIT_FAILURE_LIMIT and not self.workers:
+            broken = PoolBroken(
+                f"the pool's workers cannot start: {self.init_failures} attempts in a row failed; "
+                f"last: {what}"
+            )
+            broken.__cause__ = error
+            self.break_pool(broken)
+            return
+        self.counts["worker_restarts"] += 1
+        delay = min(INIT_BACKOFF * 2 ** min(self.init_failures - 1, 16), INIT_BACKOFF_MAX)
+        self.loop.call_later(delay, self.spawn_worker)
+
+    def break_pool(self, error: BaseException) -> None:
+        self.broken = error
+        self.events.emit(PoolEvent(PoolEventKind.POOL_BROKEN, reason=str(error), error=error.__cause__))
+        while self.queue:
+            self.fail_final(self.queue.popleft(), error)
+        for _, _, item in self.heap:
+            if isinstance(item, Job):
+                self.fail_final(item, error)
+        self.heap.clear()
+        self.check_idle()
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def enqueue(self, job: Job, *, dispatch: bool = True) -> None:
+        if self.broken is not None or self.closing:
+            self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
+            return
+        if job.due > time.monotonic():
+            self.push(job.due, job)
+        else:
+            self.queue.append(job)
+            if dispatch:
+                self.dispatch()
+
+    def push(self, due: float, item: Any) -> None:
+        heapq.heappush(self.heap, (due, next(self.seq), item))
+        if due < self.timer_at:
+            self.arm_timer()
+
+    def arm_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.timer_at = math.inf
+        if self.heap:
+            self.timer_at = due = self.heap[0][0]
+            # uvloop's timers have millisecond resolution and may fire up to 1 ms early or late:
+            # aim 1.5 ms ahead, then spin through the loop (I/O still served) until due, so a job
+            # never starts early and rarely starts late.
+            wait = due - time.monotonic()
+            if wait > SPIN:
+                self.timer = self.loop.call_later(wait - SPIN, self.on_timer)
+            else:
+                self.timer = self.loop.call_soon(self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        now = time.monotonic()
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            _, _, item = heapq.heappop(heap)
+            if isinstance(item, Job):
+                if item.future is None or not item.future.done():
+                    self.queue.append(item)
+            else:
+                sched, generation = item
+                if generation == sched.generation:
+                    self.fire_schedule(sched)
+        self.arm_timer()
+        self.dispatch()
+
+    def next_job(self, *, plain: bool) -> Job | None:
+        """Pop the next job to hand to a worker (skipping cancelled and missed ones), or None.
+
+        With ``plain``, stop at the first job that may not wait behind another (see dispatch).
+        """
+        queue = self.queue
+        while queue:
+            job = queue[0]
+            if plain and (job.timeout is not None or job.schedule is not None):
+                return None
+            queue.popleft()
+            fut = job.future
+            if fut is not None:
+                if not job.handed:
+                    if not fut._try_start():
+                        self.counts["cancelled"] += 1
+                        continue
+                    job.handed = True
+                elif fut.done():  # a retry or a re-queued job whose future was cancelled meanwhile
+                    continue
+            sched = job.schedule
+            if sched is not None and sched.grace is not None and job.attempt == 0:
+                late = time.monotonic() - job.due
+                if late > sched.grace:  # waited for a worker beyond the misfire grace
+                    sched.missed += 1
+                    self.events.emit(
+                        PoolEvent(
+                            PoolEventKind.RUN_MISSED, sched.name, reason=f"no worker free for {late:.3g}s"
+                        )
+                    )
+                    self.run_slot_freed(sched)
+                    continue
+            return job
+        return None
+
+    def prefetch_depth(self) -> int:
+        """How many jobs a worker may hold: 1, or more while recent jobs ran in well under 1 ms.
+
+        Prefetching keeps a worker busy while its results travel back, which is what moves small
+        jobs fast; a job held behind another waits at most about PREFETCH_WINDOW for it. Pools that
+        recycle workers never prefetch, so a retiring worker holds nothing but its last job.
+        """
+        avg = self.run_avg
+        if avg is None or avg >= PREFETCH_WINDOW or self.recycling:
+            return 1
+        return 1 + min(PREFETCH_MAX, int(PREFETCH_WINDOW / max(avg, 1e-6)))
+
+    def try_direct(self, job: Job) -> bool:
+        """From the submitting thread: hand ``job`` straight to an idle worker, or return False.
+
+        This skips the hop to the I/O thread, which is most of a round trip's overhead. Only a
+        plain job due now, with nothing queued before it, and a frame small enough to go out in
+        one atomic write (see Child.send_now) takes this path; anything else goes through the loop.
+        """
+        fut = job.future
+        assert fut is not None
+        frame = self.frame(job)
+        with self.lock:
+            if self.closing or self.broken is not None or self.queue or self.inbox or not self.idle:
+                return False
+            w = self.idle.pop()  # the worker that finished last: its process is the likeliest awake
+            child = w.child
+            assert child is not None
+            fut._try_start()
+            job.handed = True
+            w.state = WState.BUSY
+            w.jobs.append(job)
+            w.head_since = time.monotonic()
+            fut._kill_running = functools.partial(self.cancel_running_threadsafe, job)
+            if child.send_now(frame):
+                return True
+            # The pipe is closing (the worker died): undo, and let the loop deal with both.
+            w.jobs.pop()
+            w.state = WState.IDLE
+            self.idle.append(w)
+            fut._kill_running = None
+            fut._unstart()
+            job.handed = False
+            return False
+
+    def frame(self, job: Job) -> bytes:
+        """The job's frame for one hand-off, under a new ticket (see StartedBoard)."""
+        job.ticket = ticket = next(self.tickets)
+        return job_frame(ticket, job.due, job.blob)
+
+    def dispatch(self) -> None:
+        with self.lock:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        queue, idle = self.queue, self.idle
+        # Idle workers first, one job each: any job may go to a worker that holds nothing.
+        while queue and idle:
+            job = self.next_job(plain=False)
+            if job is None:
+                break
+            w = idle.popleft()
+            assert w.child is not None
+            w.state = WState.BUSY
+            w.jobs.append(job)
+            w.head_since = time.monotonic()
+            fut = job.future
+            if fut is not None and fut._kill_running is None:
+                fut._kill_running = functools.partial(self.cancel_running_threadsafe, job)
+            if job.timeout is not None:
+                w.timer = self.loop.call_later(job.timeout, self.on_job_timeout, w, job)
+            w.child.send(self.frame(job))
+        if queue and not idle:
+            self.prefetch()
+        elif idle and not queue:
+            self.rebalance()
+        self.check_idle()
+
+    def prefetch(self) -> None:
+        """Top up busy workers with plain jobs (no timeout, not a schedule's run), one write each.
+
+        A prefetched job's future is RUNNING but cannot be cancelled until it reaches the head of
+        its worker (like ProcessPoolExecutor's queued calls); a timed run or a job with a timeout
+        waits in the queue for a worker with nothing in hand, so its start and its timeout are
+        exact.
+        """
+        depth = self.prefetch_depth()
+        if depth <= 1:
+            return
+        stuck = time.monotonic() - RECALL_AFTER  # a job running since then is not a short one
+        for w in self.workers:
+            jobs = w.jobs
+            if w.state is not WState.BUSY or not jobs or len(jobs) >= depth or w.head_since < stuck:
+                continue
+            if jobs[0].timeout is not None or jobs[0].schedule is not None:
+                continue
+            frames = []
+            while len(jobs) < depth:
+                job = self.next_job(plain=True)
+                if job is None:
+                    break
+                jobs.append(job)
+                frames.append(self.frame(job))
+            if frames:
+                assert w.child is not None
+                w.child.send(b"".join(frames))
+            if not self.queue:
+                return
+
+    def on_job_timeout(self, w: Worker, job: Job) -> None:
+        w.timer = None
+        if w.job is job and w.child is not None:
+            job.timed_out = True
+            w.child.kill()
+
+    def cancel_running(self, job: Job) -> None:
+        for w in self.workers:
+            if w.job is job and w.child is not None:
+                job.cancelled_running = True
+                w.child.kill()
+                return
+
+    def cancel_running_threadsafe(self, job: Job) -> None:
+        """JobFuture.cancel() of a running job, from any thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no worker left to kill
+            self.loop.call_soon_threadsafe(self.cancel_running, job)
+
+    def drain_inbox(self) -> None:
+        self.drain_pending = False
+        inbox, enqueue = self.inbox, self.enqueue
+        with self.lock:  # a direct hand-off never overtakes a job on its way to the queue
+            while inbox:
+                enqueue(inbox.popleft(), dispatch=False)
+        self.dispatch()  # once for the batch: prefetched jobs go out in one write per worker
+
+    def fail_inbox(self) -> None:
+        """After the I/O thread ended: fail what a racing submit left in the inbox."""
+        while self.inbox:
+            job = self.inbox.popleft()
+            if job.future is not None:
+                job.future._resolve(exc=PoolClosed("the pool was shut down while this job was submitted"))
+
+    def job_done(self, job: Job, outcome: Outcome) -> None:
+        self.counts["done"] += 1
+        if job.future is not None:
+            job.future._settle(outcome)
+        self.finish_schedule_run(job, outcome)
+
+    def job_failed(self, job: Job, error: BaseException | Outcome, *, retry: bool = True) -> None:
+        if retry and job.retries_left > 0 and not self.closing and not (job.future and job.future.done()):
+            job.retries_left -= 1
+            job.attempt += 1
+            job.timed_out = False
+            delay = job.retry_backoff * (2 ** (job.attempt - 1))
+            self.counts["retried"] += 1
+            self.events.emit(
+                LazyEvent(
+                    PoolEventKind.JOB_RETRY,
+                    job.name,
+                    outcome_of(error),
+                    reason=f"attempt {job.attempt + 1} in {delay:.3g}s",
+                )
+            )
+            job.due = time.monotonic() + delay
+            self.enqueue(job)
+            return
+        self.fail_final(job, error)
+
+    def fail_final(self, job: Job, error: BaseException | Outcome) -> None:
+        self.counts["failed"] += 1
+        outcome = outcome_of(error)
+        if job.future is not None:
+            job.future._settle(outcome)
+        self.finish_schedule_run(job, outcome)
+
+    # -- schedules ------------------------------------------------------------------------------
+
+    def schedule_add(self, sched: ScheduleRecord) -> None:
+        first = sched.trigger.first(time.time())
+        self.arm_schedule(sched, first)
+
+    def arm_schedule(self, sched: ScheduleRecord, at: float | None) -> None:
+        sched.next_time = at
+        if at is None:
+            if sched.state is ScheduleState.ACTIVE:
+                sched.state = ScheduleState.FINISHED
+            with sched.cond:
+                sched.cond.notify_all()
+            return
+        wall = time.time()  # first: a pause before the monotonic read makes it late, never early
+        due = time.monotonic() + (at - wall)
+        self.push(due, (sched, sched.generation))
+
+    def fire_schedule(self, sched: ScheduleRecord) -> None:
+        if sched.state is not ScheduleState.ACTIVE or sched.next_time is None:
+            return
+        now = time.time()
+        p = plan(sched.trigger, sched.next_time, now, sched.grace, sched.coalesce)
+        if p.missed:
+            sched.missed += p.missed
+            self.events.emit(
+                PoolEvent(
+                    PoolEventKind.RUN_MISSED,
+                    sched.name,
+                    reason=f"{p.missed} run(s) later than the misfire grace of {sched.grace}s",
+                )
+            )
+        for scheduled in p.run:
+            self.start_run(sched, time.monotonic() - (now - scheduled))
+        self.arm_schedule(sched, p.next)
+
+    def start_run(self, sched: ScheduleRecord, due: float) -> None:
+        if sched.in_flight >= sched.max_instances:
+            if sched.overlap == "queue":
+                sched.queued_runs += 1
+                self.events.emit(
+                    PoolEvent(PoolEventKind.RUN_QUEUED, sched.name, reason="an earlier run is still going")
+                )
+            else:
+                sched.skipped += 1
+                self.events.emit(
+                    PoolEvent(
+                        PoolEventKind.RUN_SKIPPED,
+                        sched.name,
+                        reason=f"max_instances={sched.max_instances} already running",
+                    )
+                )
+            return
+        sched.in_flight += 1
+        job = Job(
+            id=next(self.ids),
+            name=sched.name,
+            blob=sched.blob,
+            due=due,
+            timeout=sched.timeout,
+            retries_left=sched.retries,
+            retry_backoff=sched.retry_backoff,
+            schedule=sched,
+        )
+        if self.broken is not None or self.closing:
+            self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
+        else:
+            self.queue.append(job)
+
+    def finish_schedule_run(self, job: Job, outcome: Outcome) -> None:
+        sched = job.schedule
+        if sched is None:
+            return
+        sched.runs += 1
+        sched.last_run = time.time()
+        if outcome.is_error:
+            sched.failures += 1
+            sched.last_failed = outcome
+        else:
+            sched.last_done = outcome
+        # RUN_DONE or RUN_FAILED, told apart once the outcome is unpickled on the event thread.
+        self.events.emit(LazyEvent(PoolEventKind.RUN_DONE, sched.name, outcome, duration=job.ran))
+        with sched.cond:
+            sched.cond.notify_all()
+        self.run_slot_freed(sched)
+
+    def run_slot_freed(self, sched: ScheduleRecord) -> None:
+        """One of the schedule's instances ended (or was dropped): start a queued run if any."""
+        sched.in_flight -= 1
+        if sched.queued_runs and sched.state is ScheduleState.ACTIVE:
+            sched.queued_runs -= 1
+            self.start_run(sched, time.monotonic())
+            self.dispatch()
+
+    def schedule_cancel(self, sched: ScheduleRecord) -> None:
+        sched.state = ScheduleState.CANCELLED
+        sched.generation += 1
+        sched.queued_runs = 0
+        with sched.cond:
+            sched.cond.notify_all()
+
+    def schedule_pause(self, sched: ScheduleRecord) -> None:
+        if sched.state is ScheduleState.ACTIVE:
+            sched.state = ScheduleState.PAUSED
+            sched.generation += 1
+
+    def schedule_resume(self, sched: ScheduleRecord) -> None:
+        if sched.state is ScheduleState.PAUSED:
+            sched.state = ScheduleState.ACTIVE
+            sched.generation += 1
+            now = time.time()
+            t = sched.next_time
+            while t is not None and t <= now:
+                t = sched.trigger.next_after(t)
+            self.arm_schedule(sched, t)
+
+    # -- shutdown / stats -----------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        return bool(self.queue) or any(w.job is not None for w in self.workers)
+
+    def check_idle(self) -> None:
+        if self.idle_waiters and not self.busy():
+            for fut in self.idle_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self.idle_waiters.clear()
+
+    def kill_workers(self) -> None:
+        """SIGKILL every worker; no replacement starts. Their jobs fail as crashed."""
+        with self.lock:
+            self.closing = True
+        for w in list(self.workers) + list(self.retiring):
+            if w.child is not None:
+                w.child.kill()
+        abandoned = PoolClosed("the pool was killed before this job ran")
+        while self.queue:
+            self.fail_final(self.queue.popleft(), abandoned)
+
+    async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.drain_inbox()  # jobs submitted just before shutdown() are in
+        # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
+        for _, _, item in self.heap:
+            if isinstance(item, Job):
+                if item.future is not None and item.attempt == 0:
+                    item.future.cancel()
+                    self.counts["cancelled"] += 1
+                else:
+                    self.fail_final(item, PoolClosed("the pool was shut down before this job's retry"))
+            else:
+                self.schedule_cancel(item[0])
+        self.heap.clear()
+        self.arm_timer()
+        if cancel_futures:
+            while self.queue:
+                job = self.queue.popleft()
+                if job.future is not None:
+                    job.future.cancel()
+                self.counts["cancelled"] += 1
+        # Queued and running jobs finish whether or not the caller waits (concurrent.futures):
+        # wait=False only means shutdown() returns at once.
+        if self.busy() and self.broken is None:
+            fut = self.loop.create_future()
+            self.idle_waiters.append(fut)
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                await asyncio.wait_for(fut, left)
+            except TimeoutError:
+                pass
+        with self.lock:  # no direct hand-off from here on
+            self.closing = True
+        abandoned = PoolClosed("the pool was shut down before this job finished")
+        while self.queue:
+            self.fail_final(self.queue.popleft(), abandoned)
+        exits = []
+        for w in list(self.workers) + list(self.retiring):
+            child = w.child
+            if child is None or not child.alive:
+                continue
+            if w.jobs:
+                while w.jobs:
+                    self.fail_final(w.jobs.popleft(), abandoned)
+                child.kill()
+            else:
+                child.send(_wire.encode_json({"t": "stop"}))
+            exits.append(child)
+        end = time.monotonic() + 2.0
+        while any(c.alive for c in exits) and time.monotonic() < end:
+            await asyncio.sleep(0.005)
+        for c in exits:
+            if c.alive:
+                c.force_close()
+        self.workers.clear()
+        self.idle.clear()
+        self.retiring.clear()
+        self.drain_inbox()  # a submit that raced with shutdown: fail it, never leave it hanging
+
+    def stats(self) -> PoolStats:
+        lat = sorted(self.lateness)
+
+        def pct(q: float) -> float | None:
+            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
+
+        return PoolStats(
+            workers=len(self.workers),
+            idle_workers=len(self.idle),
+            queued=len(self.queue),
+            scheduled=sum(1 for _, _, item in self.heap if isinstance(item, Job)),
+            running=sum(1 for w in self.workers if w.job is not None),
+            lateness_p50=pct(0.5),
+            lateness_p99=pct(0.99),
+            lateness_max=lat[-1] if lat else None,
+            **self.counts,
+        )
+
+
+# Signals a process gets from its own code (a fault, abort()), as opposed to sent from outside.
+_SELF_INFLICTED = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL, signal.SIGSYS}
+)
+
+
+def _crash_hint(code: int) -> str:
+    if code == -signal.SIGKILL:
+        return " (SIGKILL: killed from outside, or by the kernel's out-of-memory killer)"
+    if code == -signal.SIGSEGV:
+        return " (a segmentation fault in native code)"
+    if 0 < code <= 255:  # above: _wire.UNKNOWN_STATUSES, which describe_exit explains
+        return " (the job called os._exit or the interpreter aborted)"
+    return ""
