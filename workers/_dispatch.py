@@ -47,34 +47,24 @@ import heapq
 import itertools
 import logging
 import math
-import os
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from procman._child import wire as _wire
-from procman._child.boot import FdBox
 from procman._child.worker_loop import (
     ERROR,
-    KIND_OUTPUT,
-    KIND_RESULT,
     OK_PLAIN,
-    OUT_HEAD,
-    RESULT_HEAD,
-    InitCall,
-    StartedBoard,
-    job_frame,
-    worker_main,
 )
-from procman._proc.child import Child
 from procman._proc.events import EventDispatcher
 from procman._proc.output import OutputRouter
 
+from ._backend import WorkerBackend, WorkerHandle
 from ._errors import (
     JobTimeout,
     PoolBroken,
@@ -115,16 +105,16 @@ class WState(StrEnum):
 
 
 class Worker:
+    """One worker as the dispatcher keeps it: its state, the jobs in its hands, its timers."""
+
     __slots__ = (
-        "child",
         "error_stage",
+        "handle",
         "head_since",
         "index",
         "jobs",
         "pending_error",
-        "recall_w",
         "recalling",
-        "slot",
         "state",
         "stop_timer",
         "tasks",
@@ -132,7 +122,7 @@ class Worker:
     )
 
     def __init__(self) -> None:
-        self.child: Child | None = None
+        self.handle: WorkerHandle | None = None  # None until the backend started it
         self.state = WState.STARTING
         # Jobs handed to this worker, in the order it runs them: the first is running (or about to),
         # the others are prefetched behind it (only plain short jobs; see Core.dispatch).
@@ -143,15 +133,12 @@ class Worker:
         self.pending_error: BaseException | None = None
         self.error_stage = ""
         self.index = 0  # 1..max_workers among the live workers: "procman: worker 2 (pool)"
-        self.slot = -1  # its slot on the StartedBoard
-        self.recall_w = -1  # a byte written here asks the worker for its jobs not started yet
-        self.recalling = False
+        self.recalling = False  # asked for its jobs not started yet, no answer so far
         self.head_since = 0.0  # monotonic time its first job in hand became that
 
-    def close_recall(self) -> None:
-        if self.recall_w >= 0:
-            os.close(self.recall_w)
-            self.recall_w = -1
+    @property
+    def pid(self) -> int | None:
+        return self.handle.pid if self.handle is not None else None
 
     @property
     def job(self) -> Job | None:
@@ -163,9 +150,6 @@ class Worker:
 class Settings:
     """What the I/O loop needs to know of its Pool's options."""
 
-    name: str
-    start_method: str
-    init: InitCall | None
     init_name: str
     max_tasks_per_worker: int | None
     max_memory_mb: float | None
@@ -184,14 +168,19 @@ class Core:
         loop: asyncio.AbstractEventLoop,
         events: EventDispatcher,
         output: OutputRouter,
+        backend: WorkerBackend,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = settings
+        # The loop's call_soon/call_later and ``clock`` make every deadline here: a test drives
+        # both (tests/fakes.py), so no dispatch rule needs a sleep to be tested.
         self.loop = loop
+        self.backend = backend
+        self.clock = clock  # CLOCK_MONOTONIC: what workers stamp their start with
         self.events = events
         self.output = output
         self.ids = itertools.count(1)
         self.tickets = itertools.count(1)
-        self.board = StartedBoard()
         # Jobs submitted from other threads on their way to the loop (see Pool.submit_job).
         self.inbox: deque[Job] = deque()
         self.drain_pending = False
@@ -230,95 +219,49 @@ class Core:
     def spawn_worker(self) -> None:
         if self.closing or self.broken is not None:
             return
-        cfg = self.cfg
         w = Worker()
         used = {x.index for x in self.workers} | {x.index for x in self.retiring}
         w.index = next(i for i in itertools.count(1) if i not in used)
-        w.slot = self.board.take()
-        recall_r = -1
-        if not self.recycling:  # a pool that recycles workers never hands jobs ahead
-            try:
-                recall_r, w.recall_w = os.pipe2(os.O_CLOEXEC)
-            except OSError as exc:  # out of file descriptors: retry, bounded
-                self.board.give_back(w.slot)
-                self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
-                return
-            os.set_blocking(w.recall_w, False)
-        child = Child(
-            self.loop,
-            cfg.start_method,
-            functools.partial(
-                worker_main,
-                cfg.init,
-                cfg.max_memory_mb is not None,
-                FdBox(self.board.fd),
-                w.slot,
-                FdBox(recall_r) if recall_r >= 0 else None,
-            ),
-            name="worker",
-            title=f"procman: worker {w.index} ({cfg.name})",
-            on_frame=lambda body: None,
-            on_line=functools.partial(self.on_line, w),
-            on_exit=lambda code: None,
-            options={"reader": False},
-        )
-        child.on_frame = functools.partial(self.on_frame, w, child)
-        child.on_exit = functools.partial(self.on_exit, w, child)
         try:
-            child.start()
+            w.handle = self.backend.start(w.index, WorkerLink(self, w))
         except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: retry, bounded
-            self.board.give_back(w.slot)
-            w.close_recall()
             self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
             return
-        finally:
-            if recall_r >= 0:
-                os.close(recall_r)
-        w.child = child
         self.workers.add(w)
-        self.events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=child.pid))
+        self.events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=w.pid))
 
     def on_line(self, w: Worker, stream: str, line: str) -> None:
         """A line written to a worker's file descriptors (C code, programs a job started)."""
-        pid = w.child.pid if w.child is not None else None
-        self.output.line("pool", stream, line, worker_pid=pid)
+        self.output.line("pool", stream, line, worker_pid=w.pid)
 
-    def on_output(self, w: Worker, body: bytes) -> None:
+    def on_output(self, w: Worker, ticket: int, stream: str, text: str) -> None:
         """Lines a job printed (sys.stdout/stderr in the worker), shown under the job's name."""
-        job_id, stream = OUT_HEAD.unpack_from(body, 1)
         name = "pool"
         for job in w.jobs:
-            if job.ticket == job_id:
+            if job.ticket == ticket:
                 name = job.name
                 break
-        text = bytes(body[1 + OUT_HEAD.size :]).decode("utf-8", "replace")
-        pid = w.child.pid if w.child is not None else None
-        out = self.output
+        pid, out = w.pid, self.output
         for line in text.split("\n"):
-            out.line(name, "stderr" if stream == 2 else "stdout", line, worker_pid=pid)
+            out.line(name, stream, line, worker_pid=pid)
 
-    def on_frame(self, w: Worker, child: Child, body: bytes) -> None:
-        kind = body[0]
-        if kind == KIND_RESULT:
-            self.on_result(w, body)
-        elif kind == KIND_OUTPUT:
-            self.on_output(w, body)
-        elif kind == _wire.KIND_JSON:
-            msg = _wire.decode_json(body)
-            t = msg.get("t")
-            if t == "ready" and w.state is WState.STARTING:
-                self.init_failures = self.outside_kills = 0
-                w.state = WState.IDLE
-                self.idle.append(w)
-                self.dispatch()
-            elif t == "recalled":
-                self.on_recalled(w, msg.get("tickets") or ())
-            elif t == "error":
-                w.pending_error = _wire.rebuild_error(msg)
-                w.error_stage = str(msg.get("stage", ""))
+    def on_ready(self, w: Worker) -> None:
+        if w.state is WState.STARTING:
+            self.init_failures = self.outside_kills = 0
+            w.state = WState.IDLE
+            self.idle.append(w)
+            self.dispatch()
 
-    def on_result(self, w: Worker, body: bytes) -> None:
-        job_id, started, finished, rss, status = RESULT_HEAD.unpack_from(body, 1)
+    def on_result(
+        self,
+        w: Worker,
+        job_id: int,
+        started: float,
+        finished: float,
+        rss: int,
+        status: int,
+        payload: memoryview,
+    ) -> None:
         jobs = w.jobs
         if not jobs or jobs[0].ticket != job_id:
             return
@@ -327,7 +270,7 @@ class Core:
             w.timer.cancel()
             w.timer = None
         if jobs:  # the next held job is running now: from here on it can be cancelled
-            w.head_since = time.monotonic()
+            w.head_since = self.clock()
             nxt = jobs[0].future
             if nxt is not None and nxt._kill_running is None:
                 nxt._kill_running = functools.partial(self.cancel_running_threadsafe, jobs[0])
@@ -358,7 +301,6 @@ class Core:
                 with self.lock:
                     self.rebalance()
         # Unpickled later, by whoever asks for it (see Outcome): never on this thread.
-        payload = memoryview(body)[1 + RESULT_HEAD.size :]
         if status == OK_PLAIN:  # a small int, str, bytes...: unpickling it runs no code, in no time
             outcome = Outcome.known(loads(payload))
         else:
@@ -397,20 +339,17 @@ class Core:
         worker whose first job has run RECALL_AFTER is asked for the others, which go to the
         idle workers.
         """
-        now = time.monotonic()
+        now = self.clock()
         soonest = math.inf
         for w in self.workers:
-            if len(w.jobs) < 2 or w.recalling or w.recall_w < 0:
+            if len(w.jobs) < 2 or w.recalling or w.handle is None:
                 continue
             ripe = w.head_since + RECALL_AFTER
             if ripe > now:
                 soonest = min(soonest, ripe)
                 continue
-            try:
-                os.write(w.recall_w, b"r")
-            except OSError:  # it is dying: its exit puts the jobs back in line
-                continue
-            w.recalling = True
+            if w.handle.recall():  # False: it cannot, or is dying (its exit requeues the jobs)
+                w.recalling = True
         if soonest < math.inf and self.rebalance_timer is None:
             self.rebalance_timer = self.loop.call_later(soonest - now, self.on_rebalance_timer)
 
@@ -428,14 +367,14 @@ class Core:
         w.state = WState.RETIRING
         self.workers.discard(w)
         self.retiring.add(w)
-        child = w.child
-        assert child is not None
-        child.send(_wire.encode_json({"t": "stop"}))
-        w.stop_timer = self.loop.call_later(STOP_GRACE, child.kill)
-        self.events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=child.pid, reason=reason))
+        handle = w.handle
+        assert handle is not None
+        handle.stop()
+        w.stop_timer = self.loop.call_later(STOP_GRACE, handle.kill)
+        self.events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=handle.pid, reason=reason))
         self.spawn_worker()
 
-    def on_exit(self, w: Worker, child: Child, code: int) -> None:
+    def on_exit(self, w: Worker, code: int, started: int | None) -> None:
         for timer in (w.timer, w.stop_timer):
             if timer is not None:
                 timer.cancel()
@@ -445,10 +384,8 @@ class Core:
         with self.lock:
             if w in self.idle:
                 self.idle.remove(w)
-        started = self.board.read(w.slot)
-        self.board.give_back(w.slot)
-        w.close_recall()
         w.recalling = False
+        pid = w.pid
         # Only the job whose code the worker started dies with it. The first job in hand may never
         # have been read (written to a worker killed meanwhile) or been loading; the ones held
         # behind never ran. Those go back in line (see StartedBoard).
@@ -472,9 +409,7 @@ class Core:
         if was is WState.STARTING:
             error = w.pending_error
             self.events.emit(
-                PoolEvent(
-                    PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"before ready: {reason}", error=error
-                )
+                PoolEvent(PoolEventKind.WORKER_EXITED, pid=pid, reason=f"before ready: {reason}", error=error)
             )
             if not self.closing:
                 if error is not None and w.error_stage == "initializer":
@@ -495,20 +430,20 @@ class Core:
             elif job.timed_out:
                 self.counts["timed_out"] += 1
                 err: BaseException = JobTimeout(f"job {job.name!r} ran past its timeout of {job.timeout}s")
-                self.events.emit(PoolEvent(PoolEventKind.JOB_TIMED_OUT, job.name, child.pid, str(err)))
+                self.events.emit(PoolEvent(PoolEventKind.JOB_TIMED_OUT, job.name, pid, str(err)))
                 self.job_failed(job, err)
             else:
                 self.counts["crashed"] += 1
                 doing = "loading" if loading else "running"
                 err = WorkerCrashed(
-                    f"the worker (pid {child.pid}) {doing} job {job.name!r} died: {reason}"
+                    f"the worker (pid {pid}) {doing} job {job.name!r} died: {reason}"
                     + (" (twice in a row while unpickling its arguments)" if loading else _crash_hint(code)),
                     code,
                 )
-                self.events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, child.pid, reason))
+                self.events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, pid, reason))
                 self.job_failed(job, err)
         else:
-            self.events.emit(PoolEvent(PoolEventKind.WORKER_EXITED, pid=child.pid, reason=f"idle: {reason}"))
+            self.events.emit(PoolEvent(PoolEventKind.WORKER_EXITED, pid=pid, reason=f"idle: {reason}"))
         if not self.closing:
             self.counts["worker_restarts"] += 1
             self.spawn_worker()
@@ -582,7 +517,7 @@ class Core:
         if self.broken is not None or self.closing:
             self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
             return
-        if job.due > time.monotonic():
+        if job.due > self.clock():
             self.push(job.due, job)
         else:
             self.queue.append(job)
@@ -604,7 +539,7 @@ class Core:
             # uvloop's timers have millisecond resolution and may fire up to 1 ms early or late:
             # aim 1.5 ms ahead, then spin through the loop (I/O still served) until due, so a job
             # never starts early and rarely starts late.
-            wait = due - time.monotonic()
+            wait = due - self.clock()
             if wait > SPIN:
                 self.timer = self.loop.call_later(wait - SPIN, self.on_timer)
             else:
@@ -612,7 +547,7 @@ class Core:
 
     def on_timer(self) -> None:
         self.timer = None
-        now = time.monotonic()
+        now = self.clock()
         heap = self.heap
         while heap and heap[0][0] <= now:
             _, _, item = heapq.heappop(heap)
@@ -648,7 +583,7 @@ class Core:
                     continue
             sched = job.schedule
             if sched is not None and sched.grace is not None and job.attempt == 0:
-                late = time.monotonic() - job.due
+                late = self.clock() - job.due
                 if late > sched.grace:  # waited for a worker beyond the misfire grace
                     sched.missed += 1
                     self.events.emit(
@@ -687,15 +622,15 @@ class Core:
             if self.closing or self.broken is not None or self.queue or self.inbox or not self.idle:
                 return False
             w = self.idle.pop()  # the worker that finished last: its process is the likeliest awake
-            child = w.child
-            assert child is not None
+            handle = w.handle
+            assert handle is not None
             fut._try_start()
             job.handed = True
             w.state = WState.BUSY
             w.jobs.append(job)
-            w.head_since = time.monotonic()
+            w.head_since = self.clock()
             fut._kill_running = functools.partial(self.cancel_running_threadsafe, job)
-            if child.send_now(frame):
+            if handle.send_now(frame):
                 return True
             # The pipe is closing (the worker died): undo, and let the loop deal with both.
             w.jobs.pop()
@@ -709,7 +644,7 @@ class Core:
     def frame(self, job: Job) -> bytes:
         """The job's frame for one hand-off, under a new ticket (see StartedBoard)."""
         job.ticket = ticket = next(self.tickets)
-        return job_frame(ticket, job.due, job.blob)
+        return self.backend.frame(ticket, job.due, job.blob)
 
     def dispatch(self) -> None:
         with self.lock:
@@ -723,16 +658,16 @@ class Core:
             if job is None:
                 break
             w = idle.popleft()
-            assert w.child is not None
+            assert w.handle is not None
             w.state = WState.BUSY
             w.jobs.append(job)
-            w.head_since = time.monotonic()
+            w.head_since = self.clock()
             fut = job.future
             if fut is not None and fut._kill_running is None:
                 fut._kill_running = functools.partial(self.cancel_running_threadsafe, job)
             if job.timeout is not None:
                 w.timer = self.loop.call_later(job.timeout, self.on_job_timeout, w, job)
-            w.child.send(self.frame(job))
+            w.handle.send((self.frame(job),))
         if queue and not idle:
             self.prefetch()
         elif idle and not queue:
@@ -750,7 +685,7 @@ class Core:
         depth = self.prefetch_depth()
         if depth <= 1:
             return
-        stuck = time.monotonic() - RECALL_AFTER  # a job running since then is not a short one
+        stuck = self.clock() - RECALL_AFTER  # a job running since then is not a short one
         for w in self.workers:
             jobs = w.jobs
             if w.state is not WState.BUSY or not jobs or len(jobs) >= depth or w.head_since < stuck:
@@ -765,22 +700,22 @@ class Core:
                 jobs.append(job)
                 frames.append(self.frame(job))
             if frames:
-                assert w.child is not None
-                w.child.send(b"".join(frames))
+                assert w.handle is not None
+                w.handle.send(frames)
             if not self.queue:
                 return
 
     def on_job_timeout(self, w: Worker, job: Job) -> None:
         w.timer = None
-        if w.job is job and w.child is not None:
+        if w.job is job and w.handle is not None:
             job.timed_out = True
-            w.child.kill()
+            w.handle.kill()
 
     def cancel_running(self, job: Job) -> None:
         for w in self.workers:
-            if w.job is job and w.child is not None:
+            if w.job is job and w.handle is not None:
                 job.cancelled_running = True
-                w.child.kill()
+                w.handle.kill()
                 return
 
     def cancel_running_threadsafe(self, job: Job) -> None:
@@ -824,7 +759,7 @@ class Core:
                     reason=f"attempt {job.attempt + 1} in {delay:.3g}s",
                 )
             )
-            job.due = time.monotonic() + delay
+            job.due = self.clock() + delay
             self.enqueue(job)
             return
         self.fail_final(job, error)
@@ -851,7 +786,7 @@ class Core:
                 sched.cond.notify_all()
             return
         wall = time.time()  # first: a pause before the monotonic read makes it late, never early
-        due = time.monotonic() + (at - wall)
+        due = self.clock() + (at - wall)
         self.push(due, (sched, sched.generation))
 
     def fire_schedule(self, sched: ScheduleRecord) -> None:
@@ -869,7 +804,7 @@ class Core:
                 )
             )
         for scheduled in p.run:
-            self.start_run(sched, time.monotonic() - (now - scheduled))
+            self.start_run(sched, self.clock() - (now - scheduled))
         self.arm_schedule(sched, p.next)
 
     def start_run(self, sched: ScheduleRecord, due: float) -> None:
@@ -927,7 +862,7 @@ class Core:
         sched.in_flight -= 1
         if sched.queued_runs and sched.state is ScheduleState.ACTIVE:
             sched.queued_runs -= 1
-            self.start_run(sched, time.monotonic())
+            self.start_run(sched, self.clock())
             self.dispatch()
 
     def schedule_cancel(self, sched: ScheduleRecord) -> None:
@@ -969,14 +904,14 @@ class Core:
         with self.lock:
             self.closing = True
         for w in list(self.workers) + list(self.retiring):
-            if w.child is not None:
-                w.child.kill()
+            if w.handle is not None:
+                w.handle.kill()
         abandoned = PoolClosed("the pool was killed before this job ran")
         while self.queue:
             self.fail_final(self.queue.popleft(), abandoned)
 
     async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else self.clock() + timeout
         self.drain_inbox()  # jobs submitted just before shutdown() are in
         # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
         for _, _, item in self.heap:
@@ -1002,7 +937,7 @@ class Core:
             fut = self.loop.create_future()
             self.idle_waiters.append(fut)
             try:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                left = None if deadline is None else max(0.0, deadline - self.clock())
                 await asyncio.wait_for(fut, left)
             except TimeoutError:
                 pass
@@ -1013,18 +948,18 @@ class Core:
             self.fail_final(self.queue.popleft(), abandoned)
         exits = []
         for w in list(self.workers) + list(self.retiring):
-            child = w.child
-            if child is None or not child.alive:
+            handle = w.handle
+            if handle is None or not handle.alive:
                 continue
             if w.jobs:
                 while w.jobs:
                     self.fail_final(w.jobs.popleft(), abandoned)
-                child.kill()
+                handle.kill()
             else:
-                child.send(_wire.encode_json({"t": "stop"}))
-            exits.append(child)
-        end = time.monotonic() + 2.0
-        while any(c.alive for c in exits) and time.monotonic() < end:
+                handle.stop()
+            exits.append(handle)
+        end = self.clock() + 2.0
+        while any(c.alive for c in exits) and self.clock() < end:
             await asyncio.sleep(0.005)
         for c in exits:
             if c.alive:
@@ -1067,3 +1002,35 @@ def _crash_hint(code: int) -> str:
     if 0 < code <= 255:  # above: _wire.UNKNOWN_STATUSES, which describe_exit explains
         return " (the job called os._exit or the interpreter aborted)"
     return ""
+
+
+class WorkerLink:
+    """What one worker reports (workers._backend.WorkerReports), passed on to the dispatcher."""
+
+    __slots__ = ("core", "worker")
+
+    def __init__(self, core: Core, worker: Worker) -> None:
+        self.core, self.worker = core, worker
+
+    def ready(self) -> None:
+        self.core.on_ready(self.worker)
+
+    def result(
+        self, ticket: int, started: float, finished: float, rss_kb: int, status: int, payload: memoryview
+    ) -> None:
+        self.core.on_result(self.worker, ticket, started, finished, rss_kb, status, payload)
+
+    def output(self, ticket: int, stream: str, text: str) -> None:
+        self.core.on_output(self.worker, ticket, stream, text)
+
+    def line(self, stream: str, line: str) -> None:
+        self.core.on_line(self.worker, stream, line)
+
+    def start_error(self, error: BaseException, stage: str) -> None:
+        self.worker.pending_error, self.worker.error_stage = error, stage
+
+    def recalled(self, tickets: Iterable[int]) -> None:
+        self.core.on_recalled(self.worker, tickets)
+
+    def exited(self, code: int, started: int | None) -> None:
+        self.core.on_exit(self.worker, code, started)

@@ -40,6 +40,7 @@ from ._errors import (
 from ._events import PoolEvent, log_pool_event
 from ._futures import JobFuture
 from ._jobs import Job
+from ._local import LocalBackend
 from ._schedules import DEFAULT_MISFIRE_GRACE, MIN_INTERVAL, Schedule, ScheduleRecord
 from ._serialize import callable_blob, dumps_job, init_call
 from ._stats import PoolStats
@@ -77,7 +78,7 @@ def _release(core: Core, io: IOThread, events: EventDispatcher) -> None:
     io.close()
     events.close()
     core.fail_inbox()
-    core.board.close()
+    core.backend.close()
 
 
 def _release_dropped(core: Core, io: IOThread, events: EventDispatcher) -> None:
@@ -242,14 +243,19 @@ class Pool(concurrent.futures.Executor):
         self._output = OutputRouter(output, "workers.job", "job", self._events.emit)
         self._io = IOThread("workers-io")
         settings = Settings(
-            name=name,
-            start_method=start_method,
-            init=self._init,
             init_name=self._init_name,
             max_tasks_per_worker=self.max_tasks_per_worker,
             max_memory_mb=self.max_memory_mb,
         )
-        core = self._core = Core(settings, self._io.loop, self._events, self._output)
+        backend = LocalBackend(
+            self._io.loop,
+            name=name,
+            start_method=start_method,
+            init=self._init,
+            measure_rss=self.max_memory_mb is not None,
+            can_recall=self.max_tasks_per_worker is None and self.max_memory_mb is None,
+        )
+        core = self._core = Core(settings, self._io.loop, self._events, self._output, backend)
         self._io.loop.call_soon_threadsafe(core.spawn_workers, max_workers)
         # Dropped without shutdown(): queued and running jobs finish, then the workers go.
         self._finalizer = weakref.finalize(self, _release_dropped, core, self._io, self._events)
