@@ -18,16 +18,10 @@ from fakes import FakeBackend, FakeLoop, FakeWorker
 from procman._proc.events import EventDispatcher
 from procman._proc.output import OutputRouter
 from workers import JobTimeout, PoolBroken, PoolEventKind, WorkerCrashed, _dispatch
-from workers._dispatch import (
-    INIT_BACKOFF,
-    INIT_BACKOFF_MAX,
-    RECALL_AFTER,
-    STOP_GRACE,
-    Core,
-    Settings,
-)
+from workers._dispatch import RECALL_AFTER, Core
 from workers._futures import JobFuture
 from workers._jobs import Job
+from workers._lifecycle import INIT_BACKOFF, INIT_BACKOFF_MAX, STOP_GRACE, Settings
 
 
 @dataclass
@@ -318,3 +312,21 @@ def test_what_a_job_prints_is_shown_under_its_name(rig: Rig) -> None:
         ("reporter", "stdout", "line two"),
         ("pool", "stderr", "between jobs"),
     ]
+
+
+def test_nothing_is_topped_up_behind_a_job_that_has_run_recall_after(rigs: list[Rig]) -> None:
+    """The boundary rebalance() recalls at is the one prefetch() stops at: a worker whose job has
+    run RECALL_AFTER gets nothing more to hold, or a recall would hand jobs back to it."""
+    rigs.append(rig := make_rig(1))
+    w1 = rig.worker(1)
+    w1.ready()
+    warm = rig.submit("warm")
+    w1.finish(warm.ticket, 0)
+    rig.core.run_avg = 1e-5
+    long = rig.submit("long")
+    w1.running(long.ticket)
+    rig.loop.advance(RECALL_AFTER)
+    later = [rig.submit(f"later{i}") for i in range(2)]
+    rig.loop.run_ready()
+    assert w1.inbox == [long.ticket]
+    assert all(j.ticket == 0 for j in later)  # queued for whichever worker frees first

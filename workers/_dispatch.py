@@ -43,20 +43,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import itertools
 import logging
 import math
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any
 
-from procman._child import wire as _wire
 from procman._child.worker_loop import (
     ERROR,
     OK_PLAIN,
@@ -64,27 +58,21 @@ from procman._child.worker_loop import (
 from procman._proc.events import EventDispatcher
 from procman._proc.output import OutputRouter
 
-from ._backend import WorkerBackend, WorkerHandle
+from ._backend import WorkerBackend, WorkerReports
 from ._errors import (
-    JobTimeout,
-    PoolBroken,
     PoolClosed,
-    WorkerCrashed,
 )
 from ._events import LazyEvent, PoolEvent, PoolEventKind, outcome_of
 from ._futures import Outcome
 from ._jobs import Job
-from ._schedules import ScheduleRecord, ScheduleState
+from ._lifecycle import Settings, Worker, WorkerLifecycle, WState
+from ._schedules import ScheduleRecord, ScheduleRuns
 from ._serialize import loads
 from ._stats import PoolStats
-from ._triggers import plan
+from ._timed import TimedQueue
 
 log = logging.getLogger("workers")
 
-INIT_FAILURE_LIMIT = 3  # consecutive worker start failures before the pool is broken
-INIT_BACKOFF = 0.1  # seconds before the first new attempt after a failed start, doubling
-INIT_BACKOFF_MAX = 5.0  # seconds
-STOP_GRACE = 5.0  # seconds a retiring worker has to exit after its stop message
 LATENCY_SAMPLES = 10_000
 SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on a timer
 PREFETCH_WINDOW = 0.001  # seconds of work a worker may hold behind its running job
@@ -93,69 +81,7 @@ RECALL_AFTER = 0.002  # seconds a worker's job runs before the jobs held behind 
 RUN_AVG_WEIGHT = 0.2  # weight of the newest run time in the moving average
 
 
-# ------------------------------------------------------------------------------------------------
-# Workers (loop-side)
-
-
-class WState(StrEnum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    RETIRING = "retiring"
-
-
-class Worker:
-    """One worker as the dispatcher keeps it: its state, the jobs in its hands, its timers."""
-
-    __slots__ = (
-        "error_stage",
-        "handle",
-        "head_since",
-        "index",
-        "jobs",
-        "pending_error",
-        "recalling",
-        "state",
-        "stop_timer",
-        "tasks",
-        "timer",
-    )
-
-    def __init__(self) -> None:
-        self.handle: WorkerHandle | None = None  # None until the backend started it
-        self.state = WState.STARTING
-        # Jobs handed to this worker, in the order it runs them: the first is running (or about to),
-        # the others are prefetched behind it (only plain short jobs; see Core.dispatch).
-        self.jobs: deque[Job] = deque()
-        self.tasks = 0
-        self.timer: asyncio.TimerHandle | None = None
-        self.stop_timer: asyncio.TimerHandle | None = None
-        self.pending_error: BaseException | None = None
-        self.error_stage = ""
-        self.index = 0  # 1..max_workers among the live workers: "procman: worker 2 (pool)"
-        self.recalling = False  # asked for its jobs not started yet, no answer so far
-        self.head_since = 0.0  # monotonic time its first job in hand became that
-
-    @property
-    def pid(self) -> int | None:
-        return self.handle.pid if self.handle is not None else None
-
-    @property
-    def job(self) -> Job | None:
-        """The job running now (or about to), if any."""
-        return self.jobs[0] if self.jobs else None
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What the I/O loop needs to know of its Pool's options."""
-
-    init_name: str
-    max_tasks_per_worker: int | None
-    max_memory_mb: float | None
-
-
-class Core:
+class Core(WorkerLifecycle, ScheduleRuns):
     """The pool's state, touched only on the I/O loop (and try_direct, under ``lock``).
 
     It never refers to its Pool: the loop's thread keeps the core alive, and a Pool that nobody
@@ -170,6 +96,7 @@ class Core:
         output: OutputRouter,
         backend: WorkerBackend,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = settings
         # The loop's call_soon/call_later and ``clock`` make every deadline here: a test drives
@@ -177,6 +104,7 @@ class Core:
         self.loop = loop
         self.backend = backend
         self.clock = clock  # CLOCK_MONOTONIC: what workers stamp their start with
+        self.wall = wall  # the wall clock, which schedules' times are on
         self.events = events
         self.output = output
         self.ids = itertools.count(1)
@@ -185,8 +113,8 @@ class Core:
         self.inbox: deque[Job] = deque()
         self.drain_pending = False
         self.queue: deque[Job] = deque()
-        self.heap: list[tuple[float, int, Any]] = []
-        self.seq = itertools.count()
+        # Timed jobs not yet due, and schedules' next times as (record, generation).
+        self.timed: TimedQueue[Job | tuple[ScheduleRecord, int]] = TimedQueue()
         self.timer: asyncio.Handle | None = None
         self.timer_at = math.inf
         self.workers: set[Worker] = set()
@@ -209,48 +137,6 @@ class Core:
         # Guards handing a job to an idle worker, which submit() may do from the caller's thread
         # (try_direct) as well as the loop; reentrant because dispatch can start a schedule's run.
         self.lock = threading.RLock()
-
-    # -- workers -------------------------------------------------------------------------------
-
-    def spawn_workers(self, n: int) -> None:
-        for _ in range(n):
-            self.spawn_worker()
-
-    def spawn_worker(self) -> None:
-        if self.closing or self.broken is not None:
-            return
-        w = Worker()
-        used = {x.index for x in self.workers} | {x.index for x in self.retiring}
-        w.index = next(i for i in itertools.count(1) if i not in used)
-        try:
-            w.handle = self.backend.start(w.index, WorkerLink(self, w))
-        except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: retry, bounded
-            self.start_failed(f"could not start a worker process: {type(exc).__name__}: {exc}", exc)
-            return
-        self.workers.add(w)
-        self.events.emit(PoolEvent(PoolEventKind.WORKER_STARTED, pid=w.pid))
-
-    def on_line(self, w: Worker, stream: str, line: str) -> None:
-        """A line written to a worker's file descriptors (C code, programs a job started)."""
-        self.output.line("pool", stream, line, worker_pid=w.pid)
-
-    def on_output(self, w: Worker, ticket: int, stream: str, text: str) -> None:
-        """Lines a job printed (sys.stdout/stderr in the worker), shown under the job's name."""
-        name = "pool"
-        for job in w.jobs:
-            if job.ticket == ticket:
-                name = job.name
-                break
-        pid, out = w.pid, self.output
-        for line in text.split("\n"):
-            out.line(name, stream, line, worker_pid=pid)
-
-    def on_ready(self, w: Worker) -> None:
-        if w.state is WState.STARTING:
-            self.init_failures = self.outside_kills = 0
-            w.state = WState.IDLE
-            self.idle.append(w)
-            self.dispatch()
 
     def on_result(
         self,
@@ -363,154 +249,6 @@ class Core:
         self.prefetch_soon = False
         self.dispatch()
 
-    def retire(self, w: Worker, reason: str) -> None:
-        w.state = WState.RETIRING
-        self.workers.discard(w)
-        self.retiring.add(w)
-        handle = w.handle
-        assert handle is not None
-        handle.stop()
-        w.stop_timer = self.loop.call_later(STOP_GRACE, handle.kill)
-        self.events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=handle.pid, reason=reason))
-        self.spawn_worker()
-
-    def on_exit(self, w: Worker, code: int, started: int | None) -> None:
-        for timer in (w.timer, w.stop_timer):
-            if timer is not None:
-                timer.cancel()
-        was = w.state
-        self.workers.discard(w)
-        self.retiring.discard(w)
-        with self.lock:
-            if w in self.idle:
-                self.idle.remove(w)
-        w.recalling = False
-        pid = w.pid
-        # Only the job whose code the worker started dies with it. The first job in hand may never
-        # have been read (written to a worker killed meanwhile) or been loading; the ones held
-        # behind never ran. Those go back in line (see StartedBoard).
-        job = None
-        loading = False
-        if w.jobs:
-            head = w.jobs[0]
-            if started is None or started == head.ticket << 1 | 1 or head.timed_out:
-                job = w.jobs.popleft()  # (a timeout counts from the hand-off: it is up either way)
-            elif started == head.ticket << 1:
-                head.load_deaths += 1
-                if head.load_deaths >= 2:  # its arguments are what kills workers: blame it
-                    job = w.jobs.popleft()
-                    loading = True
-        while w.jobs:  # never started: first in line again, in order
-            self.requeue(w.jobs.pop())
-        reason = _wire.describe_exit(code)
-        if was is WState.RETIRING or (self.closing and job is None):
-            self.dispatch()
-            return
-        if was is WState.STARTING:
-            error = w.pending_error
-            self.events.emit(
-                PoolEvent(PoolEventKind.WORKER_EXITED, pid=pid, reason=f"before ready: {reason}", error=error)
-            )
-            if not self.closing:
-                if error is not None and w.error_stage == "initializer":
-                    what = f"the initializer {self.cfg.init_name} raised {type(error).__name__}: {error}"
-                elif error is not None:
-                    what = f"a worker process failed to start ({reason}): {type(error).__name__}: {error}"
-                else:
-                    what = f"a worker process died before it was ready: {reason}" + _crash_hint(code)
-                outside = error is None and code < 0 and -code not in _SELF_INFLICTED
-                self.start_failed(what, error, counts=not outside)
-            self.dispatch()
-            self.check_idle()
-            return
-        elif job is not None:
-            if job.cancelled_running:
-                self.counts["cancelled"] += 1
-                self.finish_schedule_run(job, Outcome.known())
-            elif job.timed_out:
-                self.counts["timed_out"] += 1
-                err: BaseException = JobTimeout(f"job {job.name!r} ran past its timeout of {job.timeout}s")
-                self.events.emit(PoolEvent(PoolEventKind.JOB_TIMED_OUT, job.name, pid, str(err)))
-                self.job_failed(job, err)
-            else:
-                self.counts["crashed"] += 1
-                doing = "loading" if loading else "running"
-                err = WorkerCrashed(
-                    f"the worker (pid {pid}) {doing} job {job.name!r} died: {reason}"
-                    + (" (twice in a row while unpickling its arguments)" if loading else _crash_hint(code)),
-                    code,
-                )
-                self.events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, pid, reason))
-                self.job_failed(job, err)
-        else:
-            self.events.emit(PoolEvent(PoolEventKind.WORKER_EXITED, pid=pid, reason=f"idle: {reason}"))
-        if not self.closing:
-            self.counts["worker_restarts"] += 1
-            self.spawn_worker()
-        self.dispatch()
-        self.check_idle()
-
-    def requeue(self, job: Job) -> None:
-        """A job handed to a worker that died before starting it: first in line again."""
-        job.timed_out = False
-        fut = job.future
-        if fut is not None and fut.done():  # cancelled meanwhile (its worker was killed for it)
-            if job.cancelled_running:
-                self.counts["cancelled"] += 1
-            return
-        job.cancelled_running = False
-        if self.closing:  # killed (Pool.kill) or shutting down: nothing will run it
-            self.fail_final(job, PoolClosed("the pool was shut down before this job ran"))
-        else:
-            self.queue.appendleft(job)
-
-    def start_failed(self, what: str, error: BaseException | None, *, counts: bool = True) -> None:
-        """A worker could not start: retry with backoff, and break the pool after a few in a row.
-
-        Each distinct failure is logged once (not once per attempt); the pool breaks with
-        PoolBroken carrying the child's own exception and traceback as its ``__cause__``. A
-        worker killed from outside while starting (``counts=False``: the operator, the OOM
-        killer) says nothing of the next one: it is replaced, after the same backoff, but never
-        breaks the pool.
-        """
-        if self.closing or self.broken is not None:
-            return
-        if what not in self.failures_logged:
-            self.failures_logged.add(what)
-            log.error("workers: %s", what)
-        if not counts:
-            self.outside_kills += 1
-            self.counts["worker_restarts"] += 1
-            delay = min(INIT_BACKOFF * 2 ** (self.outside_kills - 1), INIT_BACKOFF_MAX)
-            self.loop.call_later(delay, self.spawn_worker)
-            return
-        self.init_failures += 1
-        # Broken only once no worker is left to run a job: with some up or still starting (the
-        # others out of file descriptors or memory), the pool runs short-handed and keeps
-        # trying, backing off; if those fail too, the last one to go breaks it.
-        if self.init_failures >= INIT_FAILURE_LIMIT and not self.workers:
-            broken = PoolBroken(
-                f"the pool's workers cannot start: {self.init_failures} attempts in a row failed; "
-                f"last: {what}"
-            )
-            broken.__cause__ = error
-            self.break_pool(broken)
-            return
-        self.counts["worker_restarts"] += 1
-        delay = min(INIT_BACKOFF * 2 ** min(self.init_failures - 1, 16), INIT_BACKOFF_MAX)
-        self.loop.call_later(delay, self.spawn_worker)
-
-    def break_pool(self, error: BaseException) -> None:
-        self.broken = error
-        self.events.emit(PoolEvent(PoolEventKind.POOL_BROKEN, reason=str(error), error=error.__cause__))
-        while self.queue:
-            self.fail_final(self.queue.popleft(), error)
-        for _, _, item in self.heap:
-            if isinstance(item, Job):
-                self.fail_final(item, error)
-        self.heap.clear()
-        self.check_idle()
-
     # -- jobs -----------------------------------------------------------------------------------
 
     def enqueue(self, job: Job, *, dispatch: bool = True) -> None:
@@ -524,8 +262,8 @@ class Core:
             if dispatch:
                 self.dispatch()
 
-    def push(self, due: float, item: Any) -> None:
-        heapq.heappush(self.heap, (due, next(self.seq), item))
+    def push(self, due: float, item: Job | tuple[ScheduleRecord, int]) -> None:
+        self.timed.push(due, item)
         if due < self.timer_at:
             self.arm_timer()
 
@@ -534,8 +272,9 @@ class Core:
             self.timer.cancel()
             self.timer = None
         self.timer_at = math.inf
-        if self.heap:
-            self.timer_at = due = self.heap[0][0]
+        due = self.timed.earliest()
+        if due is not None:
+            self.timer_at = due
             # uvloop's timers have millisecond resolution and may fire up to 1 ms early or late:
             # aim 1.5 ms ahead, then spin through the loop (I/O still served) until due, so a job
             # never starts early and rarely starts late.
@@ -547,10 +286,7 @@ class Core:
 
     def on_timer(self) -> None:
         self.timer = None
-        now = self.clock()
-        heap = self.heap
-        while heap and heap[0][0] <= now:
-            _, _, item = heapq.heappop(heap)
+        for item in self.timed.pop_due(self.clock()):
             if isinstance(item, Job):
                 if item.future is None or not item.future.done():
                     self.queue.append(item)
@@ -688,7 +424,11 @@ class Core:
         stuck = self.clock() - RECALL_AFTER  # a job running since then is not a short one
         for w in self.workers:
             jobs = w.jobs
-            if w.state is not WState.BUSY or not jobs or len(jobs) >= depth or w.head_since < stuck:
+            # Not to a worker whose job has run RECALL_AFTER (as long as rebalance() counts it) or
+            # that is being asked for its held jobs: they would only come back.
+            if w.state is not WState.BUSY or not jobs or len(jobs) >= depth or w.head_since <= stuck:
+                continue
+            if w.recalling:
                 continue
             if jobs[0].timeout is not None or jobs[0].schedule is not None:
                 continue
@@ -771,122 +511,6 @@ class Core:
             job.future._settle(outcome)
         self.finish_schedule_run(job, outcome)
 
-    # -- schedules ------------------------------------------------------------------------------
-
-    def schedule_add(self, sched: ScheduleRecord) -> None:
-        first = sched.trigger.first(time.time())
-        self.arm_schedule(sched, first)
-
-    def arm_schedule(self, sched: ScheduleRecord, at: float | None) -> None:
-        sched.next_time = at
-        if at is None:
-            if sched.state is ScheduleState.ACTIVE:
-                sched.state = ScheduleState.FINISHED
-            with sched.cond:
-                sched.cond.notify_all()
-            return
-        wall = time.time()  # first: a pause before the monotonic read makes it late, never early
-        due = self.clock() + (at - wall)
-        self.push(due, (sched, sched.generation))
-
-    def fire_schedule(self, sched: ScheduleRecord) -> None:
-        if sched.state is not ScheduleState.ACTIVE or sched.next_time is None:
-            return
-        now = time.time()
-        p = plan(sched.trigger, sched.next_time, now, sched.grace, sched.coalesce)
-        if p.missed:
-            sched.missed += p.missed
-            self.events.emit(
-                PoolEvent(
-                    PoolEventKind.RUN_MISSED,
-                    sched.name,
-                    reason=f"{p.missed} run(s) later than the misfire grace of {sched.grace}s",
-                )
-            )
-        for scheduled in p.run:
-            self.start_run(sched, self.clock() - (now - scheduled))
-        self.arm_schedule(sched, p.next)
-
-    def start_run(self, sched: ScheduleRecord, due: float) -> None:
-        if sched.in_flight >= sched.max_instances:
-            if sched.overlap == "queue":
-                sched.queued_runs += 1
-                self.events.emit(
-                    PoolEvent(PoolEventKind.RUN_QUEUED, sched.name, reason="an earlier run is still going")
-                )
-            else:
-                sched.skipped += 1
-                self.events.emit(
-                    PoolEvent(
-                        PoolEventKind.RUN_SKIPPED,
-                        sched.name,
-                        reason=f"max_instances={sched.max_instances} already running",
-                    )
-                )
-            return
-        sched.in_flight += 1
-        job = Job(
-            id=next(self.ids),
-            name=sched.name,
-            blob=sched.blob,
-            due=due,
-            timeout=sched.timeout,
-            retries_left=sched.retries,
-            retry_backoff=sched.retry_backoff,
-            schedule=sched,
-        )
-        if self.broken is not None or self.closing:
-            self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
-        else:
-            self.queue.append(job)
-
-    def finish_schedule_run(self, job: Job, outcome: Outcome) -> None:
-        sched = job.schedule
-        if sched is None:
-            return
-        sched.runs += 1
-        sched.last_run = time.time()
-        if outcome.is_error:
-            sched.failures += 1
-            sched.last_failed = outcome
-        else:
-            sched.last_done = outcome
-        # RUN_DONE or RUN_FAILED, told apart once the outcome is unpickled on the event thread.
-        self.events.emit(LazyEvent(PoolEventKind.RUN_DONE, sched.name, outcome, duration=job.ran))
-        with sched.cond:
-            sched.cond.notify_all()
-        self.run_slot_freed(sched)
-
-    def run_slot_freed(self, sched: ScheduleRecord) -> None:
-        """One of the schedule's instances ended (or was dropped): start a queued run if any."""
-        sched.in_flight -= 1
-        if sched.queued_runs and sched.state is ScheduleState.ACTIVE:
-            sched.queued_runs -= 1
-            self.start_run(sched, self.clock())
-            self.dispatch()
-
-    def schedule_cancel(self, sched: ScheduleRecord) -> None:
-        sched.state = ScheduleState.CANCELLED
-        sched.generation += 1
-        sched.queued_runs = 0
-        with sched.cond:
-            sched.cond.notify_all()
-
-    def schedule_pause(self, sched: ScheduleRecord) -> None:
-        if sched.state is ScheduleState.ACTIVE:
-            sched.state = ScheduleState.PAUSED
-            sched.generation += 1
-
-    def schedule_resume(self, sched: ScheduleRecord) -> None:
-        if sched.state is ScheduleState.PAUSED:
-            sched.state = ScheduleState.ACTIVE
-            sched.generation += 1
-            now = time.time()
-            t = sched.next_time
-            while t is not None and t <= now:
-                t = sched.trigger.next_after(t)
-            self.arm_schedule(sched, t)
-
     # -- shutdown / stats -----------------------------------------------------------------------
 
     def busy(self) -> bool:
@@ -899,22 +523,11 @@ class Core:
                     fut.set_result(None)
             self.idle_waiters.clear()
 
-    def kill_workers(self) -> None:
-        """SIGKILL every worker; no replacement starts. Their jobs fail as crashed."""
-        with self.lock:
-            self.closing = True
-        for w in list(self.workers) + list(self.retiring):
-            if w.handle is not None:
-                w.handle.kill()
-        abandoned = PoolClosed("the pool was killed before this job ran")
-        while self.queue:
-            self.fail_final(self.queue.popleft(), abandoned)
-
     async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
         deadline = None if timeout is None else self.clock() + timeout
         self.drain_inbox()  # jobs submitted just before shutdown() are in
         # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
-        for _, _, item in self.heap:
+        for item in self.timed.items():
             if isinstance(item, Job):
                 if item.future is not None and item.attempt == 0:
                     item.future.cancel()
@@ -923,7 +536,7 @@ class Core:
                     self.fail_final(item, PoolClosed("the pool was shut down before this job's retry"))
             else:
                 self.schedule_cancel(item[0])
-        self.heap.clear()
+        self.timed.clear()
         self.arm_timer()
         if cancel_futures:
             while self.queue:
@@ -979,7 +592,7 @@ class Core:
             workers=len(self.workers),
             idle_workers=len(self.idle),
             queued=len(self.queue),
-            scheduled=sum(1 for _, _, item in self.heap if isinstance(item, Job)),
+            scheduled=sum(1 for item in self.timed.items() if isinstance(item, Job)),
             running=sum(1 for w in self.workers if w.job is not None),
             lateness_p50=pct(0.5),
             lateness_p99=pct(0.99),
@@ -987,21 +600,8 @@ class Core:
             **self.counts,
         )
 
-
-# Signals a process gets from its own code (a fault, abort()), as opposed to sent from outside.
-_SELF_INFLICTED = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL, signal.SIGSYS}
-)
-
-
-def _crash_hint(code: int) -> str:
-    if code == -signal.SIGKILL:
-        return " (SIGKILL: killed from outside, or by the kernel's out-of-memory killer)"
-    if code == -signal.SIGSEGV:
-        return " (a segmentation fault in native code)"
-    if 0 < code <= 255:  # above: _wire.UNKNOWN_STATUSES, which describe_exit explains
-        return " (the job called os._exit or the interpreter aborted)"
-    return ""
+    def link(self, worker: Worker) -> WorkerReports:
+        return WorkerLink(self, worker)
 
 
 class WorkerLink:

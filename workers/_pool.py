@@ -13,7 +13,6 @@ import functools
 import itertools
 import logging
 import math
-import os
 import threading
 import time
 import weakref
@@ -26,11 +25,12 @@ from procman._child.worker_loop import (
     CACHE_MAX,
 )
 from procman._proc.events import EventDispatcher
-from procman._proc.loop import MAX_SECONDS, IOThread
+from procman._proc.loop import IOThread
 from procman._proc.output import Output, OutputRouter, check_output
 from procman._proc.start import START_METHODS, warn_if_fork
 
-from ._dispatch import Core, Settings
+from ._checks import check_count, check_seconds, default_workers, job_name
+from ._dispatch import Core
 from ._errors import (
     PoolBroken,
     PoolClosed,
@@ -40,11 +40,12 @@ from ._errors import (
 from ._events import PoolEvent, log_pool_event
 from ._futures import JobFuture
 from ._jobs import Job
+from ._lifecycle import Settings
 from ._local import LocalBackend
-from ._schedules import DEFAULT_MISFIRE_GRACE, MIN_INTERVAL, Schedule, ScheduleRecord
+from ._schedules import DEFAULT_MISFIRE_GRACE, Schedule, ScheduleRecord, make_trigger
 from ._serialize import callable_blob, dumps_job, init_call
 from ._stats import PoolStats
-from ._triggers import Cron, Every, Trigger, to_epoch, to_seconds
+from ._triggers import to_epoch, to_seconds
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
@@ -113,48 +114,6 @@ def _release_slot(slots: threading.BoundedSemaphore, _fut: object) -> None:
     slots.release()
 
 
-def default_workers() -> int:
-    """The CPUs this process may run on: ``os.process_cpu_count()`` (3.13+: affinity and ``-X
-    cpu_count``), else the affinity mask, else ``os.cpu_count()``."""
-    count = getattr(os, "process_cpu_count", None)
-    if count is not None:
-        n: int | None = count()
-    elif hasattr(os, "sched_getaffinity"):
-        n = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover - not Linux
-        n = os.cpu_count()
-    return n or 1
-
-
-def _check_count(what: str, value: object, *, minimum: int, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what}={value!r} must be an int >= {minimum}" + (" or None" if allow_none else ""))
-    return value
-
-
-def _check_seconds(what: str, value: object, *, allow_none: bool = True) -> float | None:
-    if value is None and allow_none:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or value > MAX_SECONDS  # timers overflow beyond it, after the action began
-    ):
-        raise ValueError(
-            f"{what}={value!r} must be a number of seconds from 0 to 100 years"
-            + (", or None" if allow_none else "")
-        )
-    return float(value)
-
-
-def _job_name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-
-
 class Pool(concurrent.futures.Executor):
     """A fixed pool of worker processes with a timed job queue.
 
@@ -204,7 +163,7 @@ class Pool(concurrent.futures.Executor):
     ) -> None:
         if max_workers is None:
             max_workers = default_workers()
-        _check_count("max_workers", max_workers, minimum=1, allow_none=False)
+        check_count("max_workers", max_workers, minimum=1, allow_none=False)
         self.max_workers: int = max_workers
         if start_method not in START_METHODS:
             raise ValueError(
@@ -219,19 +178,19 @@ class Pool(concurrent.futures.Executor):
             raise TypeError(f"initializer={initializer!r} is not callable")
         # The initargs are pickled at each worker's start (see InitCall), checked here.
         self._init = init_call(initializer, initargs, start_method) if initializer is not None else None
-        self._init_name = _job_name(initializer) if initializer is not None else ""
+        self._init_name = job_name(initializer) if initializer is not None else ""
         check_output(output)
-        self.max_tasks_per_worker = _check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1)
-        mem = _check_seconds("max_memory_mb", max_memory_mb)
+        self.max_tasks_per_worker = check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1)
+        mem = check_seconds("max_memory_mb", max_memory_mb)
         self.max_memory_mb = mem
-        self.max_pending = _check_count("max_pending", max_pending, minimum=1)
+        self.max_pending = check_count("max_pending", max_pending, minimum=1)
         if on_full not in ("block", "raise"):
             raise ValueError(f"on_full={on_full!r} must be 'block' or 'raise'")
         self.on_full = on_full
-        self.full_timeout = _check_seconds("full_timeout", full_timeout, allow_none=False)
-        self.job_timeout = _check_seconds("job_timeout", job_timeout)
-        self.retries = _check_count("retries", retries, minimum=0, allow_none=False) or 0
-        self.retry_backoff = _check_seconds("retry_backoff", retry_backoff, allow_none=False) or 0.0
+        self.full_timeout = check_seconds("full_timeout", full_timeout, allow_none=False)
+        self.job_timeout = check_seconds("job_timeout", job_timeout)
+        self.retries = check_count("retries", retries, minimum=0, allow_none=False) or 0
+        self.retry_backoff = check_seconds("retry_backoff", retry_backoff, allow_none=False) or 0.0
         self._slots = threading.BoundedSemaphore(max_pending) if max_pending is not None else None
         # The last callable submitted, by weak reference (a bound method's instance, a partial's
         # arguments must not outlive the caller's use of them), with its bytes and name.
@@ -303,12 +262,10 @@ class Pool(concurrent.futures.Executor):
             raise TypeError(f"{fn!r} is not callable")
         if at is not None and after is not None:
             raise ScheduleError("give either at= or after=, not both")
-        timeout = _check_seconds("timeout", timeout) if timeout is not None else self.job_timeout
-        retries = _check_count("retries", retries, minimum=0) if retries is not None else self.retries
+        timeout = check_seconds("timeout", timeout) if timeout is not None else self.job_timeout
+        retries = check_count("retries", retries, minimum=0) if retries is not None else self.retries
         backoff = (
-            _check_seconds("retry_backoff", retry_backoff)
-            if retry_backoff is not None
-            else self.retry_backoff
+            check_seconds("retry_backoff", retry_backoff) if retry_backoff is not None else self.retry_backoff
         )
         if at is not None:
             when = at if type(at) is float and math.isfinite(at) else to_epoch(at, "at")
@@ -327,7 +284,7 @@ class Pool(concurrent.futures.Executor):
         if last is not None and last[0]() is fn:
             fn_blob, default_name = last[1], last[2]
         else:
-            fn_blob, default_name = callable_blob(fn), _job_name(fn)
+            fn_blob, default_name = callable_blob(fn), job_name(fn)
             if len(fn_blob) <= CACHE_MAX:
                 with contextlib.suppress(TypeError):  # not weak-referenceable: no shortcut
                     self._last_callable = (weakref.ref(fn), fn_blob, default_name)
@@ -406,40 +363,21 @@ class Pool(concurrent.futures.Executor):
         """
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        if (every is None) == (cron is None):
-            raise ScheduleError("give exactly one of every= (an interval) or cron= (an expression)")
-        start_t = to_epoch(start, "start") if start is not None else None
-        end_t = to_epoch(end, "end") if end is not None else None
-        if start_t is not None and end_t is not None and end_t < start_t:
-            raise ScheduleError(f"end={end!r} is before start={start!r}")
-        trigger: Trigger
-        if every is not None:
-            if tz is not None:
-                raise ScheduleError("tz= applies to cron= schedules only")
-            interval = to_seconds(every, "every")
-            if interval < MIN_INTERVAL:  # t + interval == t for tiny ones: the timer would spin
-                raise ScheduleError(
-                    f"every={every!r} is less than {MIN_INTERVAL}s: "
-                    "a schedule runs at most 1,000 times a second"
-                )
-            trigger = Every(interval, start_t, end_t)
-        else:
-            assert cron is not None
-            trigger = Cron(cron, tz, start_t, end_t)
+        trigger = make_trigger(every, cron, tz, start, end)
         if overlap not in ("skip", "queue"):
             raise ScheduleError(f"overlap={overlap!r} must be 'skip' or 'queue'")
         opts = {
-            "max_instances": _check_count("max_instances", max_instances, minimum=1, allow_none=False),
+            "max_instances": check_count("max_instances", max_instances, minimum=1, allow_none=False),
             "overlap": overlap,
-            "misfire_grace": _check_seconds("misfire_grace", misfire_grace),
+            "misfire_grace": check_seconds("misfire_grace", misfire_grace),
             "coalesce": bool(coalesce),
-            "timeout": _check_seconds("timeout", timeout),
-            "retries": _check_count("retries", retries, minimum=0, allow_none=False),
-            "retry_backoff": _check_seconds("retry_backoff", retry_backoff, allow_none=False),
+            "timeout": check_seconds("timeout", timeout),
+            "retries": check_count("retries", retries, minimum=0, allow_none=False),
+            "retry_backoff": check_seconds("retry_backoff", retry_backoff, allow_none=False),
         }
         self._check_usable()
         blob = dumps_job(callable_blob(fn), tuple(args), dict(kwargs or {}))
-        record = ScheduleRecord(name or _job_name(fn), trigger, blob, opts)
+        record = ScheduleRecord(name or job_name(fn), trigger, blob, opts)
         self._call(self._core.schedule_add, record)
         return Schedule(record, self)
 
@@ -499,7 +437,7 @@ class Pool(concurrent.futures.Executor):
             timeout: None (default) waits as long as the jobs run; a number of seconds bounds the
                 wait: jobs still unfinished then fail with PoolClosed and their workers are killed.
         """
-        timeout = _check_seconds("timeout", timeout)
+        timeout = check_seconds("timeout", timeout)
         with self._shutdown_lock:
             earlier = self._shutdown_fut
             if earlier is None:

@@ -1,20 +1,58 @@
-"""Recurring jobs: the loop-side record of a schedule, and the handle the caller holds."""
+"""Recurring jobs: the loop-side record of a schedule, the handle the caller holds, and the
+dispatcher's part that turns a schedule's times into runs."""
 
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from procman._proc.events import EventDispatcher
+
+from ._errors import PoolClosed, ScheduleError
+from ._events import LazyEvent, PoolEvent, PoolEventKind
 from ._futures import Outcome
-from ._triggers import Trigger
+from ._jobs import Job
+from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
 
 if TYPE_CHECKING:
     from ._pool import Pool
 
 DEFAULT_MISFIRE_GRACE = 300.0  # seconds; APScheduler's 1 s silently drops runs on a busy host
 MIN_INTERVAL = 0.001  # seconds: the shortest every= of a schedule
+
+
+def make_trigger(
+    every: float | timedelta | str | None,
+    cron: str | None,
+    tz: str | None,
+    start: datetime | float | None,
+    end: datetime | float | None,
+) -> Trigger:
+    """The trigger of ``Pool.schedule``'s arguments, or a ScheduleError that says what is wrong."""
+    if (every is None) == (cron is None):
+        raise ScheduleError("give exactly one of every= (an interval) or cron= (an expression)")
+    start_t = to_epoch(start, "start") if start is not None else None
+    end_t = to_epoch(end, "end") if end is not None else None
+    if start_t is not None and end_t is not None and end_t < start_t:
+        raise ScheduleError(f"end={end!r} is before start={start!r}")
+    trigger: Trigger
+    if every is not None:
+        if tz is not None:
+            raise ScheduleError("tz= applies to cron= schedules only")
+        interval = to_seconds(every, "every")
+        if interval < MIN_INTERVAL:  # t + interval == t for tiny ones: the timer would spin
+            raise ScheduleError(
+                f"every={every!r} is less than {MIN_INTERVAL}s: a schedule runs at most 1,000 times a second"
+            )
+        trigger = Every(interval, start_t, end_t)
+    else:
+        assert cron is not None
+        trigger = Cron(cron, tz, start_t, end_t)
+    return trigger
 
 
 class ScheduleState(StrEnum):
@@ -121,3 +159,143 @@ class Schedule:
 
     def __repr__(self) -> str:
         return f"<Schedule {self.name!r} {self.state.value} runs={self.runs} next={self.next_run_time}>"
+
+
+class ScheduleRuns:
+    """The dispatcher's part for schedules (a base of workers._dispatch.Core): arm each one's next
+    time on the timed queue, turn a due time into runs under its misfire, coalescing and overlap
+    rules, and count what each run did. Runs on the I/O loop."""
+
+    # What it uses of the dispatcher:
+    ids: Iterator[int]
+    events: EventDispatcher
+    queue: deque[Job]
+    broken: BaseException | None
+    closing: bool
+    clock: Callable[[], float]
+    wall: Callable[[], float]
+
+    if TYPE_CHECKING:  # implemented by the other bases of Core; declared for the type checker
+
+        def push(self, due: float, item: Job | tuple[ScheduleRecord, int]) -> None:
+            raise NotImplementedError
+
+        def dispatch(self) -> None:
+            raise NotImplementedError
+
+        def fail_final(self, job: Job, error: BaseException | Outcome) -> None:
+            raise NotImplementedError
+
+    def schedule_add(self, sched: ScheduleRecord) -> None:
+        first = sched.trigger.first(self.wall())
+        self.arm_schedule(sched, first)
+
+    def arm_schedule(self, sched: ScheduleRecord, at: float | None) -> None:
+        sched.next_time = at
+        if at is None:
+            if sched.state is ScheduleState.ACTIVE:
+                sched.state = ScheduleState.FINISHED
+            with sched.cond:
+                sched.cond.notify_all()
+            return
+        wall = self.wall()  # first: a pause before the monotonic read makes it late, never early
+        due = self.clock() + (at - wall)
+        self.push(due, (sched, sched.generation))
+
+    def fire_schedule(self, sched: ScheduleRecord) -> None:
+        if sched.state is not ScheduleState.ACTIVE or sched.next_time is None:
+            return
+        now = self.wall()
+        p = plan(sched.trigger, sched.next_time, now, sched.grace, sched.coalesce)
+        if p.missed:
+            sched.missed += p.missed
+            self.events.emit(
+                PoolEvent(
+                    PoolEventKind.RUN_MISSED,
+                    sched.name,
+                    reason=f"{p.missed} run(s) later than the misfire grace of {sched.grace}s",
+                )
+            )
+        for scheduled in p.run:
+            self.start_run(sched, self.clock() - (now - scheduled))
+        self.arm_schedule(sched, p.next)
+
+    def start_run(self, sched: ScheduleRecord, due: float) -> None:
+        if sched.in_flight >= sched.max_instances:
+            if sched.overlap == "queue":
+                sched.queued_runs += 1
+                self.events.emit(
+                    PoolEvent(PoolEventKind.RUN_QUEUED, sched.name, reason="an earlier run is still going")
+                )
+            else:
+                sched.skipped += 1
+                self.events.emit(
+                    PoolEvent(
+                        PoolEventKind.RUN_SKIPPED,
+                        sched.name,
+                        reason=f"max_instances={sched.max_instances} already running",
+                    )
+                )
+            return
+        sched.in_flight += 1
+        job = Job(
+            id=next(self.ids),
+            name=sched.name,
+            blob=sched.blob,
+            due=due,
+            timeout=sched.timeout,
+            retries_left=sched.retries,
+            retry_backoff=sched.retry_backoff,
+            schedule=sched,
+        )
+        if self.broken is not None or self.closing:
+            self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
+        else:
+            self.queue.append(job)
+
+    def finish_schedule_run(self, job: Job, outcome: Outcome) -> None:
+        sched = job.schedule
+        if sched is None:
+            return
+        sched.runs += 1
+        sched.last_run = self.wall()
+        if outcome.is_error:
+            sched.failures += 1
+            sched.last_failed = outcome
+        else:
+            sched.last_done = outcome
+        # RUN_DONE or RUN_FAILED, told apart once the outcome is unpickled on the event thread.
+        self.events.emit(LazyEvent(PoolEventKind.RUN_DONE, sched.name, outcome, duration=job.ran))
+        with sched.cond:
+            sched.cond.notify_all()
+        self.run_slot_freed(sched)
+
+    def run_slot_freed(self, sched: ScheduleRecord) -> None:
+        """One of the schedule's instances ended (or was dropped): start a queued run if any."""
+        sched.in_flight -= 1
+        if sched.queued_runs and sched.state is ScheduleState.ACTIVE:
+            sched.queued_runs -= 1
+            self.start_run(sched, self.clock())
+            self.dispatch()
+
+    def schedule_cancel(self, sched: ScheduleRecord) -> None:
+        sched.state = ScheduleState.CANCELLED
+        sched.generation += 1
+        sched.queued_runs = 0
+        with sched.cond:
+            sched.cond.notify_all()
+
+    def schedule_pause(self, sched: ScheduleRecord) -> None:
+        if sched.state is ScheduleState.ACTIVE:
+            sched.state = ScheduleState.PAUSED
+            sched.generation += 1
+
+    def schedule_resume(self, sched: ScheduleRecord) -> None:
+        if sched.state is ScheduleState.PAUSED:
+            sched.state = ScheduleState.ACTIVE
+            sched.generation += 1
+            now = self.wall()
+            t = sched.next_time
+            while t is not None and t <= now:
+                t = sched.trigger.next_after(t)
+            self.arm_schedule(sched, t)

@@ -1,0 +1,49 @@
+"""The timed queue: what is due when, earliest first, in submission order among equals.
+
+Pure: no clock and no loop. The dispatcher asks it for the earliest due time to set its one timer,
+and for what is due at the time it passes in; tests check the order with plain numbers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class TimedQueue(Generic[T]):
+    """A heap of (due, item); items due at the same time come out in the order they went in."""
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, T]] = []
+        self._seq = itertools.count()
+
+    def push(self, due: float, item: T) -> bool:
+        """Add ``item``; True if it is now the earliest (the timer must move up)."""
+        heapq.heappush(self._heap, (due, next(self._seq), item))
+        return self._heap[0][2] is item
+
+    def earliest(self) -> float | None:
+        """The earliest due time, or None when empty."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> Iterator[T]:
+        """Take out, earliest first, every item due at or before ``now``."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            yield heapq.heappop(heap)[2]
+
+    def items(self) -> list[T]:
+        """What is in the queue, in no particular order."""
+        return [entry[2] for entry in self._heap]
+
+    def clear(self) -> None:
+        self._heap.clear()
+
+    def __len__(self) -> int:
+        return len(self._heap)
