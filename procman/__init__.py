@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._policy import Restart, RestartPolicy
     from ._proc.events import Event, EventHook, EventKind, log_event
     from ._signals import run_until_signal
-    from ._supervisor import DaemonState, DaemonStatus, ExitInfo, StopOutcome, StopReport
+    from ._states import DaemonState, DaemonStatus, ExitInfo, StopOutcome, StopReport
 
 # Each public name and the module it lives in, imported on first use (PEP 562): a child process
 # loads procman._child alone, never the parent side this package's names would pull in.
@@ -58,11 +58,11 @@ _HOMES = {
     "Restart": "_policy",
     "RestartPolicy": "_policy",
     "run_until_signal": "_signals",
-    "DaemonState": "_supervisor",
-    "DaemonStatus": "_supervisor",
-    "ExitInfo": "_supervisor",
-    "StopOutcome": "_supervisor",
-    "StopReport": "_supervisor",
+    "DaemonState": "_states",
+    "DaemonStatus": "_states",
+    "ExitInfo": "_states",
+    "StopOutcome": "_states",
+    "StopReport": "_states",
 }
 
 __all__ = (

@@ -19,7 +19,8 @@ from ._proc.events import EventDispatcher, EventHook, log_event
 from ._proc.loop import IOThread
 from ._proc.output import Output, OutputRouter, check_output
 from ._proc.start import START_METHODS, preload, warn_if_fork
-from ._supervisor import DaemonStatus, StopOutcome, StopReport, Supervisor
+from ._states import DaemonStatus, StopOutcome, StopReport
+from ._supervisor import Supervisor
 
 log = logging.getLogger("procman")
 

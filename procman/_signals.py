@@ -17,7 +17,7 @@ from ._errors import StateError
 
 if TYPE_CHECKING:
     from ._manager import Manager
-    from ._supervisor import StopReport
+    from ._states import StopReport
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 

@@ -1,15 +1,12 @@
-"""The supervisor: every daemon's state machine, run on the I/O loop (no locks needed there).
+"""The supervisor: every daemon's lifecycle, run on the I/O loop (no locks needed there).
 
-::
+A daemon's phase changes only through :meth:`Supervisor._to`, against the move table of
+procman._states (which also draws the state diagram).
 
-    register -> STOPPED --start--> STARTING --ready--> RUNNING --stop--> STOPPING --> STOPPED
-                               |                 |
-                               +----exit---------+--> policy: restart now / BACKOFF -> STARTING
-                                                           or EXITED, or GAVE_UP
-
-Stop escalation for one daemon, all inside the caller's deadline: a ``stop`` frame (the daemon's
-own ``stop()`` runs) -> after ``stop_timeout`` SIGTERM to its process group -> after
-``term_timeout`` SIGKILL. A second stop request while one is under way goes straight to SIGKILL.
+Stop escalation for one daemon, all inside the caller's deadline (procman._states.escalation): a
+``stop`` frame (the daemon's own ``stop()`` runs) -> after ``stop_timeout`` SIGTERM to its process
+group -> after ``term_timeout`` SIGKILL. A second stop request while one is under way goes
+straight to SIGKILL.
 
 Requests that change a daemon's process from outside (``register`` while running, ``start``,
 ``restart``, ``stop_daemon``, ``remove``) take that daemon's lifecycle lock, so they run one after
@@ -31,8 +28,6 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 from ._child import wire as _wire
 from ._child.daemon_loop import run_daemon
@@ -42,72 +37,18 @@ from ._policy import RestartTracker, Verdict
 from ._proc.child import Child
 from ._proc.events import Event, EventKind
 from ._proc.output import OutputRouter
+from ._states import (
+    DaemonStatus,
+    ExitInfo,
+    Phase,
+    StopOutcome,
+    StopReport,
+    check_move,
+    escalation,
+)
 
 WATCHDOG_DUMP_GRACE = 0.2  # seconds between the stack dump (SIGUSR1) and SIGKILL
 REAP_BOUND = 5.0  # seconds to wait for a SIGKILLed process to be reported dead
-
-
-class DaemonState(StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    BACKOFF = "backoff"
-    EXITED = "exited"
-    GAVE_UP = "gave-up"
-
-
-class StopOutcome(StrEnum):
-    STOPPED = "stopped"  # stop() returned and the process exited 0
-    ERROR = "error"  # the process exited on its own terms but not cleanly (stop() raised, ...)
-    TERMINATED = "terminated"  # needed SIGTERM
-    KILLED = "killed"  # needed SIGKILL
-    NOT_RUNNING = "not-running"
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    """How a daemon's process ended.
-
-    Attributes:
-        code: multiprocessing-style exit code (negative: the signal that killed it).
-        reason: decoded, e.g. ``EXIT(1)`` or ``SIGSEGV(-11)``.
-        signal: the signal's name when a signal ended it.
-        error: the daemon's own exception (child traceback as ``__cause__``) when it raised.
-        time: wall-clock time of the exit.
-    """
-
-    code: int | None
-    reason: str
-    signal: str | None
-    error: BaseException | None
-    time: float
-
-
-@dataclass(frozen=True)
-class DaemonStatus:
-    name: str
-    state: DaemonState
-    pid: int | None
-    restarts: int
-    uptime: float | None
-    last_exit: ExitInfo | None
-
-
-@dataclass(frozen=True)
-class StopReport:
-    """Who stopped cleanly and who had to be terminated or killed."""
-
-    outcomes: dict[str, StopOutcome]
-    errors: dict[str, BaseException] = field(default_factory=dict)
-
-    @property
-    def clean(self) -> bool:
-        ok = (StopOutcome.STOPPED, StopOutcome.NOT_RUNNING)
-        return all(o in ok for o in self.outcomes.values())
-
-    def names(self, outcome: StopOutcome) -> list[str]:
-        return [n for n, o in self.outcomes.items() if o is outcome]
 
 
 class _Slot:
@@ -115,15 +56,13 @@ class _Slot:
         self.spec = spec
         self.name = spec.name
         self.tracker = tracker
-        self.state = DaemonState.STOPPED
+        self.phase = Phase.STOPPED  # changed by Supervisor._to only
         self.child: Child | None = None
         self.ready_at: float | None = None
         self.last_exit: ExitInfo | None = None
         self.pending_error: BaseException | None = None
         self.ready_fut: asyncio.Future[None] | None = None
         self.exit_fut: asyncio.Future[int] | None = None
-        self.supervised = False  # restart policy applies once start()/register() saw it ready
-        self.stopping = False
         self.stop_task: asyncio.Task[StopOutcome] | None = None
         self.restart_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
@@ -150,6 +89,11 @@ class Supervisor:
         self.running = False
         self.closed = False
         self.stop_all_task: asyncio.Task[StopReport] | None = None
+
+    def _to(self, slot: _Slot, phase: Phase) -> None:
+        """The one place a daemon's phase changes: checked against the table (procman._states)."""
+        check_move(slot.name, slot.phase, phase)
+        slot.phase = phase
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -288,7 +232,6 @@ class Supervisor:
         waiting = list(slots)
         starting: dict[asyncio.Future[None], _Slot] = {}
         for slot in slots:
-            slot.supervised = False
             slot.tracker.streak = 0
         while not failures:
             still = []
@@ -301,8 +244,8 @@ class Supervisor:
                         blocked = True
                         continue
                     other = self.slots.get(dep)
-                    if other is None or other.state is not DaemonState.RUNNING:
-                        state = other.state.value if other is not None else "not registered"
+                    if other is None or other.phase is not Phase.RUNNING:
+                        state = other.phase.public.value if other is not None else "not registered"
                         failures[slot.name] = DaemonError(
                             f"daemon {slot.name!r} depends on {dep!r}, which is not running ({state})"
                         )
@@ -338,10 +281,9 @@ class Supervisor:
                 if error is not None:
                     failures[slot.name] = error
                 else:
+                    # Supervised from its READY on (RUNNING), not from the whole batch's: a
+                    # daemon that crashes while a sibling is still starting is restarted.
                     ready.add(slot.name)
-                    # Supervised from its READY on, not from the whole batch's: a daemon that
-                    # crashes while a sibling is still starting is restarted by its policy.
-                    slot.supervised = True
         if not failures:
             for slot in starting.values():
                 failures[slot.name] = OperationTimeout(
@@ -357,39 +299,42 @@ class Supervisor:
                 )
         if not failures:
             return failures
-        # All or nothing: take down what this call started, restarts by policy included.
+        # All or nothing: take down what this call started, restarts by policy included. Every
+        # phase moves now, before any await: an exit from here on is a stop's, never a restart.
+        spawned = [s for s in slots if s not in waiting]
+        starting_now = {s.name for s in spawned if s.phase is Phase.STARTING}
         for slot in slots:
-            slot.supervised = False
             if slot.restart_timer is not None:
                 slot.restart_timer.cancel()
                 slot.restart_timer = None
-                slot.state = DaemonState.STOPPED
-        spawned = [s for s in slots if s not in waiting]
+            if slot.phase is Phase.BACKOFF:
+                self._to(slot, Phase.STOPPED)
+            elif slot.child is not None and slot.child.alive:
+                self._to(slot, Phase.STOPPING)
         cleanup = self.loop.time() + max((s.spec.stop_timeout for s in spawned), default=0) + 5
-        await asyncio.gather(*(self._abort_start(s, cleanup) for s in spawned))
+        await asyncio.gather(*(self._abort_start(s, cleanup, s.name in starting_now) for s in spawned))
         for slot in spawned:
             if slot.ready_fut is not None and slot.ready_fut.done() and not slot.ready_fut.cancelled():
                 slot.ready_fut.exception()  # mark retrieved
         return failures
 
-    async def _abort_start(self, slot: _Slot, deadline: float) -> None:
+    async def _abort_start(self, slot: _Slot, deadline: float, not_ready: bool) -> None:
         child = slot.child
         if child is None or not child.alive:
             return
-        if slot.state is DaemonState.STARTING:
-            slot.stopping = True
+        if not_ready:  # no stop() to ask of a daemon that never said it was ready
             child.kill()
             await self._wait_exit(slot, self.loop.time() + REAP_BOUND)
         else:
             await self._stop_slot(slot, deadline)
 
-    def _spawn(self, slot: _Slot) -> None:
+    def _spawn(self, slot: _Slot, phase: Phase = Phase.STARTING) -> None:
+        """Start the daemon's process: STARTING (a call awaits it) or RESTARTING (the policy)."""
         slot.restart_timer = None
         slot.pending_error = None
-        slot.stopping = False
         slot.ready_fut = self.loop.create_future()
         slot.exit_fut = self.loop.create_future()
-        slot.state = DaemonState.STARTING
+        self._to(slot, phase)
         child = Child(
             self.loop,
             self.method,
@@ -405,19 +350,20 @@ class Supervisor:
         try:
             child.start()
         except BaseException:
-            slot.state = DaemonState.EXITED
             slot.ready_fut.cancel()
             slot.exit_fut.cancel()
+            if phase is Phase.STARTING:  # a restart's failure goes to the policy (_restart)
+                self._to(slot, Phase.EXITED)
             raise
         slot.child = child
-        if slot.supervised:
+        if phase is Phase.RESTARTING:  # an awaited start has its caller's deadline instead
             slot.start_timer = self.loop.call_later(
                 slot.spec.start_timeout, self._start_timed_out, slot, child
             )
         self.emit(Event(EventKind.STARTED, slot.name, pid=child.pid, restarts=slot.tracker.restarts))
 
     def _start_timed_out(self, slot: _Slot, child: Child) -> None:
-        if slot.child is child and slot.state is DaemonState.STARTING:
+        if slot.child is child and slot.phase is Phase.RESTARTING:
             slot.pending_error = OperationTimeout(
                 f"daemon {slot.name!r} was not ready within start_timeout={slot.spec.start_timeout}s"
             )
@@ -434,9 +380,9 @@ class Supervisor:
         if kind == "hb":
             self._arm_watchdog(slot, child)
         elif kind == "ready":
-            if slot.state is not DaemonState.STARTING:
+            if slot.phase not in (Phase.STARTING, Phase.RESTARTING):
                 return
-            slot.state = DaemonState.RUNNING
+            self._to(slot, Phase.RUNNING)
             slot.ready_at = self.clock()
             if slot.start_timer is not None:
                 slot.start_timer.cancel()
@@ -460,7 +406,7 @@ class Supervisor:
 
     def _watchdog_fired(self, slot: _Slot, child: Child) -> None:
         slot.watchdog_timer = None
-        if slot.child is not child or not child.alive or slot.stopping:
+        if slot.child is not child or not child.alive or slot.phase is Phase.STOPPING:
             return
         self.emit(
             Event(
@@ -517,15 +463,15 @@ class Supervisor:
                 if error is not None
                 else DaemonExited(f"daemon {slot.name!r} exited before it was ready: {info.reason}")
             )
-            if slot.supervised:  # a restart by policy: nobody awaits it; the exit is handled below
+            if slot.phase is Phase.RESTARTING:  # nobody awaits it; the exit is handled below
                 slot.ready_fut.exception()
         if slot.exit_fut is not None and not slot.exit_fut.done():
             slot.exit_fut.set_result(code)
-        if slot.stopping:
-            slot.state = DaemonState.STOPPED
+        if slot.phase is Phase.STOPPING:
+            self._to(slot, Phase.STOPPED)
             return
-        if not slot.supervised:
-            slot.state = DaemonState.EXITED
+        if slot.phase is Phase.STARTING:  # its caller learns why from ready_fut
+            self._to(slot, Phase.EXITED)
             return
         self._apply_policy(slot, failed=code != 0 or error is not None, uptime=uptime, error=error)
 
@@ -535,7 +481,7 @@ class Supervisor:
         if decision.verdict is Verdict.RESTART:
             self._schedule_restart(slot, decision.delay)
         elif decision.verdict is Verdict.GIVE_UP:
-            slot.state = DaemonState.GAVE_UP
+            self._to(slot, Phase.GAVE_UP)
             self.emit(
                 Event(
                     EventKind.GAVE_UP,
@@ -546,23 +492,25 @@ class Supervisor:
                 )
             )
         else:
-            slot.state = DaemonState.EXITED
+            self._to(slot, Phase.EXITED)
 
     def _schedule_restart(self, slot: _Slot, delay: float) -> None:
         # Always a callback of its own, an immediate restart too (on the loop's next turn): called
         # from _restart's failure path, a direct call would nest one restart in the failure of the
         # last, as deep as the policy allows retries (RecursionError).
-        slot.state = DaemonState.BACKOFF
+        self._to(slot, Phase.BACKOFF)
         if delay > 0:
             self.emit(Event(EventKind.BACKING_OFF, slot.name, delay=delay, restarts=slot.tracker.restarts))
         slot.restart_timer = self.loop.call_later(max(0.0, delay), self._restart, slot)
 
     def _restart(self, slot: _Slot) -> None:
         slot.restart_timer = None
-        if self.slots.get(slot.name) is not slot or slot.stopping or self.closed or not self.running:
+        if self.slots.get(slot.name) is not slot or slot.phase is not Phase.BACKOFF:
+            return
+        if self.closed or not self.running:
             return
         try:
-            self._spawn(slot)
+            self._spawn(slot, Phase.RESTARTING)
         except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors: a failed start
             info = ExitInfo(None, "spawn failed", None, exc, time.time())
             slot.last_exit = info
@@ -587,7 +535,7 @@ class Supervisor:
                 child = slot.child
                 if child is not None and child.alive:
                     self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="second stop request"))
-                    slot.stopping = True
+                    self._to(slot, Phase.STOPPING)
                     child.kill()
             return await asyncio.shield(running)
         task = self.loop.create_task(self._stop_all(self.loop.time() + timeout))
@@ -685,21 +633,17 @@ class Supervisor:
             slot.restart_timer = None
         child = slot.child
         if child is None or not child.alive:
-            if slot.state in (DaemonState.BACKOFF, DaemonState.RUNNING, DaemonState.STARTING):
-                slot.state = DaemonState.STOPPED
+            if slot.phase is Phase.BACKOFF:
+                self._to(slot, Phase.STOPPED)
             return StopOutcome.NOT_RUNNING
-        slot.stopping = True
-        slot.state = DaemonState.STOPPING
+        self._to(slot, Phase.STOPPING)
         task = self.loop.create_task(self._stop_sequence(slot, child, deadline))
         slot.stop_task = task
         return await asyncio.shield(task)
 
     async def _stop_sequence(self, slot: _Slot, child: Child, deadline: float) -> StopOutcome:
         now = self.loop.time()
-        budget = max(0.0, deadline - now)
-        spec = slot.spec
-        term_at = min(now + spec.stop_timeout, deadline - min(spec.term_timeout, budget / 2))
-        kill_at = min(term_at + spec.term_timeout, deadline)
+        term_at, kill_at = escalation(now, deadline, slot.spec.stop_timeout, slot.spec.term_timeout)
         child.send(_wire.encode_json({"t": "stop"}))
         outcome = StopOutcome.STOPPED
         if not await self._wait_exit(slot, term_at):
@@ -743,7 +687,7 @@ class Supervisor:
         return {
             name: DaemonStatus(
                 name=name,
-                state=slot.state,
+                state=slot.phase.public,
                 pid=slot.child.pid if slot.child is not None else None,
                 restarts=slot.tracker.restarts,
                 uptime=now - slot.ready_at if slot.ready_at is not None else None,
@@ -759,7 +703,7 @@ class Supervisor:
         """SIGKILL every child at once (the escalation of a second signal)."""
         for slot in self.slots.values():
             if slot.child is not None and slot.child.alive:
-                slot.stopping = True
+                self._to(slot, Phase.STOPPING)
                 slot.child.kill()
 
     async def close(self, timeout: float) -> StopReport:
@@ -773,6 +717,7 @@ class Supervisor:
             if slot.restart_timer is not None:
                 slot.restart_timer.cancel()
             if slot.child is not None:
-                slot.stopping = True
+                if slot.child.alive:
+                    self._to(slot, Phase.STOPPING)
                 slot.child.force_close()
                 slot.child = None
