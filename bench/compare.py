@@ -2,6 +2,7 @@
 
     .venv/bin/pip install apscheduler==3.11.3 pebble loky billiard supervisor
     .venv/bin/python bench/compare.py [--quick] [--json PATH]
+    .venv/bin/python bench/compare.py --interleaved [--rounds-i N] [--seed S] [--quick] [--json PATH]
 
 Rules, the same for everyone: the same job (bench/jobs_bench.py), 2 worker processes, each peer at its
 documented defaults (on Linux and Python 3.11 the stdlib pools fork; ours uses forkserver; loky uses its
@@ -19,6 +20,13 @@ Figures:
   6. CPU-bound jobs of ~50 ms: 2 workers against one process.
 
 Absolute times on a shared machine are noise; the peer/ours ratios are what carries over.
+
+--interleaved: sequential runs drift on a shared machine (the floor and the peers' ranking move between
+two runs of one day), so this mode keeps every pool alive at once and samples them in turn, round after
+round, each round in a fresh random order with the floor among them; each figure is reported as the
+median over rounds of the per-round ratio to ours, with its spread. Then ours and APScheduler 3 run short
+timed batches in alternation. The idle pools' threads share this interpreter (and its GIL) with the one
+being measured: the same for every pool, but absolute figures are not those of the sequential mode.
 
 Heavy imports (the peers) stay inside functions: under forkserver and spawn every child re-imports the
 main script. procman's figures are taken in a fresh interpreter whose main is not this script (a
@@ -40,6 +48,7 @@ import queue
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,31 +166,45 @@ def _echo(conn: Any) -> None:
         conn.send(msg)
 
 
-def pipe_floor(rounds: int, warm: int) -> Row:
-    a, b = multiprocessing.Pipe()
-    proc = multiprocessing.Process(target=_echo, args=(b,), daemon=True)
-    proc.start()
-    try:
-        msg: tuple[str, tuple[int, int], dict[str, Any]] = ("add", (1, 2), {})
+class Echo:
+    """The floor's echo process and its pipe, kept open so that the floor can be sampled again and again."""
+
+    MSG: tuple[str, tuple[int, int], dict[str, Any]] = ("add", (1, 2), {})
+
+    def __init__(self) -> None:
+        self.conn, self._far = multiprocessing.Pipe()
+        self.proc = multiprocessing.Process(target=_echo, args=(self._far,), daemon=True)
+        self.proc.start()
+
+    def ping(self, rounds: int) -> list[float]:
         samples = []
-        for i in range(warm + rounds):
+        for _ in range(rounds):
             t = time.perf_counter()
-            a.send(msg)
-            if not a.poll(WAIT):
+            self.conn.send(self.MSG)
+            if not self.conn.poll(WAIT):
                 raise TimeoutError("the echo process did not answer")
-            a.recv()
-            if i >= warm:
-                samples.append(time.perf_counter() - t)
-        return summary(samples)
-    finally:
+            self.conn.recv()
+            samples.append(time.perf_counter() - t)
+        return samples
+
+    def close(self) -> None:
         with contextlib.suppress(OSError):
-            a.send(None)
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(5)
-        a.close()
-        b.close()
+            self.conn.send(None)
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+        self.conn.close()
+        self._far.close()
+
+
+def pipe_floor(rounds: int, warm: int) -> Row:
+    echo = Echo()
+    try:
+        echo.ping(warm)
+        return summary(echo.ping(rounds))
+    finally:
+        echo.close()
 
 
 # -- 2, 3. pools --------------------------------------------------------------------------------
@@ -610,6 +633,175 @@ def cpu_scaling(jobs: int) -> Row:
     }
 
 
+# -- interleaved: every pool alive at once, sampled in turn, round after round ---------------------
+
+OURS = "procworks"
+FLOOR = "pipe floor"
+# Pools whose workers are forked: opened first, while this process has fewer threads to fork across.
+FORKING = {"ProcessPoolExecutor", "multiprocessing.Pool", "multiprocess.Pool", "pebble", "billiard"}
+TURN_WARM = 10  # unmeasured calls at the start of a pool's turn: it sat idle while the others ran
+
+
+def spread(values: list[float]) -> Row:
+    """Median, quartiles and range over the rounds (quartiles interpolated: rounds are few)."""
+    if len(values) > 1:
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    else:
+        q1 = q3 = values[0]
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "q1": q1,
+        "q3": q3,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def _reason(exc: BaseException) -> str:
+    return (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:200]
+
+
+def warm_pool(ad: Adapter, warm: int, burst: int) -> None:
+    """The warm-ups of bench_pool, all before the first round: workers started, both paths exercised."""
+    for h in [ad.submit(add, i, 1) for i in range(max(200, warm))]:
+        ad.wait(h, 120)
+    round_trips(ad, add, warm)
+    burst_rate(ad, max(200, burst // 10))
+
+
+def pool_turn(ad: Adapter, calls: int, burst: int) -> tuple[float, float]:
+    """One pool's turn in a round: (round-trip p50 of add(1, 2) over calls, jobs/s of a burst)."""
+    round_trips(ad, add, TURN_WARM)
+    rt = pct(round_trips(ad, add, calls), 0.5)
+    return rt, burst_rate(ad, burst)
+
+
+def interleaved_pools(rounds: int, calls: int, burst: int, warm: int, pings: int, seed: int) -> Row:
+    """Every pool that opens, alive at once; per round each pool's turn and the floor in a shuffled order.
+
+    A pool that fails (or hangs past WAIT) is closed and left out of the later rounds; the reason is kept.
+    """
+    rng = random.Random(seed)
+    res: Row = {"seed": seed, "skipped": {}, "failed": {}, "close_timed_out": [], "rounds": []}
+    echo = Echo()  # forked first, before any pool's threads exist
+    pools: dict[str, Adapter] = {}
+
+    def drop(name: str, why: str) -> None:
+        res["failed"][name] = why
+        ad = pools.pop(name)
+        if not bounded(ad.close, 60):
+            res["close_timed_out"].append(name)
+
+    try:
+        echo.ping(warm)
+        for name in sorted(POOLS, key=lambda n: n not in FORKING):
+            note = ""
+            with stage(f"open and warm up {name}"):
+                try:
+                    ad = open_pool(name)
+                except ImportError as exc:
+                    note = res["skipped"][name] = f"not installed: {_reason(exc)}"
+                else:
+                    pools[name] = ad  # before the warm-up: closed in the finally whatever happens next
+                    try:
+                        warm_pool(ad, warm, burst)
+                    except Exception as exc:  # noqa: BLE001 - one pool's failure is reported, not the run's
+                        note = f"warm-up failed: {_reason(exc)}"
+                        drop(name, note)
+            if note:
+                print(f"  note: {name} is left out: {note}", file=sys.stderr)
+        for r in range(rounds):
+            order = [*pools, FLOOR]
+            rng.shuffle(order)
+            rec: Row = {"order": order, "rt_p50": {}, "jobs_per_s": {}}
+            with stage(f"round {r + 1}/{rounds}"):
+                for name in order:
+                    if name == FLOOR:
+                        rec["floor_p50"] = pct(echo.ping(pings), 0.5)
+                        continue
+                    try:
+                        rec["rt_p50"][name], rec["jobs_per_s"][name] = pool_turn(pools[name], calls, burst)
+                    except Exception as exc:  # noqa: BLE001 - as above
+                        drop(name, f"round {r + 1}: {_reason(exc)}")
+            res["rounds"].append(rec)
+    finally:
+        for name, ad in pools.items():
+            if not bounded(ad.close, 60):
+                res["close_timed_out"].append(name)
+        echo.close()
+    res.update(summarize_rounds(res["rounds"]))
+    return res
+
+
+def summarize_rounds(rounds: list[Row]) -> Row:
+    """Per-round ratios, ours over the peer, oriented so that > 1 means ours is faster, then their spread."""
+    both = [r for r in rounds if OURS in r["rt_p50"]]
+    out: Row = {"ours": {}, "peers": {}}
+    if both:
+        out["ours"] = {
+            "rt_p50": spread([r["rt_p50"][OURS] for r in both]),
+            "jobs_per_s": spread([r["jobs_per_s"][OURS] for r in both]),
+            "rt_over_floor": spread([r["rt_p50"][OURS] / r["floor_p50"] for r in both]),
+        }
+    floors = [r["floor_p50"] for r in rounds if "floor_p50" in r]
+    out["floor_p50"] = spread(floors) if floors else None
+    for name in POOLS:
+        paired = [r for r in both if name != OURS and name in r["rt_p50"]]
+        if paired:
+            out["peers"][name] = {
+                "rounds": len(paired),
+                "rt_p50": spread([r["rt_p50"][name] for r in paired]),
+                "jobs_per_s": spread([r["jobs_per_s"][name] for r in paired]),
+                "rt_ratio": spread([r["rt_p50"][name] / r["rt_p50"][OURS] for r in paired]),
+                "jobs_per_s_ratio": spread([r["jobs_per_s"][OURS] / r["jobs_per_s"][name] for r in paired]),
+            }
+    return out
+
+
+def timed_alternating(rounds: int, count: int, spacing: float, lead: float) -> Row:
+    """Ours and APScheduler 3 in turns, one short batch each per round, who goes first alternating."""
+    res: Row = {"rounds": []}
+    for r in range(rounds):
+        sides: list[tuple[str, Callable[[int, float, int, float], Row]]] = [
+            ("ours", timed_ours),
+            ("apscheduler", timed_apscheduler),
+        ]
+        if r % 2:
+            sides.reverse()
+        rec: Row = {"first": sides[0][0]}
+        with stage(f"timed round {r + 1}/{rounds}, {sides[0][0]} first"):
+            for key, fn in sides:
+                try:
+                    rec[key] = fn(count, spacing, 0, lead)
+                except Exception as exc:  # noqa: BLE001 - a failed batch is reported with its round
+                    rec[key] = {"error": _reason(exc)}
+        res["rounds"].append(rec)
+    for key in ("ours", "apscheduler"):
+        rows = [rec[key] for rec in res["rounds"]]
+        side: Row = {
+            "completed": sum(row.get("completed", 0) for row in rows),
+            "expected": count * len(rows),
+            "early": sum(row.get("early", 0) for row in rows),
+            "missed_or_failed": sum(row.get("missed_or_failed", 0) for row in rows),
+            "errors": [row["error"] for row in rows if "error" in row],
+        }
+        if any("missing" in row for row in rows):
+            side["missing"] = next(row["missing"] for row in rows if "missing" in row)
+        for stat in ("p50", "p99"):
+            values = [row[stat] for row in rows if stat in row]
+            side[stat] = spread(values) if values else None
+        res[key] = side
+    for stat in ("p50", "p99"):  # APScheduler / ours, so that > 1 means ours is less late
+        ratios = [
+            rec["apscheduler"][stat] / rec["ours"][stat]
+            for rec in res["rounds"]
+            if stat in rec["apscheduler"] and rec["ours"].get(stat, 0) > 0
+        ]
+        res[f"{stat}_ratio"] = spread(ratios) if ratios else None
+    return res
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -652,7 +844,18 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts (well under a minute)")
     parser.add_argument("--json", metavar="PATH", help="write every figure to this file")
+    parser.add_argument(
+        "--interleaved", action="store_true", help="every pool alive at once, sampled in turn (see above)"
+    )
+    parser.add_argument(
+        "--rounds-i", type=int, metavar="N", help="rounds of the interleaved mode (15; 5 with --quick)"
+    )
+    parser.add_argument("--seed", type=int, default=7, help="of the interleaved mode's shuffles (7)")
     args = parser.parse_args()
+    if args.interleaved:
+        return main_interleaved(args)
+    if args.rounds_i is not None:
+        parser.error("--rounds-i goes with --interleaved")
     q = args.quick
     cfg: Row = {
         "rounds": 200 if q else 2000,
@@ -705,10 +908,56 @@ def main() -> int:
     out["seconds"] = time.perf_counter() - started
     print_table(out)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
-        print(f"\nJSON written to {args.json}")
+        write_json(args.json, out)
+    return 0
+
+
+def write_json(path: str, out: Row) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"\nJSON written to {path}")
+
+
+def main_interleaved(args: argparse.Namespace) -> int:
+    q = args.quick
+    rounds = args.rounds_i if args.rounds_i is not None else (5 if q else 15)
+    if rounds < 1:
+        raise SystemExit("--rounds-i must be at least 1")
+    cfg: Row = {
+        "rounds": rounds,
+        "seed": args.seed,
+        "calls": 50 if q else 200,
+        "burst": 500 if q else 2000,
+        "warm": 100 if q else 300,
+        "floor_pings": 50 if q else 200,
+        "timed_count": 20,
+        "timed_spacing": 0.01,
+        "timed_lead": 0.5,
+    }
+    started = time.perf_counter()
+    out: Row = {
+        "mode": "interleaved",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "versions": versions(),
+        "quick": q,
+        "config": cfg,
+        "workers": WORKERS,
+    }
+    try:
+        out["interleaved"] = interleaved_pools(
+            rounds, cfg["calls"], cfg["burst"], cfg["warm"], cfg["floor_pings"], cfg["seed"]
+        )
+        out["timed"] = timed_alternating(
+            rounds, cfg["timed_count"], cfg["timed_spacing"], cfg["timed_lead"]
+        )
+    finally:
+        out["leftover_processes"] = leftovers()
+    out["seconds"] = time.perf_counter() - started
+    print_interleaved(out)
+    if args.json:
+        write_json(args.json, out)
     return 0
 
 

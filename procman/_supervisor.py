@@ -79,8 +79,10 @@ class Supervisor:
         emit: Callable[[Event], None],
         clock: Callable[[], float] = time.monotonic,
         output: OutputRouter | None = None,
+        child_factory: Callable[..., Child] = Child,
     ) -> None:
         self.loop = loop
+        self.child_factory = child_factory  # a fake in tests/test_supervisor.py
         self.method = method
         self.emit = emit
         self.output = output or OutputRouter("logging", "procman.daemon", "daemon", emit)
@@ -335,7 +337,7 @@ class Supervisor:
         slot.ready_fut = self.loop.create_future()
         slot.exit_fut = self.loop.create_future()
         self._to(slot, phase)
-        child = Child(
+        child = self.child_factory(
             self.loop,
             self.method,
             functools.partial(run_daemon, slot.spec.blob),
@@ -419,12 +421,7 @@ class Supervisor:
         slot.pending_error = OperationTimeout(
             f"daemon {slot.name!r} sent no heartbeat for {slot.spec.watchdog}s (watchdog)"
         )
-        try:
-            if child.pid is not None:
-                import os
-
-                os.kill(child.pid, signal.SIGUSR1)  # faulthandler in the child dumps every stack
-        except ProcessLookupError:
+        if not child.signal_process(signal.SIGUSR1):  # faulthandler in the child dumps every stack
             return
         self.loop.call_later(WATCHDOG_DUMP_GRACE, self._kill_if_current, slot, child)
 

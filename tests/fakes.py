@@ -7,11 +7,15 @@ these in their place each dispatch rule is tested without a process and without 
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import pickle
+import selectors
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from procman._child import pickling
@@ -208,3 +212,136 @@ class FakeBackend:
 
     def live(self) -> list[FakeWorker]:
         return [w for w in self.started if w.alive_]
+
+
+# -- the supervisor's fakes: a loop in virtual time, and scripted children ------------------------
+
+
+class _JumpingSelector(selectors.DefaultSelector):
+    """Never waits: when nothing is ready, the loop's virtual clock jumps to the next timer."""
+
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._vloop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if not ready and timeout is not None and timeout > 0:
+            self._vloop.now += timeout
+        elif not ready and timeout is None:
+            raise AssertionError("the loop would wait forever: nothing is scheduled (a missing bound)")
+        return ready
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop whose clock moves only to its next timer, at once, when it has nothing to do.
+
+    Every timeout, deadline and backoff then takes no real time, and the loop's time() says when,
+    in the test's timeline, each thing happened (exactly, run after run).
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(selector=_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+@dataclass
+class Script:
+    """How a FakeChild behaves, in seconds of virtual time from its start (None: never).
+
+    ready: says ready. crash: exits on its own with ``crash_code``. stop: exits 0 this long after
+    a stop request (None: ignores it). term: dies by SIGTERM this long after one (None: ignores it).
+    """
+
+    ready: float | None = 0.1
+    crash: float | None = None
+    crash_code: int = 1
+    stop: float | None = 0.05
+    term: float | None = 0.0
+
+
+class FakeChild:
+    """Stands for procman._proc.child.Child: no process; its ``Script`` plays on the loop's clock."""
+
+    pids = itertools.count(10_000_000)  # beyond pid_max: never a real process
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        method: str,
+        entry: Callable[..., int],
+        *,
+        name: str,
+        on_frame: Callable[[bytes], None],
+        on_line: Callable[[str, str], None],
+        on_exit: Callable[[int], None],
+        options: dict[str, bool] | None = None,
+        title: str | None = None,
+    ) -> None:
+        self.loop, self.name = loop, name
+        self.on_frame, self.on_line, self.on_exit = on_frame, on_line, on_exit
+        self.pid: int | None = None
+        self.exitcode: int | None = None
+        scripts = SCRIPTS.setdefault(name, [Script()])
+        self.script = scripts.pop(0) if len(scripts) > 1 else scripts[0]
+        self.signals: list[int] = []
+        self.stop_asked = False
+        CHILDREN.append(self)
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None and self.exitcode is None
+
+    def start(self) -> None:
+        self.pid = next(self.pids)
+        s = self.script
+        if s.ready is not None:
+            self.loop.call_later(s.ready, self._say, {"t": "ready"})
+        if s.crash is not None:
+            self.loop.call_later(s.crash, self._end, s.crash_code)
+
+    def send(self, frame: bytes) -> bool:
+        if self.alive and b'"stop"' in frame and not self.stop_asked:
+            self.stop_asked = True
+            if self.script.stop is not None:
+                self.loop.call_later(self.script.stop, self._end, 0)
+        return self.alive
+
+    def signal(self, sig: int) -> None:
+        if not self.alive:
+            return
+        self.signals.append(sig)
+        if sig == signal.SIGTERM and self.script.term is not None:
+            self.loop.call_later(self.script.term, self._end, -signal.SIGTERM)
+
+    def signal_process(self, sig: int) -> bool:
+        if self.alive:
+            self.signals.append(sig)
+        return self.alive
+
+    def kill(self) -> None:
+        if self.alive:
+            self.signals.append(signal.SIGKILL)
+            self.loop.call_soon(self._end, -signal.SIGKILL)
+
+    def force_close(self) -> None:
+        if self.alive:
+            self.exitcode = -signal.SIGKILL
+
+    def _say(self, msg: dict[str, Any]) -> None:
+        if self.alive:
+            from procman._child import wire
+
+            self.on_frame(wire.encode_json(msg)[4:])
+
+    def _end(self, code: int) -> None:
+        if self.alive:
+            self.exitcode = code
+            self.on_exit(code)
+
+
+SCRIPTS: dict[str, list[Script]] = {}  # a daemon's name -> its scripts, one per start (the last repeats)
+CHILDREN: list[FakeChild] = []  # every FakeChild made, in order

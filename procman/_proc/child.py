@@ -163,6 +163,17 @@ class Child:
             self._writing = False
             self.loop.remove_writer(self._ctrl_w)
 
+    def signal_process(self, sig: int) -> bool:
+        """Send ``sig`` to the child's process alone (a daemon's guard forwards it); False if gone."""
+        pid = self.pid
+        if pid is None or self.exitcode is not None:
+            return False
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the child's process group (to the child alone before it made one)."""
         pid = self.pid
