@@ -37,6 +37,7 @@ from ._policy import RestartTracker, Verdict
 from ._proc.child import Child
 from ._proc.events import Event, EventKind
 from ._proc.output import OutputRouter
+from ._starting import Starting
 from ._states import (
     DaemonStatus,
     ExitInfo,
@@ -44,11 +45,10 @@ from ._states import (
     StopOutcome,
     StopReport,
     check_move,
-    escalation,
 )
+from ._stopping import Stopping
 
 WATCHDOG_DUMP_GRACE = 0.2  # seconds between the stack dump (SIGUSR1) and SIGKILL
-REAP_BOUND = 5.0  # seconds to wait for a SIGKILLed process to be reported dead
 
 
 class _Slot:
@@ -71,7 +71,7 @@ class _Slot:
         self.log = logging.getLogger(f"procman.daemon.{spec.name}")
 
 
-class Supervisor:
+class Supervisor(Starting, Stopping):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -160,175 +160,7 @@ class Supervisor:
             for slot in held:
                 slot.lock.release()
 
-    # -- start ---------------------------------------------------------------------------------
-
-    async def start(self, timeout: float) -> None:
-        if self.closed:
-            raise StateError("the manager is closed")
-        if self.running:
-            raise StateError("the manager is already running; stop() it before start() again")
-        self.check_dependencies()
-        self.running = True
-        deadline = self.loop.time() + timeout
-        slots = [s for s in self.slots.values() if s.child is None]
-        try:
-            async with self._exclusive(slots, deadline, "start()"):
-                # A stop_daemon() or remove() that held a lock may have changed the registry.
-                slots = [s for s in slots if s.child is None and self.slots.get(s.name) is s]
-                failures = await self._start_slots(slots, deadline)
-        except BaseException:
-            self.running = False
-            raise
-        if failures:
-            self.running = False
-            raise StartError(failures)
-
-    def check_dependencies(self) -> None:
-        """Every ``depends_on`` names a registered daemon and there is no cycle, or DaemonError."""
-        for slot in self.slots.values():
-            for dep in slot.spec.depends_on:
-                if dep not in self.slots:
-                    known = ", ".join(sorted(self.slots))
-                    raise DaemonError(
-                        f"daemon {slot.name!r} depends on {dep!r}, which is not registered "
-                        f"(registered: {known}); register it or drop it from depends_on"
-                    )
-        cycle = self._find_cycle()
-        if cycle:
-            raise DaemonError(f"depends_on forms a cycle: {' -> '.join(cycle)}; no daemon could start first")
-
-    def _find_cycle(self) -> list[str]:
-        color: dict[str, int] = {}  # 1: on the current path, 2: done
-        path: list[str] = []
-
-        def visit(name: str) -> list[str]:
-            color[name] = 1
-            path.append(name)
-            slot = self.slots.get(name)
-            for dep in slot.spec.depends_on if slot is not None else ():
-                if color.get(dep) == 1:
-                    return [*path[path.index(dep) :], dep]
-                if dep not in color:
-                    found = visit(dep)
-                    if found:
-                        return found
-            path.pop()
-            color[name] = 2
-            return []
-
-        for name in self.slots:
-            if name not in color:
-                found = visit(name)
-                if found:
-                    return found
-        return []
-
-    async def _start_slots(self, slots: list[_Slot], deadline: float) -> dict[str, BaseException]:
-        """Start ``slots`` concurrently, each once its dependencies are ready; all or nothing.
-
-        Returns the failures (empty: all ready).
-        """
-        failures: dict[str, BaseException] = {}
-        batch = {s.name for s in slots}
-        ready: set[str] = set()
-        waiting = list(slots)
-        starting: dict[asyncio.Future[None], _Slot] = {}
-        for slot in slots:
-            slot.tracker.streak = 0
-        while not failures:
-            still = []
-            for slot in waiting:
-                blocked = False
-                for dep in slot.spec.depends_on:
-                    if dep in ready:
-                        continue
-                    if dep in batch:
-                        blocked = True
-                        continue
-                    other = self.slots.get(dep)
-                    if other is None or other.phase is not Phase.RUNNING:
-                        state = other.phase.public.value if other is not None else "not registered"
-                        failures[slot.name] = DaemonError(
-                            f"daemon {slot.name!r} depends on {dep!r}, which is not running ({state})"
-                        )
-                        break
-                if failures:
-                    break
-                if blocked:
-                    still.append(slot)
-                    continue
-                if not self.running:  # a stop() began while this start waited
-                    failures[slot.name] = StateError(
-                        f"daemon {slot.name!r} was not started: the manager is stopping"
-                    )
-                    break
-                try:
-                    self._spawn(slot)
-                except Exception as exc:  # noqa: BLE001 - e.g. out of file descriptors
-                    failures[slot.name] = exc
-                    break
-                assert slot.ready_fut is not None
-                starting[slot.ready_fut] = slot
-            waiting = still
-            if failures or not starting:
-                break
-            done, _ = await asyncio.wait(
-                starting, timeout=max(0.0, deadline - self.loop.time()), return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                break
-            for fut in done:
-                slot = starting.pop(fut)
-                error = fut.exception()
-                if error is not None:
-                    failures[slot.name] = error
-                else:
-                    # Supervised from its READY on (RUNNING), not from the whole batch's: a
-                    # daemon that crashes while a sibling is still starting is restarted.
-                    ready.add(slot.name)
-        if not failures:
-            for slot in starting.values():
-                failures[slot.name] = OperationTimeout(
-                    f"daemon {slot.name!r} was not ready before the start deadline; "
-                    "start() must return once the service is ready (run long work in a thread "
-                    "or task), or raise start_timeout/start(timeout=...)"
-                )
-            for slot in waiting:
-                deps = ", ".join(d for d in slot.spec.depends_on if d not in ready)
-                failures[slot.name] = OperationTimeout(
-                    f"daemon {slot.name!r} did not start: its dependencies ({deps}) were not ready "
-                    "before the start deadline"
-                )
-        if not failures:
-            return failures
-        # All or nothing: take down what this call started, restarts by policy included. Every
-        # phase moves now, before any await: an exit from here on is a stop's, never a restart.
-        spawned = [s for s in slots if s not in waiting]
-        starting_now = {s.name for s in spawned if s.phase is Phase.STARTING}
-        for slot in slots:
-            if slot.restart_timer is not None:
-                slot.restart_timer.cancel()
-                slot.restart_timer = None
-            if slot.phase is Phase.BACKOFF:
-                self._to(slot, Phase.STOPPED)
-            elif slot.child is not None and slot.child.alive:
-                self._to(slot, Phase.STOPPING)
-        cleanup = self.loop.time() + max((s.spec.stop_timeout for s in spawned), default=0) + 5
-        await asyncio.gather(*(self._abort_start(s, cleanup, s.name in starting_now) for s in spawned))
-        for slot in spawned:
-            if slot.ready_fut is not None and slot.ready_fut.done() and not slot.ready_fut.cancelled():
-                slot.ready_fut.exception()  # mark retrieved
-        return failures
-
-    async def _abort_start(self, slot: _Slot, deadline: float, not_ready: bool) -> None:
-        child = slot.child
-        if child is None or not child.alive:
-            return
-        if not_ready:  # no stop() to ask of a daemon that never said it was ready
-            child.kill()
-            await self._wait_exit(slot, self.loop.time() + REAP_BOUND)
-        else:
-            await self._stop_slot(slot, deadline)
+    # -- the children ----------------------------------------------------------------------------
 
     def _spawn(self, slot: _Slot, phase: Phase = Phase.STARTING) -> None:
         """Start the daemon's process: STARTING (a call awaits it) or RESTARTING (the policy)."""
@@ -521,161 +353,6 @@ class Supervisor:
                 )
             )
             self._apply_policy(slot, failed=True, uptime=0.0, error=exc)
-
-    # -- stop ----------------------------------------------------------------------------------
-
-    async def stop(self, timeout: float) -> StopReport:
-        running = self.stop_all_task
-        if running is not None and not running.done():
-            # A second stop request while one is under way: kill what is left at once.
-            for slot in self.slots.values():
-                child = slot.child
-                if child is not None and child.alive:
-                    self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="second stop request"))
-                    self._to(slot, Phase.STOPPING)
-                    child.kill()
-            return await asyncio.shield(running)
-        task = self.loop.create_task(self._stop_all(self.loop.time() + timeout))
-        self.stop_all_task = task
-        return await asyncio.shield(task)
-
-    async def _stop_all(self, deadline: float) -> StopReport:
-        """Stop every daemon concurrently within ``deadline``; a daemon waits for its dependents."""
-        self.running = False
-        slots = list(self.slots.values())
-        tasks: dict[str, asyncio.Task[StopOutcome]] = {}
-        dependents = {s.name: [o.name for o in slots if s.name in o.spec.depends_on] for s in slots}
-        ordered = not self._find_cycle()
-
-        async def stop_after_dependents(slot: _Slot) -> StopOutcome:
-            if ordered:
-                waits = [tasks[name] for name in dependents[slot.name] if name in tasks]
-                if waits:
-                    await asyncio.wait(waits, timeout=max(0.0, deadline - self.loop.time()))
-            was_alive = slot.child is not None and slot.child.alive
-            outcome = await self._stop_slot(slot, deadline)
-            if outcome is StopOutcome.NOT_RUNNING and was_alive:
-                outcome = StopOutcome.KILLED  # killed by a second stop request while it waited
-            return outcome
-
-        def make(slot: _Slot) -> None:
-            if slot.name in tasks:
-                return
-            if ordered:
-                for name in dependents[slot.name]:
-                    make(self.slots[name])
-            tasks[slot.name] = self.loop.create_task(stop_after_dependents(slot))
-
-        for slot in slots:
-            make(slot)
-        results = await asyncio.gather(*(tasks[s.name] for s in slots))
-        outcomes = {s.name: o for s, o in zip(slots, results, strict=True)}
-        errors = {
-            s.name: s.last_exit.error
-            for s in slots
-            if outcomes[s.name] is not StopOutcome.NOT_RUNNING
-            and s.last_exit is not None
-            and s.last_exit.error is not None
-        }
-        return StopReport(outcomes, errors)
-
-    async def stop_one(self, name: str, timeout: float) -> StopOutcome:
-        """Stop one daemon gracefully; it stays registered, stopped, until restart()."""
-        slot = self._slot(name)
-        deadline = self.loop.time() + timeout
-        first = await self._escalate_stop(slot, deadline)
-        async with self._exclusive([slot], deadline, "stop_daemon()"):
-            outcome = await self._stop_slot(slot, deadline)
-        return first if first is not None and outcome is StopOutcome.NOT_RUNNING else outcome
-
-    async def restart(self, name: str, timeout: float) -> StopOutcome:
-        """Stop ``name`` gracefully (if it runs), start it again and wait until it is ready."""
-        if not self.running:
-            raise StateError("the manager is not running; start() it first")
-        slot = self._slot(name)
-        deadline = self.loop.time() + timeout
-        async with self._exclusive([slot], deadline, "restart()"):
-            if self.slots.get(name) is not slot:
-                raise DaemonError(f"daemon {name!r} was removed while this restart waited")
-            outcome = await self._stop_slot(slot, deadline)
-            if not self.running:
-                raise StateError(f"the manager stopped while daemon {name!r} restarted; it stays stopped")
-            failures = await self._start_slots([slot], deadline)
-        if failures:
-            raise StartError(failures)
-        return outcome
-
-    async def _escalate_stop(self, slot: _Slot, deadline: float) -> StopOutcome | None:
-        """A stop request while a stop of ``slot`` is under way: SIGKILL at once, wait for it.
-
-        Before the lifecycle lock, whose holder may be that very stop (a restart's, a remove's).
-        Returns how that stop ended, or None if none was under way.
-        """
-        running = slot.stop_task
-        if running is None or running.done():
-            return None
-        return await self._stop_slot(slot, deadline)
-
-    async def _stop_slot(self, slot: _Slot, deadline: float) -> StopOutcome:
-        running = slot.stop_task
-        if running is not None and not running.done():
-            # A second stop request while one is under way: escalate at once.
-            child = slot.child
-            if child is not None and child.alive:
-                self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="second stop request"))
-                child.kill()
-            return await asyncio.shield(running)
-        if slot.restart_timer is not None:
-            slot.restart_timer.cancel()
-            slot.restart_timer = None
-        child = slot.child
-        if child is None or not child.alive:
-            if slot.phase is Phase.BACKOFF:
-                self._to(slot, Phase.STOPPED)
-            return StopOutcome.NOT_RUNNING
-        self._to(slot, Phase.STOPPING)
-        task = self.loop.create_task(self._stop_sequence(slot, child, deadline))
-        slot.stop_task = task
-        return await asyncio.shield(task)
-
-    async def _stop_sequence(self, slot: _Slot, child: Child, deadline: float) -> StopOutcome:
-        now = self.loop.time()
-        term_at, kill_at = escalation(now, deadline, slot.spec.stop_timeout, slot.spec.term_timeout)
-        child.send(_wire.encode_json({"t": "stop"}))
-        outcome = StopOutcome.STOPPED
-        if not await self._wait_exit(slot, term_at):
-            outcome = StopOutcome.TERMINATED
-            self.emit(
-                Event(
-                    EventKind.STOP_TIMED_OUT,
-                    slot.name,
-                    pid=child.pid,
-                    reason=f"stop() did not finish in {term_at - now:.3g}s; SIGTERM to its group",
-                )
-            )
-            child.signal(signal.SIGTERM)
-            if not await self._wait_exit(slot, kill_at):
-                outcome = StopOutcome.KILLED
-                self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="stop deadline"))
-                child.kill()
-                await self._wait_exit(slot, self.loop.time() + REAP_BOUND)
-        code = child.exitcode
-        if outcome is StopOutcome.STOPPED and code != 0:
-            outcome = StopOutcome.ERROR
-        if code == -signal.SIGKILL and outcome is not StopOutcome.KILLED:
-            outcome = StopOutcome.KILLED  # escalated by a second stop request
-        self.emit(Event(EventKind.STOPPED, slot.name, pid=child.pid, exit_code=code, reason=outcome.value))
-        return outcome
-
-    async def _wait_exit(self, slot: _Slot, until: float) -> bool:
-        fut = slot.exit_fut
-        if fut is None or fut.done():
-            return True
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), max(0.0, until - self.loop.time()))
-        except TimeoutError:
-            return False
-        return True
 
     # -- status / close ----------------------------------------------------------------------------
 

@@ -26,10 +26,12 @@ import orjson
 import pytest
 from test_cli import READY, Procman, _env, run_procman
 
-from procman.cli.config import MAX_NESTING, ConfigError, load
+from procman.cli.config import load
 from procman.cli.console import QUEUE_BYTES, Console
 from procman.cli.control import MAX_REQUEST
 from procman.cli.main import main
+from procman.cli.tables import ConfigError
+from procman.cli.toml import MAX_NESTING
 
 # -- config values: one line at `check` and at `run`, no traceback -----------------------------------
 

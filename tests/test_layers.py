@@ -113,3 +113,22 @@ def test_a_daemon_loads_only_the_child_side(method: str) -> None:
     loaded = next(ln for ln in lines if ln.startswith("loaded ")).split()[1:]
     assert "procman._child.daemon_loop" in loaded
     assert _child_side_only(loaded) == []
+
+
+def test_every_private_module_is_under_a_contract() -> None:
+    """A module added later cannot slip past the contracts: each private module of both packages
+    is forbidden to the command, and each of procman's sits in a layer."""
+    import pkgutil
+    import tomllib
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    by_name = {c["name"]: c for c in contracts}
+    command = set(by_name["the command uses the public names of procman and workers"]["forbidden_modules"])
+    layers = by_name["procman in layers: cli > daemons > process layer > child side"]["layers"]
+    layered = {f"procman.{m.strip()}" for layer in layers for m in layer.replace("|", ":").split(":")}
+    for package in (procman, workers):
+        for info in pkgutil.iter_modules(package.__path__, prefix=f"{package.__name__}."):
+            if info.name.rsplit(".", 1)[1].startswith("_") and info.name != "procman.__main__":
+                assert info.name in command, f"{info.name} is missing from the command's contract"
+                if package is procman:
+                    assert info.name in layered, f"{info.name} is in no layer of procman's contract"

@@ -17,8 +17,9 @@ import pytest
 from helpers import Events
 
 import workers
-from procman.cli.config import ConfigError, load
+from procman.cli.config import load
 from procman.cli.main import main as procman_main
+from procman.cli.tables import ConfigError
 from workers import PoolEventKind
 
 TESTS = Path(__file__).resolve().parent

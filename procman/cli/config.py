@@ -55,38 +55,29 @@ bad argument is caught here too.
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
-import math
 import os
-import re
 import shlex
 import sys
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from procman import DaemonError, ProcmanError, Restart, RestartPolicy
+from procman import DaemonError, Restart, RestartPolicy
 from procman._daemon import make_spec
+from procman._deps import find_cycle
 from procman._names import check_name
-from procman._proc.loop import MAX_SECONDS
 from procman._proc.start import START_METHODS
 
+from .configured import AsyncConfiguredDaemon, ConfiguredDaemon
 from .control import SUN_PATH_MAX
+from .tables import TOP, ConfigError, Table, import_ref, show
+from .toml import beyond_limits, parse_toml
 
-MAX_NESTING = 64
-"""Levels of tables, arrays and inline tables a file may nest: deeper values would exhaust the
-stack of the TOML reader or of pickle, as a RecursionError instead of an error naming the key."""
 MAX_WORKERS = 1024  # a [pool] larger than this runs out of processes or file descriptors
 MAX_MEMORY_MB = float(1 << 30)  # 1 PiB: [pool] max_memory_mb beyond it is a typo
-SECONDS = '(e.g. 10, 2.5, "30s", "5m", "1h30m", "1d" or "500ms")'
-
-
-class ConfigError(ProcmanError, ValueError):
-    """The config file is invalid; nothing was started."""
 
 
 @dataclass
@@ -158,41 +149,6 @@ class Config:
     jobs: list[JobConfig] = field(default_factory=list)
 
 
-class ConfiguredDaemon:
-    """A factory's daemon under the config's name, with its env and cwd applied in its own process."""
-
-    def __init__(self, name: str, inner: Any, env: dict[str, str], cwd: str | None) -> None:
-        self.name = name
-        self.inner = inner
-        self.env = env
-        self.cwd = cwd
-
-    def _enter(self) -> None:
-        os.environ.update(self.env)
-        if self.cwd is not None:
-            os.chdir(self.cwd)
-
-    def start(self) -> Any:
-        self._enter()
-        return self.inner.start()
-
-    def stop(self) -> Any:
-        return self.inner.stop()
-
-
-class AsyncConfiguredDaemon(ConfiguredDaemon):
-    """The same, for a daemon with an ``async def`` start() or stop() (run on uvloop in the child)."""
-
-    async def start(self) -> Any:
-        self._enter()
-        result = self.inner.start()
-        return await result if inspect.isawaitable(result) else result
-
-    async def stop(self) -> Any:
-        result = self.inner.stop()
-        return await result if inspect.isawaitable(result) else result
-
-
 # -- loading ----------------------------------------------------------------------------------------
 
 
@@ -210,266 +166,11 @@ def load(path: str | os.PathLike[str]) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     data = parse_toml(p, text)
-    found = _beyond_limits(data)
+    found = beyond_limits(data)
     if found is not None:
         keys, problem = found
         raise ConfigError(f"{p}: [{'.'.join(keys[:-1]) or TOP}] {keys[-1]}: {problem}")
     return _Loader(p).load(data)
-
-
-_NESTED = f"nested more than {MAX_NESTING} levels deep; flatten the value"
-_INT64 = "TOML integers are 64-bit, from -9223372036854775808 to 9223372036854775807"
-
-
-def parse_toml(path: Path, text: str) -> dict[str, Any]:
-    """The TOML document ``text``, or a ConfigError naming ``path`` (and the line, when it can)."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except ValueError:  # int() of a literal of more than sys.get_int_max_str_digits() digits
-        long = re.search(rf"[0-9][0-9_]{{{sys.get_int_max_str_digits()},}}", text)
-        at = f"line {text.count(chr(10), 0, long.start()) + 1}: " if long is not None else ""
-        raise ConfigError(f"{path}: {at}an integer of thousands of digits; {_INT64}") from None
-    except RecursionError:
-        # tomllib reads nested arrays and inline tables recursively: a few hundred levels exhaust
-        # the stack. Say where, found by a scanner that counts brackets without recursing.
-        where = _deep_line(text)
-        at = f"line {where[0]}: [{where[1]}] {where[2]}: " if where is not None else ""
-        raise ConfigError(f"{path}: {at}arrays or inline tables {_NESTED}") from None
-
-
-def _beyond_limits(data: object) -> tuple[list[str], str] | None:
-    """(key path, problem) of the first value nested deeper than MAX_NESTING (tables included) or
-    of an integer beyond 64 bits, which TOML does not have but tomllib reads; else None."""
-    todo: list[tuple[object, list[str], int]] = [(data, [], 0)]
-    while todo:  # depth-first without recursion: the value may be as deep as tomllib allows
-        value, keys, depth = todo.pop()
-        if depth > MAX_NESTING:
-            return keys, _NESTED
-        if isinstance(value, dict):
-            todo.extend((v, [*keys, str(k)], depth + 1) for k, v in value.items())
-        elif isinstance(value, list):
-            todo.extend((v, keys, depth + 1) for v in value)
-        elif isinstance(value, int) and not -(1 << 63) <= value < 1 << 63:
-            return keys, f"found an integer of {len(str(abs(value)))} digits; {_INT64}"
-    return None
-
-
-def _deep_line(text: str) -> tuple[int, str, str] | None:
-    """(line, table, key) where brackets of a value nest more than MAX_NESTING deep, else None.
-
-    A scanner, not a parser: it skips strings and comments and counts ``[``/``{`` against
-    ``]``/``}``; a ``[`` that opens a line outside any value is a table header.
-    """
-    depth, line, start, i, n = 0, 1, 0, 0, len(text)
-    table, key = TOP, "?"
-    while i < n:
-        c = text[i]
-        if c == "\n":
-            line, start = line + 1, i + 1
-        elif c == "#":
-            i = text.find("\n", i)
-            if i < 0:
-                break
-            continue
-        elif c in "\"'":
-            if text.startswith(c * 3, i):
-                end = text.find(c * 3, i + 3)
-                end = n if end < 0 else end + 3
-            else:
-                end = i + 1
-                while end < n and text[end] not in (c, "\n"):
-                    end += 2 if c == '"' and text[end] == "\\" else 1
-                end += 1
-            newline = text.rfind("\n", i, min(end, n))
-            if newline >= 0:  # a multi-line string
-                line, start = line + text.count("\n", i, newline + 1), newline + 1
-            i = end
-            continue
-        elif depth == 0 and c == "[" and not text[start:i].strip():
-            end = text.find("\n", i)
-            end = n if end < 0 else end
-            table = text[i:end].split("#", 1)[0].strip().strip("[]").strip()
-            i = end
-            continue
-        elif depth == 0 and c == "=":
-            key = text[start:i].strip()
-        elif c in "[{":
-            depth += 1
-            if depth > MAX_NESTING:
-                return line, table, key
-        elif c in "]}":
-            depth -= 1
-        i += 1
-    return None
-
-
-TOP = "top level"
-
-
-class _Table:
-    """One TOML table being read: remembers what was read, to reject unknown keys."""
-
-    def __init__(self, file: Path, name: str, data: object) -> None:
-        self.file = file
-        self.name = name
-        if not isinstance(data, dict):
-            raise self.error_at(None, data, "a table")
-        self.data: dict[str, Any] = data
-        self.known: set[str] = set()
-
-    def error_at(self, key: str | None, found: object, expected: str) -> ConfigError:
-        where = f"[{self.name}]" + (f" {key}" if key else "")
-        return ConfigError(f"{self.file}: {where}: found {_show(found)}, expected {expected}")
-
-    def fail(self, key: str | None, message: str) -> ConfigError:
-        where = f"[{self.name}]" + (f" {key}" if key else "")
-        return ConfigError(f"{self.file}: {where}: {message}")
-
-    def has(self, key: str) -> bool:
-        self.known.add(key)
-        return key in self.data
-
-    def get(self, key: str, default: Any = None) -> Any:
-        self.known.add(key)
-        return self.data.get(key, default)
-
-    def seconds(
-        self, key: str, default: float | None, *, positive: bool = False, minimum: float = 0.0
-    ) -> float | None:
-        """A duration of at most 100 years (longer ones overflow the event loop's timers)."""
-        if not self.has(key):
-            return default
-        value = self.data[key]
-        seconds = _duration(value)
-        if seconds is None or seconds < 0 or (positive and seconds == 0):
-            what = "a number of seconds" + (" > 0" if positive else " >= 0")
-            raise self.error_at(key, value, f"{what} {SECONDS}")
-        if seconds < minimum:
-            raise self.error_at(key, value, f"at least {minimum:g} seconds ({minimum * 1000:g}ms)")
-        if seconds > MAX_SECONDS:
-            raise self.error_at(key, value, f"at most 100 years ({MAX_SECONDS:.0f} seconds)")
-        return seconds
-
-    def integer(
-        self, key: str, default: int | None, *, minimum: int, maximum: int | None = None
-    ) -> int | None:
-        if not self.has(key):
-            return default
-        value = self.data[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error_at(key, value, f"a whole number >= {minimum}")
-        if maximum is not None and value > maximum:
-            raise self.error_at(key, value, f"a whole number from {minimum} to {maximum}")
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float = 0.0) -> float:
-        value = self.optional_number(key, minimum=minimum)
-        return default if value is None else value
-
-    def optional_number(
-        self, key: str, *, minimum: float = 0.0, above: bool = False, maximum: float | None = None
-    ) -> float | None:
-        if not self.has(key):
-            return None
-        value = self.data[key]
-        expected = f"a number {'>' if above else '>='} {minimum:g}"
-        if maximum is not None:
-            expected += f" and <= {maximum:g}"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
-            raise self.error_at(key, value, expected)
-        if value < minimum or (above and value == minimum) or (maximum is not None and value > maximum):
-            raise self.error_at(key, value, expected)
-        return float(value)
-
-    def string(self, key: str, default: str | None = None) -> str | None:
-        if not self.has(key):
-            return default
-        value = self.data[key]
-        if not isinstance(value, str) or not value:
-            raise self.error_at(key, value, "a non-empty string")
-        if "\0" in value:  # no name, path or expression holds one; the OS refuses them in paths
-            raise self.error_at(key, value, "a string without NUL characters")
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.string(key, default)
-        assert value is not None
-        if value not in choices:
-            raise self.error_at(key, value, "one of " + ", ".join(repr(c) for c in choices))
-        return value
-
-    def table(self, key: str) -> _Table | None:
-        if not self.has(key):
-            return None
-        return _Table(self.file, f"{self.name}.{key}" if self.name != TOP else key, self.data[key])
-
-    def tables(self, key: str) -> list[tuple[str, _Table]]:
-        """The sub-tables of ``[key]`` (``[daemons.web]``, ...), each with its name."""
-        section = self.table(key)
-        if section is None:
-            return []
-        section.known.update(section.data)
-        return [
-            (name, _Table(self.file, f"{section.name}.{name}", value)) for name, value in section.data.items()
-        ]
-
-    def check_unknown(self) -> None:
-        for key in self.data:
-            if key not in self.known:
-                hint = difflib.get_close_matches(key, sorted(self.known), n=1)
-                expected = (
-                    f"did you mean {hint[0]!r}?" if hint else "known keys: " + ", ".join(sorted(self.known))
-                )
-                raise self.fail(key, f"unknown key; {expected}")
-
-
-def _duration(value: object) -> float | None:
-    """Seconds from a number or a string such as "90s", "1h30m", "1d", "250ms"; None if neither.
-
-    The same reader as ``Pool.schedule(every=...)``: :func:`workers._triggers.parse_duration`.
-    """
-    from workers._triggers import parse_duration
-
-    return parse_duration(value)
-
-
-def _finite(value: float) -> bool:
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int too large for a float (TOML integers have no bound in tomllib)
-        return False
-
-
-def _show(value: object) -> str:
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return f"the list {value!r}" if len(repr(value)) <= 60 else "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _import_ref(t: _Table, key: str, ref: str) -> Any:
-    """``package.module:attribute`` -> the object (the config file's directory is on sys.path)."""
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
-        raise t.error_at(key, ref, "'package.module:attribute', e.g. 'myapp.jobs:cleanup'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise t.fail(key, f"cannot import module {module_name!r} for {ref!r}: {exc}") from None
-    except Exception as exc:
-        raise t.fail(
-            key, f"importing {module_name!r} for {ref!r} raised {type(exc).__name__}: {exc}"
-        ) from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise t.fail(key, f"module {module_name!r} has no attribute {attr!r} (from {ref!r})") from None
-    return obj
 
 
 class _Loader:
@@ -479,7 +180,7 @@ class _Loader:
         self.names: dict[str, str] = {}  # name -> "daemons"/"jobs", to keep names unique across both
 
     def load(self, data: dict[str, Any]) -> Config:
-        top = _Table(self.path, TOP, data)
+        top = Table(self.path, TOP, data)
         cfg = Config(self.path)
         # The config's directory is importable, as the current directory is for `python -m`.
         if str(self.base) not in sys.path:
@@ -510,7 +211,7 @@ class _Loader:
         self.check_dependencies(cfg)
         return cfg
 
-    def socket(self, t: _Table) -> Path | None:
+    def socket(self, t: Table) -> Path | None:
         """``[procman] socket``: what ControlServer.start() needs of it that does not change."""
         sock = t.string("socket")
         if sock is None:
@@ -529,7 +230,7 @@ class _Loader:
             raise t.error_at("socket", sock, f"the path of a socket file ({path} is a directory)")
         return path
 
-    def claim(self, t: _Table, kind: str, name: str) -> None:
+    def claim(self, t: Table, kind: str, name: str) -> None:
         try:
             check_name(name)
         except DaemonError:
@@ -544,7 +245,7 @@ class _Loader:
             )
         self.names[name] = kind
 
-    def daemon(self, name: str, t: _Table) -> DaemonConfig:
+    def daemon(self, name: str, t: Table) -> DaemonConfig:
         self.claim(t, "daemons", name)
         env = self.env(t)
         cwd = self.cwd(t)
@@ -562,7 +263,7 @@ class _Loader:
         else:
             ref = t.string("factory")
             assert ref is not None
-            factory = _import_ref(t, "factory", ref)
+            factory = import_ref(t, "factory", ref)
             if not callable(factory):
                 raise t.error_at("factory", ref, "a callable (a class or a function returning a daemon)")
             args, kwargs = self.arguments(t)
@@ -626,7 +327,7 @@ class _Loader:
             raise t.fail(None, str(exc)) from None
         return cfg
 
-    def command(self, t: _Table) -> list[str]:
+    def command(self, t: Table) -> list[str]:
         value = t.get("command")
         if isinstance(value, str):
             try:
@@ -643,7 +344,7 @@ class _Loader:
             raise t.error_at("command", value, "a command without NUL characters")
         return argv
 
-    def env(self, t: _Table) -> dict[str, str]:
+    def env(self, t: Table) -> dict[str, str]:
         env = t.get("env", {})
         if not isinstance(env, dict):
             raise t.error_at("env", env, 'a table of NAME = "value" strings')
@@ -651,7 +352,7 @@ class _Loader:
             # The child's os.environ / execve() refuse these: the start would fail, not the check.
             if not key or "=" in key or "\0" in key:
                 raise t.fail(
-                    "env", f"{_show(key)} is not a variable name; use one without '=' or NUL (e.g. LOG_LEVEL)"
+                    "env", f"{show(key)} is not a variable name; use one without '=' or NUL (e.g. LOG_LEVEL)"
                 )
             if not isinstance(value, str):
                 raise t.error_at(f"env.{key}", value, 'a string (quote numbers: PORT = "8080")')
@@ -659,7 +360,7 @@ class _Loader:
                 raise t.error_at(f"env.{key}", value, "a string without NUL characters")
         return dict(env)
 
-    def cwd(self, t: _Table) -> str | None:
+    def cwd(self, t: Table) -> str | None:
         cwd = t.string("cwd")
         if cwd is None:
             return None
@@ -668,7 +369,7 @@ class _Loader:
             raise t.error_at("cwd", cwd, f"a directory ({path} is not one)")
         return str(path)
 
-    def arguments(self, t: _Table) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def arguments(self, t: Table) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args = t.get("args", [])
         if not isinstance(args, list):
             raise t.error_at("args", args, 'a list of positional arguments, e.g. [1, "a"]')
@@ -677,12 +378,12 @@ class _Loader:
             raise t.error_at("kwargs", kwargs, "a table of keyword arguments, e.g. { port = 8080 }")
         return tuple(args), dict(kwargs)
 
-    def job(self, name: str, t: _Table) -> JobConfig:
+    def job(self, name: str, t: Table) -> JobConfig:
         self.claim(t, "jobs", name)
         ref = t.string("function")
         if ref is None:
             raise t.fail(None, "missing function = 'package.module:function', the job to run")
-        fn = _import_ref(t, "function", ref)
+        fn = import_ref(t, "function", ref)
         if not callable(fn):
             raise t.error_at("function", ref, "a callable")
         args, kwargs = self.arguments(t)
@@ -737,7 +438,7 @@ class _Loader:
         return job
 
     def check_call(
-        self, t: _Table, fn: Callable[..., Any], ref: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, t: Table, fn: Callable[..., Any], ref: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         """That ``fn(*args, **kwargs)`` binds: else every run would fail with a TypeError."""
         try:
@@ -750,7 +451,7 @@ class _Loader:
             key = "kwargs" if kwargs else "args"
             raise t.fail(key, f"{ref} cannot be called with these arguments: {exc}") from None
 
-    def at(self, t: _Table) -> datetime:
+    def at(self, t: Table) -> datetime:
         value = t.get("at")
         if isinstance(value, str):
             try:
@@ -783,22 +484,9 @@ class _Loader:
                         f"{self.path}: [daemons.{d.name}] depends_on: found {dep!r}, expected the name of a "
                         f"daemon in this file" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                     )
-        graph: Mapping[str, tuple[str, ...]] = {d.name: d.depends_on for d in cfg.daemons}
-        state: dict[str, int] = {}
-
-        def visit(name: str, path: list[str]) -> None:
-            state[name] = 1
-            for dep in graph[name]:
-                if state.get(dep) == 1:
-                    cycle = [*path[path.index(dep) :], dep] if dep in path else [name, dep]
-                    raise ConfigError(
-                        f"{self.path}: [daemons.{name}] depends_on: found a cycle "
-                        f"{' -> '.join(cycle)}, expected dependencies that end somewhere"
-                    )
-                if dep not in state:
-                    visit(dep, [*path, dep])
-            state[name] = 2
-
-        for name in graph:
-            if name not in state:
-                visit(name, [name])
+        cycle = find_cycle({d.name: d.depends_on for d in cfg.daemons})
+        if cycle:
+            raise ConfigError(
+                f"{self.path}: [daemons.{cycle[0]}] depends_on: found a cycle "
+                f"{' -> '.join(cycle)}, expected dependencies that end somewhere"
+            )

@@ -27,8 +27,10 @@ from typing import Any
 
 import orjson
 
-from .config import ConfigError, load, parse_toml
+from .config import load
 from .control import ControlError, config_key, default_socket, find_socket, request, runtime_dir_text
+from .tables import ConfigError
+from .toml import parse_toml
 
 EXIT_OK = 0
 EXIT_FAILED = 1
