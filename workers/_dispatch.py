@@ -59,29 +59,27 @@ from procman._proc.events import EventDispatcher
 from procman._proc.output import OutputRouter
 
 from ._backend import WorkerBackend, WorkerReports
+from ._closing import Closing
 from ._errors import (
     PoolClosed,
 )
 from ._events import LazyEvent, PoolEvent, PoolEventKind, outcome_of
 from ._futures import Outcome
+from ._handahead import HandAhead
 from ._jobs import Job
 from ._lifecycle import Settings, Worker, WorkerLifecycle, WState
 from ._schedules import ScheduleRecord, ScheduleRuns
 from ._serialize import loads
-from ._stats import PoolStats
 from ._timed import TimedQueue
 
 log = logging.getLogger("workers")
 
 LATENCY_SAMPLES = 10_000
 SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on a timer
-PREFETCH_WINDOW = 0.001  # seconds of work a worker may hold behind its running job
-PREFETCH_MAX = 16  # jobs a worker may hold behind its running job
-RECALL_AFTER = 0.002  # seconds a worker's job runs before the jobs held behind it may be recalled
 RUN_AVG_WEIGHT = 0.2  # weight of the newest run time in the moving average
 
 
-class Core(WorkerLifecycle, ScheduleRuns):
+class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
     """The pool's state, touched only on the I/O loop (and try_direct, under ``lock``).
 
     It never refers to its Pool: the loop's thread keeps the core alive, and a Pool that nobody
@@ -197,58 +195,6 @@ class Core(WorkerLifecycle, ScheduleRuns):
             self.job_done(job, outcome)
         self.check_idle()
 
-    def on_recalled(self, w: Worker, tickets: Iterable[int]) -> None:
-        """The worker gave back the jobs it had not started (see rebalance)."""
-        w.recalling = False
-        back = set(tickets)
-        if not back or not w.jobs:
-            return
-        kept = [job for job in w.jobs if job.ticket not in back]
-        returned = [job for job in w.jobs if job.ticket in back]
-        if w.jobs[0].ticket in back and w.timer is not None:  # its first never started either
-            w.timer.cancel()
-            w.timer = None
-        w.jobs = deque(kept)
-        for job in reversed(returned):
-            self.requeue(job)
-        if not kept and w.state is WState.BUSY:
-            w.state = WState.IDLE
-            with self.lock:
-                self.idle.append(w)
-        self.dispatch()
-
-    def rebalance(self) -> None:
-        """Workers idle and nothing queued: take back jobs held behind one that runs long.
-
-        A job handed ahead waits behind its worker's running job; that is a gain while jobs
-        take microseconds, and head-of-line blocking once the running one turns out long. So a
-        worker whose first job has run RECALL_AFTER is asked for the others, which go to the
-        idle workers.
-        """
-        now = self.clock()
-        soonest = math.inf
-        for w in self.workers:
-            if len(w.jobs) < 2 or w.recalling or w.handle is None:
-                continue
-            ripe = w.head_since + RECALL_AFTER
-            if ripe > now:
-                soonest = min(soonest, ripe)
-                continue
-            if w.handle.recall():  # False: it cannot, or is dying (its exit requeues the jobs)
-                w.recalling = True
-        if soonest < math.inf and self.rebalance_timer is None:
-            self.rebalance_timer = self.loop.call_later(soonest - now, self.on_rebalance_timer)
-
-    def on_rebalance_timer(self) -> None:
-        self.rebalance_timer = None
-        if self.idle and not self.queue:
-            with self.lock:
-                self.rebalance()
-
-    def deferred_prefetch(self) -> None:
-        self.prefetch_soon = False
-        self.dispatch()
-
     # -- jobs -----------------------------------------------------------------------------------
 
     def enqueue(self, job: Job, *, dispatch: bool = True) -> None:
@@ -332,18 +278,6 @@ class Core(WorkerLifecycle, ScheduleRuns):
             return job
         return None
 
-    def prefetch_depth(self) -> int:
-        """How many jobs a worker may hold: 1, or more while recent jobs ran in well under 1 ms.
-
-        Prefetching keeps a worker busy while its results travel back, which is what moves small
-        jobs fast; a job held behind another waits at most about PREFETCH_WINDOW for it. Pools that
-        recycle workers never prefetch, so a retiring worker holds nothing but its last job.
-        """
-        avg = self.run_avg
-        if avg is None or avg >= PREFETCH_WINDOW or self.recycling:
-            return 1
-        return 1 + min(PREFETCH_MAX, int(PREFETCH_WINDOW / max(avg, 1e-6)))
-
     def try_direct(self, job: Job) -> bool:
         """From the submitting thread: hand ``job`` straight to an idle worker, or return False.
 
@@ -410,41 +344,6 @@ class Core(WorkerLifecycle, ScheduleRuns):
             self.rebalance()
         self.check_idle()
 
-    def prefetch(self) -> None:
-        """Top up busy workers with plain jobs (no timeout, not a schedule's run), one write each.
-
-        A prefetched job's future is RUNNING but cannot be cancelled until it reaches the head of
-        its worker (like ProcessPoolExecutor's queued calls); a timed run or a job with a timeout
-        waits in the queue for a worker with nothing in hand, so its start and its timeout are
-        exact.
-        """
-        depth = self.prefetch_depth()
-        if depth <= 1:
-            return
-        stuck = self.clock() - RECALL_AFTER  # a job running since then is not a short one
-        for w in self.workers:
-            jobs = w.jobs
-            # Not to a worker whose job has run RECALL_AFTER (as long as rebalance() counts it) or
-            # that is being asked for its held jobs: they would only come back.
-            if w.state is not WState.BUSY or not jobs or len(jobs) >= depth or w.head_since <= stuck:
-                continue
-            if w.recalling:
-                continue
-            if jobs[0].timeout is not None or jobs[0].schedule is not None:
-                continue
-            frames = []
-            while len(jobs) < depth:
-                job = self.next_job(plain=True)
-                if job is None:
-                    break
-                jobs.append(job)
-                frames.append(self.frame(job))
-            if frames:
-                assert w.handle is not None
-                w.handle.send(frames)
-            if not self.queue:
-                return
-
     def on_job_timeout(self, w: Worker, job: Job) -> None:
         w.timer = None
         if w.job is job and w.handle is not None:
@@ -510,95 +409,6 @@ class Core(WorkerLifecycle, ScheduleRuns):
         if job.future is not None:
             job.future._settle(outcome)
         self.finish_schedule_run(job, outcome)
-
-    # -- shutdown / stats -----------------------------------------------------------------------
-
-    def busy(self) -> bool:
-        return bool(self.queue) or any(w.job is not None for w in self.workers)
-
-    def check_idle(self) -> None:
-        if self.idle_waiters and not self.busy():
-            for fut in self.idle_waiters:
-                if not fut.done():
-                    fut.set_result(None)
-            self.idle_waiters.clear()
-
-    async def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
-        deadline = None if timeout is None else self.clock() + timeout
-        self.drain_inbox()  # jobs submitted just before shutdown() are in
-        # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
-        for item in self.timed.items():
-            if isinstance(item, Job):
-                if item.future is not None and item.attempt == 0:
-                    item.future.cancel()
-                    self.counts["cancelled"] += 1
-                else:
-                    self.fail_final(item, PoolClosed("the pool was shut down before this job's retry"))
-            else:
-                self.schedule_cancel(item[0])
-        self.timed.clear()
-        self.arm_timer()
-        if cancel_futures:
-            while self.queue:
-                job = self.queue.popleft()
-                if job.future is not None:
-                    job.future.cancel()
-                self.counts["cancelled"] += 1
-        # Queued and running jobs finish whether or not the caller waits (concurrent.futures):
-        # wait=False only means shutdown() returns at once.
-        if self.busy() and self.broken is None:
-            fut = self.loop.create_future()
-            self.idle_waiters.append(fut)
-            try:
-                left = None if deadline is None else max(0.0, deadline - self.clock())
-                await asyncio.wait_for(fut, left)
-            except TimeoutError:
-                pass
-        with self.lock:  # no direct hand-off from here on
-            self.closing = True
-        abandoned = PoolClosed("the pool was shut down before this job finished")
-        while self.queue:
-            self.fail_final(self.queue.popleft(), abandoned)
-        exits = []
-        for w in list(self.workers) + list(self.retiring):
-            handle = w.handle
-            if handle is None or not handle.alive:
-                continue
-            if w.jobs:
-                while w.jobs:
-                    self.fail_final(w.jobs.popleft(), abandoned)
-                handle.kill()
-            else:
-                handle.stop()
-            exits.append(handle)
-        end = self.clock() + 2.0
-        while any(c.alive for c in exits) and self.clock() < end:
-            await asyncio.sleep(0.005)
-        for c in exits:
-            if c.alive:
-                c.force_close()
-        self.workers.clear()
-        self.idle.clear()
-        self.retiring.clear()
-        self.drain_inbox()  # a submit that raced with shutdown: fail it, never leave it hanging
-
-    def stats(self) -> PoolStats:
-        lat = sorted(self.lateness)
-
-        def pct(q: float) -> float | None:
-            return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
-
-        return PoolStats(
-            workers=len(self.workers),
-            idle_workers=len(self.idle),
-            queued=len(self.queue),
-            scheduled=sum(1 for item in self.timed.items() if isinstance(item, Job)),
-            running=sum(1 for w in self.workers if w.job is not None),
-            lateness_p50=pct(0.5),
-            lateness_p99=pct(0.99),
-            lateness_max=lat[-1] if lat else None,
-            **self.counts,
-        )
 
     def link(self, worker: Worker) -> WorkerReports:
         return WorkerLink(self, worker)

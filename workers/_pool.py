@@ -6,7 +6,6 @@ dispatcher on the I/O loop; everything else happens there.
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import contextlib
 import functools
@@ -41,6 +40,7 @@ from ._events import PoolEvent, log_pool_event
 from ._futures import JobFuture
 from ._jobs import Job
 from ._lifecycle import Settings
+from ._lifetime import live_pools, release, release_dropped
 from ._local import LocalBackend
 from ._schedules import DEFAULT_MISFIRE_GRACE, Schedule, ScheduleRecord, make_trigger
 from ._serialize import callable_blob, dumps_job, init_call
@@ -49,57 +49,6 @@ from ._triggers import to_epoch, to_seconds
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
-
-
-# ------------------------------------------------------------------------------------------------
-# The public Pool
-
-_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-
-
-# Pools dropped without shutdown() whose jobs are still finishing (see _release_dropped).
-_draining: set[concurrent.futures.Future[None]] = set()
-
-
-@atexit.register
-def _shutdown_pools_at_exit() -> None:
-    for pool in list(_pools):
-        try:
-            # As concurrent.futures does at exit: the jobs already submitted run to the end.
-            pool.shutdown(wait=True)
-        except Exception:
-            log.exception("workers: error while shutting a pool down at exit")
-    for fut in list(_draining):
-        with contextlib.suppress(Exception):
-            fut.result()
-
-
-def _release(core: Core, io: IOThread, events: EventDispatcher) -> None:
-    """The last step of a shutdown: the loop and the event thread end."""
-    io.close()
-    events.close()
-    core.fail_inbox()
-    core.backend.close()
-
-
-def _release_dropped(core: Core, io: IOThread, events: EventDispatcher) -> None:
-    """A Pool was garbage-collected without shutdown(): as ``shutdown(wait=False)``.
-
-    Its queued and running jobs finish (their futures may still be held), its schedules end, then
-    the workers stop and the threads end. Runs wherever the last reference went, so it never
-    blocks.
-    """
-    try:
-        fut = io.submit(core.shutdown(wait=False, cancel_futures=False, timeout=None))
-    except Exception:  # noqa: BLE001 - the loop is already gone: nothing left to release
-        return
-    _draining.add(fut)
-
-    def done(_f: object) -> None:
-        _draining.discard(fut)
-        _release(core, io, events)
-
-    fut.add_done_callback(done)
 
 
 def _result_or_cancel(fut: JobFuture[T], timeout: float | None) -> T:
@@ -217,9 +166,9 @@ class Pool(concurrent.futures.Executor):
         core = self._core = Core(settings, self._io.loop, self._events, self._output, backend)
         self._io.loop.call_soon_threadsafe(core.spawn_workers, max_workers)
         # Dropped without shutdown(): queued and running jobs finish, then the workers go.
-        self._finalizer = weakref.finalize(self, _release_dropped, core, self._io, self._events)
+        self._finalizer = weakref.finalize(self, release_dropped, core, self._io, self._events)
         self._finalizer.atexit = False  # at exit, _shutdown_pools_at_exit handles every pool
-        _pools.add(self)
+        live_pools.add(self)
 
     # -- submitting ------------------------------------------------------------------------------
 
@@ -450,13 +399,13 @@ class Pool(concurrent.futures.Executor):
                     earlier.result(timeout)
             return
 
-        def release(_f: object = None) -> None:
-            _release(self._core, self._io, self._events)
-            _pools.discard(self)
+        def finish(_f: object = None) -> None:
+            release(self._core, self._io, self._events)
+            live_pools.discard(self)
 
         on_loop = self._io.in_loop_thread()
         if not wait or on_loop:  # like concurrent.futures: queued jobs still run, cleanup behind
-            fut.add_done_callback(release)
+            fut.add_done_callback(finish)
             if wait:  # a done-callback: the I/O thread cannot wait for itself (stdlib raises too)
                 raise RuntimeError(
                     "Pool.shutdown(wait=True) was called on the pool's I/O thread (from a "
@@ -470,7 +419,7 @@ class Pool(concurrent.futures.Executor):
             self.kill()
             raise
         finally:
-            release()
+            finish()
 
     def kill(self) -> None:
         """SIGKILL every worker now, without waiting (for a second Ctrl-C; safe in a signal handler).
