@@ -4,6 +4,16 @@ Register daemons (objects with ``name``, ``start()``, ``stop()``) or external co
 :class:`Manager`; it runs each in its own child process supervised through pipes, starts them
 concurrently (all or nothing), restarts crash-prone ones under a policy, and stops them
 concurrently within a deadline.
+
+Layers, each importing only those below it (import-linter checks it, see pyproject.toml):
+
+* ``procman.cli``: the ``procman`` command, over the public names of procman and workers;
+* the daemon layer (``_manager``, ``_supervisor``, ``_starting``, ``_stopping``, ``_states``,
+  ``_policy``, ``_deps``, ``_daemon``, ``_command``, ``_names``, ``_signals``);
+* ``procman._proc``, the process layer: the only procman internals ``workers`` may use;
+* ``procman._child``, the child side: all that runs in a child, importing nothing above it.
+
+procman's library never imports ``workers``.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from procman._proc.events import EventDispatcher
 from procman._proc.output import OutputRouter
 from workers import JobTimeout, PoolBroken, PoolEventKind, WorkerCrashed, _dispatch
 from workers._dispatch import Core
-from workers._handahead import RECALL_AFTER
 from workers._futures import JobFuture
+from workers._handahead import RECALL_AFTER
 from workers._jobs import Job
 from workers._lifecycle import INIT_BACKOFF, INIT_BACKOFF_MAX, STOP_GRACE, Settings
 
