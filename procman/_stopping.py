@@ -109,13 +109,16 @@ class Stopping:
         }
         return StopReport(outcomes, errors)
 
-    async def stop_one(self, name: str, timeout: float) -> StopOutcome:
-        """Stop one daemon gracefully; it stays registered, stopped, until restart()."""
+    async def stop_one(self, name: str, timeout: float, *, remove: bool = False) -> StopOutcome:
+        """Stop one daemon gracefully; it stays registered, stopped, until restart(), unless
+        ``remove``: then it is forgotten once stopped (Manager.remove)."""
         slot = self._slot(name)
         deadline = self.loop.time() + timeout
         first = await self._escalate_stop(slot, deadline)
-        async with self._exclusive([slot], deadline, "stop_daemon()"):
+        async with self._exclusive([slot], deadline, "remove()" if remove else "stop_daemon()"):
             outcome = await self._stop_slot(slot, deadline)
+            if remove and self.slots.get(name) is slot:
+                del self.slots[name]
         return first if first is not None and outcome is StopOutcome.NOT_RUNNING else outcome
 
     async def restart(self, name: str, timeout: float) -> StopOutcome:

@@ -120,14 +120,7 @@ class Supervisor(Starting, Stopping):
                 raise StartError(failures)
 
     async def remove(self, name: str, timeout: float) -> StopOutcome:
-        slot = self._slot(name)
-        deadline = self.loop.time() + timeout
-        first = await self._escalate_stop(slot, deadline)
-        async with self._exclusive([slot], deadline, "remove()"):
-            outcome = await self._stop_slot(slot, deadline)
-            if self.slots.get(name) is slot:
-                del self.slots[name]
-        return first if first is not None and outcome is StopOutcome.NOT_RUNNING else outcome
+        return await self.stop_one(name, timeout, remove=True)
 
     def _slot(self, name: str) -> _Slot:
         slot = self.slots.get(name)

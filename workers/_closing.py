@@ -8,49 +8,19 @@ caller waits; then idle workers get a stop message, busy ones are killed, and no
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._errors import PoolClosed
-from ._futures import Outcome
 from ._jobs import Job
-from ._lifecycle import Worker
+from ._state import DispatchState
 from ._stats import PoolStats
-from ._timed import TimedQueue
 
 if TYPE_CHECKING:
-    from ._schedules import ScheduleRecord
+    pass
 
 
-class Closing:
+class Closing(DispatchState):
     """shutdown(), idleness, and stats (see the module docstring)."""
-
-    # What it uses of the dispatcher:
-    loop: asyncio.AbstractEventLoop
-    clock: Callable[[], float]
-    lock: threading.RLock
-    workers: set[Worker]
-    idle: deque[Worker]
-    retiring: set[Worker]
-    queue: deque[Job]
-    timed: TimedQueue[Job | tuple[ScheduleRecord, int]]
-    counts: dict[str, int]
-    lateness: deque[float]
-    idle_waiters: list[asyncio.Future[None]]
-    broken: BaseException | None
-    closing: bool
-
-    if TYPE_CHECKING:  # implemented by the other bases of Core; declared for the type checker
-
-        def drain_inbox(self) -> None: ...
-
-        def fail_final(self, job: Job, error: BaseException | Outcome) -> None: ...
-
-        def schedule_cancel(self, sched: ScheduleRecord) -> None: ...
-
-        def arm_timer(self) -> None: ...
 
     def busy(self) -> bool:
         return bool(self.queue) or any(w.job is not None for w in self.workers)

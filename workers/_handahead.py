@@ -10,45 +10,20 @@ the front of the queue for the idle workers.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import threading
 from collections import deque
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
-from ._jobs import Job
 from ._lifecycle import Worker, WState
+from ._state import DispatchState
 
 PREFETCH_WINDOW = 0.001  # seconds of work a worker may hold behind its running job
 PREFETCH_MAX = 16  # jobs a worker may hold behind its running job
 RECALL_AFTER = 0.002  # seconds a worker's job runs before the jobs held behind it may be recalled
 
 
-class HandAhead:
+class HandAhead(DispatchState):
     """Prefetch and recall (see the module docstring)."""
-
-    # What it uses of the dispatcher:
-    loop: asyncio.AbstractEventLoop
-    clock: Callable[[], float]
-    lock: threading.RLock
-    workers: set[Worker]
-    idle: deque[Worker]
-    queue: deque[Job]
-    run_avg: float | None
-    recycling: bool
-    prefetch_soon: bool
-    rebalance_timer: asyncio.TimerHandle | None
-
-    if TYPE_CHECKING:  # implemented by the other bases of Core; declared for the type checker
-
-        def dispatch(self) -> None: ...
-
-        def requeue(self, job: Job) -> None: ...
-
-        def next_job(self, *, plain: bool) -> Job | None: ...
-
-        def frame(self, job: Job) -> bytes: ...
 
     def on_recalled(self, w: Worker, tickets: Iterable[int]) -> None:
         """The worker gave back the jobs it had not started (see rebalance)."""

@@ -12,25 +12,22 @@ import asyncio
 import itertools
 import logging
 import signal
-import threading
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from procman._child import wire as _wire
-from procman._proc.events import EventDispatcher
-from procman._proc.output import OutputRouter
 
-from ._backend import WorkerBackend, WorkerHandle, WorkerReports
+from ._backend import WorkerHandle
 from ._errors import JobTimeout, PoolBroken, PoolClosed, WorkerCrashed
 from ._events import PoolEvent, PoolEventKind
 from ._futures import Outcome
 from ._jobs import Job
-from ._timed import TimedQueue
+from ._state import DispatchState
 
 if TYPE_CHECKING:
-    from ._schedules import ScheduleRecord
+    pass
 
 log = logging.getLogger("workers")
 
@@ -98,47 +95,8 @@ class Settings:
     max_memory_mb: float | None
 
 
-class WorkerLifecycle:
+class WorkerLifecycle(DispatchState):
     """Starting, retiring and replacing workers (see the module docstring)."""
-
-    # What it uses of the dispatcher:
-    cfg: Settings
-    loop: asyncio.AbstractEventLoop
-    backend: WorkerBackend
-    events: EventDispatcher
-    output: OutputRouter
-    lock: threading.RLock
-    workers: set[Worker]
-    idle: deque[Worker]
-    retiring: set[Worker]
-    queue: deque[Job]
-    timed: TimedQueue[Job | tuple[ScheduleRecord, int]]
-    counts: dict[str, int]
-    init_failures: int
-    outside_kills: int
-    failures_logged: set[str]
-    broken: BaseException | None
-    closing: bool
-
-    if TYPE_CHECKING:  # implemented by the other bases of Core; declared for the type checker
-
-        def link(self, worker: Worker) -> WorkerReports:
-            raise NotImplementedError
-
-        def dispatch(self) -> None:
-            raise NotImplementedError
-
-        def check_idle(self) -> None:
-            raise NotImplementedError
-
-        def job_failed(self, job: Job, error: BaseException | Outcome, *, retry: bool = True) -> None:
-            raise NotImplementedError
-
-        def fail_final(self, job: Job, error: BaseException | Outcome) -> None:
-            raise NotImplementedError
-
-        def finish_schedule_run(self, job: Job, outcome: Outcome) -> None:
-            raise NotImplementedError
 
     def spawn_workers(self, n: int) -> None:
         for _ in range(n):

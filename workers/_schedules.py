@@ -4,18 +4,15 @@ dispatcher's part that turns a schedule's times into runs."""
 from __future__ import annotations
 
 import threading
-from collections import deque
-from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
-
-from procman._proc.events import EventDispatcher
 
 from ._errors import PoolClosed, ScheduleError
 from ._events import LazyEvent, PoolEvent, PoolEventKind
 from ._futures import Outcome
 from ._jobs import Job
+from ._state import DispatchState
 from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
 
 if TYPE_CHECKING:
@@ -161,30 +158,10 @@ class Schedule:
         return f"<Schedule {self.name!r} {self.state.value} runs={self.runs} next={self.next_run_time}>"
 
 
-class ScheduleRuns:
+class ScheduleRuns(DispatchState):
     """The dispatcher's part for schedules (a base of workers._dispatch.Core): arm each one's next
     time on the timed queue, turn a due time into runs under its misfire, coalescing and overlap
     rules, and count what each run did. Runs on the I/O loop."""
-
-    # What it uses of the dispatcher:
-    ids: Iterator[int]
-    events: EventDispatcher
-    queue: deque[Job]
-    broken: BaseException | None
-    closing: bool
-    clock: Callable[[], float]
-    wall: Callable[[], float]
-
-    if TYPE_CHECKING:  # implemented by the other bases of Core; declared for the type checker
-
-        def push(self, due: float, item: Job | tuple[ScheduleRecord, int]) -> None:
-            raise NotImplementedError
-
-        def dispatch(self) -> None:
-            raise NotImplementedError
-
-        def fail_final(self, job: Job, error: BaseException | Outcome) -> None:
-            raise NotImplementedError
 
     def schedule_add(self, sched: ScheduleRecord) -> None:
         first = sched.trigger.first(self.wall())
