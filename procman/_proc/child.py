@@ -27,7 +27,7 @@ from typing import Any
 
 from procman._child import wire as _wire
 
-from .start import CTRL_READ, MAX_LINE, forkserver_status, launch
+from .start import CTRL_READ, MAX_LINE, Launched, launch
 
 
 class Child:
@@ -57,7 +57,7 @@ class Child:
         self.on_exit = on_exit
         self.pid: int | None = None
         self.exitcode: int | None = None
-        self._proc: Any = None
+        self._proc: Launched | None = None
         self._ctrl_w = -1
         self._ctrl_r = -1
         self._logs: dict[int, tuple[str, bytearray]] = {}
@@ -257,6 +257,7 @@ class Child:
             return
         self.exitcode = code
         self.loop.remove_reader(self._exit_fd)
+        assert self._proc is not None
         if self._exit_fd != self._proc.sentinel:
             os.close(self._exit_fd)
         self._exit_fd = -1
@@ -269,22 +270,23 @@ class Child:
         Called when the watched fd is readable, which never stops being true once it is: every
         path here either returns a code, and the caller stops watching, or switches to another fd.
         Each status multiprocess could not get (it would report None forever, or 255 for a lost
-        forkserver report) is a code of _wire.UNKNOWN_STATUSES, stored as the popen's own
-        return code so that closing the process object works.
+        forkserver report) is a code of _wire.UNKNOWN_STATUSES (see Launched.record).
         """
-        popen = self._proc._popen
-        if popen.returncode is not None:
-            return int(popen.returncode)
+        proc = self._proc
+        assert proc is not None
+        known = proc.status()
+        if known is not None:
+            return known
         if self.method == "forkserver":
-            if self._exit_fd != popen.sentinel:
+            if self._exit_fd != proc.sentinel:
                 # The pidfd: the process ended. Its status comes over the forkserver's pipe (the
                 # sentinel), perhaps a moment later: wait for that report.
                 self.loop.remove_reader(self._exit_fd)
                 os.close(self._exit_fd)
-                self._exit_fd = popen.sentinel
+                self._exit_fd = proc.sentinel
                 self.loop.add_reader(self._exit_fd, self._on_exit_readable)
                 return None
-            return forkserver_status(popen)
+            return proc.read_forkserver_status()
         # A child of this process (fork, spawn). waitid on the pidfd, not waitpid on the pid: the
         # pid may already name another process if someone else reaped this one.
         try:
@@ -294,15 +296,11 @@ class Child:
             # its status (the host ignores SIGCHLD, so the kernel reaps at once, or a thread calls
             # os.waitpid(-1)). multiprocess would answer "still running" forever, and the readable
             # pidfd would call this again and again: a busy loop.
-            popen.returncode = _wire.STATUS_REAPED_ELSEWHERE
-            return int(popen.returncode)
+            return proc.record(_wire.STATUS_REAPED_ELSEWHERE)
         if info is None:
             return None  # not ended after all: a spurious wake-up
-        if info.si_code == os.CLD_EXITED:
-            popen.returncode = info.si_status
-        else:  # CLD_KILLED, CLD_DUMPED
-            popen.returncode = -info.si_status
-        return int(popen.returncode)
+        # CLD_EXITED: its exit code; CLD_KILLED, CLD_DUMPED: the signal, negative.
+        return proc.record(info.si_status if info.si_code == os.CLD_EXITED else -info.si_status)
 
     def _close_pipes(self) -> None:
         """Drain what the dead process left in its pipes, then close the parent's ends."""
@@ -334,13 +332,13 @@ class Child:
 
     def force_close(self) -> None:
         """Kill the process and release everything without waiting (loop shutting down)."""
-        if self.exitcode is None and self.pid is not None:
+        if self.exitcode is None and self.pid is not None and self._proc is not None:
             self.kill()
             try:
                 self._proc.join(1.0)
             except (AssertionError, ValueError, OSError):
                 pass
-            code = self._proc.exitcode if self._proc is not None else None
+            code = self._proc.exitcode
             self.exitcode = code if code is not None else -signal.SIGKILL
         if self._exit_fd >= 0:
             self.loop.remove_reader(self._exit_fd)

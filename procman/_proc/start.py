@@ -246,7 +246,7 @@ def launch(
     parent_ends: tuple[int, ...],
     options: dict[str, Any],
     name: str,
-) -> Any:
+) -> Launched:
     """Start ``child_main(entry, ...)`` in a new process by ``method``; its multiprocess Process.
 
     ``child_ends`` go to the child (ctrl-in, ctrl-out, stdout, stderr); a forked child closes the
@@ -273,17 +273,59 @@ def launch(
     # multiprocessing would join this process at interpreter exit and hang the host if it is still
     # running; procman's own atexit hook stops children instead.
     mp_process._children.discard(proc)
-    return proc
+    return Launched(proc)
 
 
-def forkserver_status(popen: Any) -> int:
-    """The status the forkserver reports for its child, once its pidfd said it ended."""
-    from multiprocess import forkserver
+class Launched:
+    """A started process, as procman needs it of multiprocess's Process and its popen object.
 
-    try:
-        popen.returncode = forkserver.read_signed(popen.sentinel)
-    except (OSError, EOFError):
-        # End of file without a report: the forkserver died. multiprocess calls that EXIT(255),
-        # which reads as the process's own choice; nobody knows its status.
-        popen.returncode = wire.STATUS_FORKSERVER_DIED
-    return int(popen.returncode)
+    Its status is stored as the popen's own return code, so that multiprocess's bookkeeping (and
+    closing the process object) works, including the statuses multiprocess cannot get itself
+    (procman._child.wire.UNKNOWN_STATUSES).
+    """
+
+    __slots__ = ("_proc",)
+
+    def __init__(self, proc: Any) -> None:
+        self._proc = proc
+
+    @property
+    def pid(self) -> int:
+        return int(self._proc.pid)
+
+    @property
+    def sentinel(self) -> int:
+        """The forkserver's status pipe (forkserver), or multiprocess's sentinel fd."""
+        return int(self._proc._popen.sentinel)
+
+    @property
+    def exitcode(self) -> int | None:
+        code = self._proc.exitcode
+        return None if code is None else int(code)
+
+    def status(self) -> int | None:
+        """The status already collected, if any."""
+        code = self._proc._popen.returncode
+        return None if code is None else int(code)
+
+    def record(self, code: int) -> int:
+        """Store the status collected here (waitid on the pidfd, or an unknown status)."""
+        self._proc._popen.returncode = code
+        return code
+
+    def read_forkserver_status(self) -> int:
+        """The status the forkserver reports for its child, once its pidfd said it ended."""
+        from multiprocess import forkserver
+
+        try:
+            return self.record(forkserver.read_signed(self._proc._popen.sentinel))
+        except (OSError, EOFError):
+            # End of file without a report: the forkserver died. multiprocess calls that EXIT(255),
+            # which reads as the process's own choice; nobody knows its status.
+            return self.record(wire.STATUS_FORKSERVER_DIED)
+
+    def join(self, timeout: float) -> None:
+        self._proc.join(timeout)
+
+    def close(self) -> None:
+        self._proc.close()
