@@ -686,6 +686,7 @@ def interleaved_pools(rounds: int, calls: int, burst: int, warm: int, pings: int
     res: Row = {"seed": seed, "skipped": {}, "failed": {}, "close_timed_out": [], "rounds": []}
     echo = Echo()  # forked first, before any pool's threads exist
     pools: dict[str, Adapter] = {}
+    close_bound = 60.0
 
     def drop(name: str, why: str) -> None:
         res["failed"][name] = why
@@ -725,10 +726,16 @@ def interleaved_pools(rounds: int, calls: int, burst: int, warm: int, pings: int
                     except Exception as exc:  # noqa: BLE001 - as above
                         drop(name, f"round {r + 1}: {_reason(exc)}")
             res["rounds"].append(rec)
+    except BaseException:
+        # Leaving on an error or Ctrl-C (which a terminal also sends to the workers): a stdlib-style pool
+        # whose worker died holding its queue's lock hangs in close. Bounded short; leftovers() kills.
+        close_bound = 5.0
+        raise
     finally:
         for name, ad in pools.items():
-            if not bounded(ad.close, 60):
-                res["close_timed_out"].append(name)
+            with stage(f"close {name}"):
+                if not bounded(ad.close, close_bound):
+                    res["close_timed_out"].append(name)
         echo.close()
     res.update(summarize_rounds(res["rounds"]))
     return res
@@ -949,11 +956,12 @@ def main_interleaved(args: argparse.Namespace) -> int:
         out["interleaved"] = interleaved_pools(
             rounds, cfg["calls"], cfg["burst"], cfg["warm"], cfg["floor_pings"], cfg["seed"]
         )
-        out["timed"] = timed_alternating(
-            rounds, cfg["timed_count"], cfg["timed_spacing"], cfg["timed_lead"]
-        )
-    finally:
-        out["leftover_processes"] = leftovers()
+        out["timed"] = timed_alternating(rounds, cfg["timed_count"], cfg["timed_spacing"], cfg["timed_lead"])
+    except BaseException:
+        if killed := leftovers():
+            print(f"! leftover processes killed: {killed}", file=sys.stderr)
+        raise
+    out["leftover_processes"] = leftovers()
     out["seconds"] = time.perf_counter() - started
     print_interleaved(out)
     if args.json:
@@ -1124,6 +1132,118 @@ def print_table(out: Row) -> None:
         for key in ("error", "close_timed_out"):
             if key in row:
                 print(f"! {name}: {key}: {row[key]}")
+    if out.get("leftover_processes"):
+        print(f"! leftover processes killed: {out['leftover_processes']}")
+    versions = ", ".join(f"{k} {v}" for k, v in out["versions"].items() if k != "python")
+    print(f"\npeers: {versions}")
+    print(f"run took {out['seconds']:.0f} s")
+
+
+def fmt_spread(sp: Row | None, fmt: Callable[[float], str]) -> str:
+    """median [q1-q3] of a spread()."""
+    if sp is None:
+        return "n/a"
+    return f"{fmt(sp['median'])} [{fmt(sp['q1'])}-{fmt(sp['q3'])}]"
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}x"
+
+
+def fmt_minmax(sp: Row | None) -> str:
+    return "" if sp is None else f"({_x(sp['min'])}-{_x(sp['max'])})"
+
+
+def cells(widths: tuple[int, ...], values: list[str], note: str = "") -> None:
+    """One table line: the first cell left-aligned, the others right-aligned, a space between them."""
+    line = " ".join(
+        f"{v:<{w}}" if i == 0 else f"{v:>{w}}" for i, (w, v) in enumerate(zip(widths, values, strict=True))
+    )
+    print(f"{line}  {note}" if note else line)
+
+
+def print_interleaved(out: Row) -> None:
+    cfg, res, timed = out["config"], out.get("interleaved", {}), out.get("timed", {})
+    print(
+        f"\nprocworks vs peers, interleaved, {out['date']}, {out['machine']}, Python "
+        f"{out['versions']['python']}, {out['workers']} workers each{' (--quick)' if out['quick'] else ''}"
+    )
+    print(
+        f"{cfg['rounds']} rounds, shuffle seed {cfg['seed']}: in each round every pool's turn and the pipe "
+        f"floor in a fresh random order;\na turn: round-trip p50 of {cfg['calls']} sequential add(1, 2), "
+        f"then jobs/s of {cfg['burst']:,} jobs submitted at once."
+    )
+    print("Ratios per round, then median [interquartile range] (min-max) over rounds; > 1: ours is faster\n")
+    ours, floor = res.get("ours"), res.get("floor_p50")
+    if ours:
+        print(
+            f"ours, median [IQR]: round trip p50 {fmt_spread(ours['rt_p50'], fmt_t)} "
+            f"({fmt_spread(ours['rt_over_floor'], _x)} the floor),\n"
+            f"                    jobs/s {fmt_spread(ours['jobs_per_s'], fmt_rate)}"
+        )
+    if floor:
+        print(
+            f"pipe ping-pong floor p50: {fmt_spread(floor, fmt_t)} "
+            f"(min-max {fmt_t(floor['min'])}-{fmt_t(floor['max'])})"
+        )
+    w = (20, 8, 20, 15, 10, 20, 15)
+    print()
+    cells(w, ["peer", "rt p50", "peer/ours rt", "(min-max)", "jobs/s", "ours/peer jobs/s", "(min-max)"])
+    print("-" * (sum(w) + len(w) - 1))
+    peers: Row = res.get("peers", {})
+    for name in POOLS:
+        if name == OURS:
+            continue
+        p = peers.get(name)
+        if p is None:
+            why = res.get("skipped", {}).get(name) or res.get("failed", {}).get(name) or "no rounds"
+            print(f"{name:<{w[0]}} not measured: {why}"[:110])
+            continue
+        rt, rate = p["rt_ratio"], p["jobs_per_s_ratio"]
+        cells(
+            w,
+            [
+                name,
+                fmt_t(p["rt_p50"]["median"]),
+                fmt_spread(rt, _x),
+                fmt_minmax(rt),
+                fmt_rate(p["jobs_per_s"]["median"]),
+                fmt_spread(rate, _x),
+                fmt_minmax(rate),
+            ],
+            f"({p['rounds']} rounds)" if p["rounds"] != cfg["rounds"] else "",
+        )
+    if not ours:
+        print("! procworks has no round: no ratio (see below)")
+    if timed:
+        span = f"{cfg['timed_count']} jobs {cfg['timed_spacing'] * 1e3:g} ms apart"
+        print(f"\ntimed lateness, ours and APScheduler 3 in alternation, one batch each of {span} per round")
+        print(
+            "(median [IQR] over rounds of each batch's figure; APScheduler/ours per round: > 1, ours better)"
+        )
+        tw = (12, 24, 26, 20, 15)
+        cells(tw, ["", "ours", "APScheduler 3", "APScheduler/ours", "(min-max)"])
+        print("-" * (sum(tw) + len(tw) - 1))
+        a = timed["apscheduler"]
+        for stat in ("p50", "p99"):
+            r = timed.get(f"{stat}_ratio")
+            a_val = "missing" if "missing" in a else fmt_spread(a[stat], fmt_t)
+            ours_val = fmt_spread(timed["ours"][stat], fmt_t)
+            cells(tw, [f"lateness {stat}", ours_val, a_val, fmt_spread(r, _x), fmt_minmax(r)])
+        notes = []
+        for who, side in (("ours", timed["ours"]), ("APScheduler", a)):
+            if "missing" not in side:
+                notes.append(
+                    f"{who}: {side['completed']}/{side['expected']} ran, {side['early']} early"
+                    + (f", {side['missed_or_failed']} missed/failed" if side["missed_or_failed"] else "")
+                )
+            for err in side["errors"]:
+                notes.append(f"{who}: {err}")
+        print(f"({'; '.join(notes)})")
+    for name, why in res.get("failed", {}).items():
+        print(f"! {name}: {why}")
+    for name in res.get("close_timed_out", []):
+        print(f"! {name}: close timed out")
     if out.get("leftover_processes"):
         print(f"! leftover processes killed: {out['leftover_processes']}")
     versions = ", ".join(f"{k} {v}" for k, v in out["versions"].items() if k != "python")
