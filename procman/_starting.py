@@ -18,6 +18,7 @@ from ._states import Phase, StopOutcome
 from ._stopping import REAP_BOUND
 
 if TYPE_CHECKING:
+    from ._proc.events import Event
     from ._supervisor import _Slot
 
 
@@ -32,7 +33,7 @@ class Starting:
 
     if TYPE_CHECKING:  # implemented by the other bases of Supervisor; declared for the type checker
 
-        def _to(self, slot: _Slot, phase: Phase) -> None: ...
+        def _to(self, slot: _Slot, phase: Phase, event: Event | None = None) -> None: ...
 
         def _spawn(self, slot: _Slot, phase: Phase = Phase.STARTING) -> None: ...
 

@@ -92,10 +92,14 @@ class Supervisor(Starting, Stopping):
         self.closed = False
         self.stop_all_task: asyncio.Task[StopReport] | None = None
 
-    def _to(self, slot: _Slot, phase: Phase) -> None:
-        """The one place a daemon's phase changes: checked against the table (procman._states)."""
+    def _to(self, slot: _Slot, phase: Phase, event: Event | None = None) -> None:
+        """The one place a daemon's phase changes: checked against the table (procman._states),
+        then the move's event, if it has one of its own (READY, BACKING_OFF, GAVE_UP), emitted.
+        (EXITED, STARTED and STOPPED come with a process's end, start and stop report instead.)"""
         check_move(slot.name, slot.phase, phase)
         slot.phase = phase
+        if event is not None:
+            self.emit(event)
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -209,7 +213,6 @@ class Supervisor(Starting, Stopping):
         elif kind == "ready":
             if slot.phase not in (Phase.STARTING, Phase.RESTARTING):
                 return
-            self._to(slot, Phase.RUNNING)
             slot.ready_at = self.clock()
             if slot.start_timer is not None:
                 slot.start_timer.cancel()
@@ -217,7 +220,8 @@ class Supervisor(Starting, Stopping):
             self._arm_watchdog(slot, child)
             if slot.ready_fut is not None and not slot.ready_fut.done():
                 slot.ready_fut.set_result(None)
-            self.emit(Event(EventKind.READY, slot.name, pid=child.pid, restarts=slot.tracker.restarts))
+            ready = Event(EventKind.READY, slot.name, pid=child.pid, restarts=slot.tracker.restarts)
+            self._to(slot, Phase.RUNNING, ready)
         elif kind == "error":
             slot.pending_error = _wire.rebuild_error(msg)
 
@@ -303,16 +307,14 @@ class Supervisor(Starting, Stopping):
         if decision.verdict is Verdict.RESTART:
             self._schedule_restart(slot, decision.delay)
         elif decision.verdict is Verdict.GIVE_UP:
-            self._to(slot, Phase.GAVE_UP)
-            self.emit(
-                Event(
-                    EventKind.GAVE_UP,
-                    slot.name,
-                    reason=decision.reason,
-                    error=error,
-                    restarts=slot.tracker.restarts,
-                )
+            gave_up = Event(
+                EventKind.GAVE_UP,
+                slot.name,
+                reason=decision.reason,
+                error=error,
+                restarts=slot.tracker.restarts,
             )
+            self._to(slot, Phase.GAVE_UP, gave_up)
         else:
             self._to(slot, Phase.EXITED)
 
@@ -320,9 +322,8 @@ class Supervisor(Starting, Stopping):
         # Always a callback of its own, an immediate restart too (on the loop's next turn): called
         # from _restart's failure path, a direct call would nest one restart in the failure of the
         # last, as deep as the policy allows retries (RecursionError).
-        self._to(slot, Phase.BACKOFF)
-        if delay > 0:
-            self.emit(Event(EventKind.BACKING_OFF, slot.name, delay=delay, restarts=slot.tracker.restarts))
+        backing_off = Event(EventKind.BACKING_OFF, slot.name, delay=delay, restarts=slot.tracker.restarts)
+        self._to(slot, Phase.BACKOFF, backing_off if delay > 0 else None)
         slot.restart_timer = self.loop.call_later(max(0.0, delay), self._restart, slot)
 
     def _restart(self, slot: _Slot) -> None:

@@ -60,7 +60,6 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
@@ -73,80 +72,12 @@ from procman._proc.start import START_METHODS
 
 from .configured import AsyncConfiguredDaemon, ConfiguredDaemon
 from .control import SUN_PATH_MAX
+from .model import Config, DaemonConfig, JobConfig, PoolConfig
 from .tables import TOP, ConfigError, Table, import_ref, show
 from .toml import beyond_limits, parse_toml
 
 MAX_WORKERS = 1024  # a [pool] larger than this runs out of processes or file descriptors
 MAX_MEMORY_MB = float(1 << 30)  # 1 PiB: [pool] max_memory_mb beyond it is a typo
-
-
-@dataclass
-class DaemonConfig:
-    name: str
-    daemon: object  # a Daemon: the factory's product (wrapped for env/cwd) or a CommandDaemon
-    module: str | None  # the factory's module, preloaded in the forkserver
-    restart: RestartPolicy
-    start_timeout: float
-    stop_timeout: float
-    term_timeout: float
-    watchdog: float | None
-    depends_on: tuple[str, ...]
-
-    def options(self) -> dict[str, Any]:
-        """The keyword arguments of Manager.register() for this daemon."""
-        return {
-            "restart": self.restart,
-            "start_timeout": self.start_timeout,
-            "stop_timeout": self.stop_timeout,
-            "term_timeout": self.term_timeout,
-            "watchdog": self.watchdog,
-            "depends_on": self.depends_on,
-        }
-
-
-@dataclass
-class JobConfig:
-    name: str
-    function: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    every: float | None
-    cron: str | None
-    timezone: str | None
-    at: datetime | None
-    timeout: float | None
-    retries: int
-    overlap: str
-    max_instances: int
-
-    @property
-    def trigger(self) -> str:
-        if self.every is not None:
-            return f"every {self.every:g}s"
-        if self.cron is not None:
-            return f"cron {self.cron!r}" + (f" ({self.timezone})" if self.timezone else "")
-        assert self.at is not None
-        return f"at {self.at.isoformat()}"
-
-
-@dataclass
-class PoolConfig:
-    workers: int | None = None
-    start_method: str = "forkserver"
-    max_tasks_per_worker: int | None = None
-    max_memory_mb: float | None = None
-
-
-@dataclass
-class Config:
-    path: Path
-    start_timeout: float = 30.0
-    stop_timeout: float = 30.0
-    start_method: str = "forkserver"
-    socket: Path | None = None
-    daemons: list[DaemonConfig] = field(default_factory=list)
-    pool: PoolConfig | None = None
-    jobs: list[JobConfig] = field(default_factory=list)
 
 
 # -- loading ----------------------------------------------------------------------------------------

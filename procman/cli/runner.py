@@ -23,9 +23,9 @@ from typing import Any
 from procman import AsyncManager, DaemonError, DaemonStatus, ProcmanError, StartError
 from procman._proc.start import preload
 
-from .config import Config, JobConfig
 from .console import Console, ConsoleHandler, short_repr
 from .control import ControlError, ControlServer, config_key, passed_over, runtime_dir, sd_notify
+from .model import Config, JobConfig
 
 EXIT_OK = 0
 EXIT_UNCLEAN = 1
