@@ -822,6 +822,18 @@ def versions() -> dict[str, str]:
     return out
 
 
+def run_header(quick: bool, cfg: Row) -> Row:
+    """What every result file starts with: when, where, with what."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "versions": versions(),
+        "quick": quick,
+        "config": cfg,
+        "workers": WORKERS,
+    }
+
+
 def leftovers() -> list[str]:
     """Our descendants still alive, killed; multiprocessing's forkservers and resource trackers
     (which exit on their own with this process) are listed apart by the caller."""
@@ -877,14 +889,7 @@ def main() -> int:
         "cpu_jobs": 8 if q else 16,
     }
     started = time.perf_counter()
-    out: Row = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "versions": versions(),
-        "quick": q,
-        "config": cfg,
-        "workers": WORKERS,
-    }
+    out = run_header(q, cfg)
     try:
         with stage("pipe floor"):
             out["floor"] = pipe_floor(cfg["rounds"], cfg["warm"])
@@ -943,15 +948,7 @@ def main_interleaved(args: argparse.Namespace) -> int:
         "timed_lead": 0.5,
     }
     started = time.perf_counter()
-    out: Row = {
-        "mode": "interleaved",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "versions": versions(),
-        "quick": q,
-        "config": cfg,
-        "workers": WORKERS,
-    }
+    out = {"mode": "interleaved", **run_header(q, cfg)}
     try:
         out["interleaved"] = interleaved_pools(
             rounds, cfg["calls"], cfg["burst"], cfg["warm"], cfg["floor_pings"], cfg["seed"]
