@@ -1,4 +1,4 @@
-"""The child side: bootstrap of every supervised process and the daemon runner.
+"""The bootstrap every supervised process runs first, and its control channel to the manager.
 
 Order of the bootstrap matters and each step closes a hazard:
 
@@ -10,7 +10,7 @@ Order of the bootstrap matters and each step closes a hazard:
 4. A guard, so that nothing the child started outlives it (still holding its ports when the
    replacement starts) or the manager. Two kinds:
 
-   * a **daemon** gets a *reaper guard* (:func:`_split_off_reaper`): the process the manager started
+   * a **daemon** gets a *reaper guard* (guard.split_off_reaper): the process the manager started
      becomes a child subreaper (``PR_SET_CHILD_SUBREAPER``) and forks; the fork runs the daemon, the
      original stays behind as its guard. A subreaper adopts every orphan below it, so each process
      the daemon ever started stays in the guard's tree, even one that called ``setsid()`` and whose
@@ -19,7 +19,7 @@ Order of the bootstrap matters and each step closes a hazard:
      process below it, reaps them, and only then exits, with the daemon's own status. It reaps
      adopted orphans all along, so none lingers as a zombie. Only a SIGKILL of the guard itself
      (which nothing in procman sends) defeats it; see README "What a daemon leaves behind".
-   * a **worker** keeps the light shell guard (:func:`_start_guard`): it blocks on a pipe that only
+   * a **worker** keeps the light shell guard (guard.start_shell_guard): it blocks on a pipe that only
      the child holds open and, when the child is gone, SIGKILLs the child's process group.
 
 5. A reader thread on the control pipe: a ``stop`` frame asks for a graceful stop; end of file means
@@ -190,7 +190,7 @@ def child_main(
     options: dict[str, Any] | None = None,
 ) -> None:
     """The target of every supervised process: bootstrap, run ``entry``, exit with its code."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver ignores it (see _fsguard)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the forkserver ignores it (see procman._child.fsguard)
     os.environ.pop("_PROCMAN_FORKSERVER_PARENT", None)  # for the forkserver only, not the daemons
     options = dict(options or {})
     authkey = options.pop("authkey", None)
