@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from ._child.boot import heartbeat, in_child
     from ._child.wire import ChildError, describe_exit
     from ._command import CommandDaemon
-    from ._daemon import Daemon
+    from ._daemon import Daemon, check_daemon
+    from ._deps import dependency_cycle
     from ._errors import (
         DaemonError,
         DaemonExited,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         StateError,
     )
     from ._manager import AsyncManager, Manager
+    from ._names import check_name
     from ._policy import Restart, RestartPolicy
     from ._proc.events import Event, EventHook, EventKind, log_event
     from ._signals import run_until_signal
@@ -51,6 +53,9 @@ _HOMES = {
     "describe_exit": "_child.wire",
     "CommandDaemon": "_command",
     "Daemon": "_daemon",
+    "check_daemon": "_daemon",
+    "dependency_cycle": "_deps",
+    "check_name": "_names",
     "DaemonError": "_errors",
     "DaemonExited": "_errors",
     "ManagerClosed": "_errors",
@@ -99,6 +104,9 @@ __all__ = (
     "StateError",
     "StopOutcome",
     "StopReport",
+    "check_daemon",
+    "check_name",
+    "dependency_cycle",
     "describe_exit",
     "heartbeat",
     "in_child",

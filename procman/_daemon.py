@@ -103,6 +103,34 @@ def make_spec(
     return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog, check_depends_on(name, depends_on))
 
 
+def check_daemon(
+    daemon: object,
+    *,
+    restart: RestartPolicy | Restart | str = Restart.ON_FAILURE,
+    start_timeout: float = 30.0,
+    stop_timeout: float = 10.0,
+    term_timeout: float = 5.0,
+    watchdog: float | None = None,
+    depends_on: Iterable[str] = (),
+) -> None:
+    """Check what :meth:`Manager.register` would refuse, without a manager; raise DaemonError if any.
+
+    The same checks, by the same code: the daemon's name and methods, every option, and that the
+    daemon pickles. For a tool that reads daemons from a file and wants every mistake reported
+    before anything starts (the ``procman`` command does). Whether the ``depends_on`` names exist
+    and end somewhere depends on the other daemons: see :func:`dependency_cycle`.
+    """
+    make_spec(
+        daemon,
+        restart=restart,
+        start_timeout=start_timeout,
+        stop_timeout=stop_timeout,
+        term_timeout=term_timeout,
+        watchdog=watchdog,
+        depends_on=depends_on,
+    )
+
+
 def check_depends_on(name: str, depends_on: object) -> tuple[str, ...]:
     """A tuple of daemon names other than ``name``, or a DaemonError saying what is wrong."""
     if isinstance(depends_on, str) or not isinstance(depends_on, Iterable):

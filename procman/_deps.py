@@ -14,8 +14,11 @@ def unknown(graph: Mapping[str, Sequence[str]]) -> list[tuple[str, str]]:
     return [(name, dep) for name, deps in graph.items() for dep in deps if dep not in graph]
 
 
-def find_cycle(graph: Mapping[str, Sequence[str]]) -> list[str]:
+def dependency_cycle(graph: Mapping[str, Sequence[str]]) -> list[str]:
     """A dependency cycle as a path that ends where it began (``a -> b -> a``), or [] if none.
+
+    ``graph`` maps each daemon's name to the names it ``depends_on``; with a cycle, no daemon of it
+    could start first, so :meth:`Manager.start` refuses it.
 
     Dependencies not in the graph are ignored (see :func:`unknown`).
     """

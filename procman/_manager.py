@@ -18,7 +18,8 @@ from ._policy import Restart, RestartPolicy
 from ._proc.events import EventDispatcher, EventHook, log_event
 from ._proc.loop import IOThread
 from ._proc.output import Output, OutputRouter, check_output
-from ._proc.start import START_METHODS, preload, warn_if_fork
+from ._proc.start import START_METHODS, check_preload, warn_if_fork
+from ._proc.start import preload as preload_module
 from ._states import DaemonStatus, StopOutcome, StopReport
 from ._supervisor import Supervisor
 
@@ -52,14 +53,19 @@ class _Base:
         start_method: str = "forkserver",
         on_event: EventHook | None = log_event,
         output: Output = "auto",
+        preload: Iterable[str] = (),
     ) -> None:
         if start_method not in START_METHODS:
             raise ValueError(
                 f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
             )
+        modules = check_preload(preload)
         self.start_method = start_method
         warn_if_fork(start_method)
         check_output(output)
+        if start_method == "forkserver":
+            for module in modules:
+                preload_module(module)
         self._events = EventDispatcher(on_event, "procman-events")
         router = OutputRouter(output, "procman.daemon", "daemon", self._events.emit)
         self._io = IOThread("procman-io")
@@ -141,6 +147,13 @@ class Manager(_Base):
             ``procman.daemon.<name>`` when the host configured logging, else to the host's
             stdout/stderr as ``name | line``), ``"terminal"``, ``"logging"``, or a callable
             ``(name, stream, line)`` run on the event thread.
+        preload: modules the forkserver imports once, before its first child, so that each
+            daemon's process starts with them loaded (``forkserver`` only; the forkserver is
+            shared by the whole host, so this holds for every manager and pool in it). A daemon's
+            own module is preloaded by :meth:`register`; name here what it imports at start.
+
+    Raises:
+        ValueError: an unknown start method or output, or a ``preload`` module that cannot be found.
 
     Example::
 
@@ -184,7 +197,7 @@ class Manager(_Base):
             daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on)
         )
         if self.start_method == "forkserver":
-            preload(type(daemon).__module__)
+            preload_module(type(daemon).__module__)
         self._settled(self._sup.register(spec), spec.start_timeout + MARGIN, "register()")
 
     def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
@@ -295,7 +308,7 @@ class AsyncManager(_Base):
             daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on)
         )
         if self.start_method == "forkserver":
-            preload(type(daemon).__module__)
+            preload_module(type(daemon).__module__)
         await self._settled_async(self._sup.register(spec))
 
     async def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:

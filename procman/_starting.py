@@ -75,7 +75,7 @@ class Starting:
                 f"daemon {name!r} depends on {dep!r}, which is not registered "
                 f"(registered: {known}); register it or drop it from depends_on"
             )
-        cycle = _deps.find_cycle(graph)
+        cycle = _deps.dependency_cycle(graph)
         if cycle:
             raise DaemonError(f"depends_on forms a cycle: {' -> '.join(cycle)}; no daemon could start first")
 

@@ -75,7 +75,7 @@ class Stopping:
         tasks: dict[str, asyncio.Task[StopOutcome]] = {}
         graph = self.graph()
         dependents = _deps.dependents(graph)
-        ordered = not _deps.find_cycle(graph)
+        ordered = not _deps.dependency_cycle(graph)
 
         async def stop_after_dependents(slot: _Slot) -> StopOutcome:
             if ordered:

@@ -28,6 +28,33 @@ class Quick:
         print(f"stopping {self.name}", flush=True)
 
 
+class Rendezvous:
+    """Its start() returns once ``count`` daemons have begun theirs (files in ``where``), or after 20 s.
+
+    Prints ``met NAME K``: how many had begun when it returned. K == count for every daemon proves the
+    starts overlapped, with no wall-clock bound; serial starts would each see fewer.
+    """
+
+    def __init__(self, name: str, where: str, count: int) -> None:
+        self.name = name
+        self.where = where
+        self.count = count
+
+    def start(self) -> None:
+        import os
+
+        open(os.path.join(self.where, self.name), "w").close()
+        deadline = time.monotonic() + 20.0
+        seen = len(os.listdir(self.where))
+        while seen < self.count and time.monotonic() < deadline:
+            time.sleep(0.01)
+            seen = len(os.listdir(self.where))
+        print(f"met {self.name} {seen}", flush=True)
+
+    def stop(self) -> None:
+        pass
+
+
 class FailStart:
     def __init__(self, name: str) -> None:
         self.name = name

@@ -61,8 +61,8 @@ FAULTS: list[tuple[str, str, list[str]]] = [
     ("cron never fires", JOB + 'cron = "0 0 30 2 *"', ["[jobs.j] cron", "never occurs", "never run"]),
     ("every inf", JOB + "every = inf", ["[jobs.j] every", "found inf", "seconds > 0"]),
     ("every 1e308", JOB + "every = 1e308", ["[jobs.j] every", "at most 100 years"]),
-    ("every 1e-10", JOB + "every = 1e-10", ["[jobs.j] every", "at least 0.001 seconds"]),
-    ("every 100us", JOB + 'every = "0.1ms"', ["[jobs.j] every", "at least 0.001 seconds"]),
+    ("every 1e-10", JOB + "every = 1e-10", ["[jobs.j] every", "less than 0.001s"]),
+    ("every 100us", JOB + 'every = "0.1ms"', ["[jobs.j] every", "less than 0.001s"]),
     ("every 200 years", JOB + 'every = "73000d"', ["[jobs.j] every", "at most 100 years"]),
     ("timeout 1e308", JOB + "every = 1\ntimeout = 1e308", ["[jobs.j] timeout", "at most 100 years"]),
     (

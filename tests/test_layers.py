@@ -23,13 +23,14 @@ PROCMAN_NAMES = {
     "AsyncManager", "ChildError", "CommandDaemon", "Daemon", "DaemonError", "DaemonExited", "DaemonState",
     "DaemonStatus", "Event", "EventHook", "EventKind", "ExitInfo", "Manager", "ManagerClosed",
     "OperationTimeout", "ProcmanError", "RemoteTraceback", "Restart", "RestartPolicy", "StartError",
-    "StateError", "StopOutcome", "StopReport", "describe_exit", "heartbeat", "in_child", "log_event",
-    "run_until_signal",
+    "StateError", "StopOutcome", "StopReport", "check_daemon", "check_name", "dependency_cycle",
+    "describe_exit", "heartbeat", "in_child", "log_event", "run_until_signal",
 }  # fmt: skip
 WORKERS_NAMES = {
     "Cron", "Every", "JobFuture", "JobTimeout", "Plan", "Pool", "PoolBroken", "PoolClosed", "PoolEvent",
     "PoolEventKind", "PoolFull", "PoolStats", "Schedule", "ScheduleError", "ScheduleState",
-    "SerializationError", "WorkerCrashed", "WorkersError", "log_pool_event", "plan",
+    "SerializationError", "WorkerCrashed", "WorkersError", "check_job", "log_pool_event", "parse_duration",
+    "plan",
 }  # fmt: skip
 
 
@@ -88,6 +89,16 @@ def test_public_names_are_pinned() -> None:
         procman.Nope  # noqa: B018
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         workers.Nope  # noqa: B018
+
+
+def test_the_command_states_the_libraries_limits_as_they_do() -> None:
+    """What the command keeps of its own (it may not import the libraries' private names) agrees."""
+    from procman._proc.loop import MAX_SECONDS
+    from procman._proc.start import START_METHODS
+    from procman.cli import config, tables
+
+    assert tables.MAX_SECONDS == MAX_SECONDS
+    assert config.START_METHODS == START_METHODS
 
 
 def _child_side_only(loaded: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from daemons import (
     FailStart,
     LastWords,
     Quick,
+    Rendezvous,
     Stubborn,
     WithSocket,
 )
@@ -29,31 +30,21 @@ METHODS = ["forkserver", "fork", "spawn"]
 FAST = RestartPolicy(restart="always", backoff_initial=0.01, max_restarts=3, within=60)
 
 
-def _stamps(caplog: pytest.LogCaptureFixture, word: str) -> dict[str, float]:
-    out = {}
-    for rec in caplog.records:
-        m = re.match(rf"{word} (\S+) ([\d.]+)$", rec.getMessage())
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
-
-
 @pytest.mark.parametrize("method", METHODS)
-def test_ten_slow_starts_run_concurrently(
-    method: str, caplog_all: pytest.LogCaptureFixture, recorder: Recorder
-) -> None:
-    with procman.Manager(start_method=method, on_event=recorder) as m:
+def test_ten_slow_starts_run_concurrently(method: str, tmp_path: Path, recorder: Recorder) -> None:
+    lines: list[str] = []
+    with procman.Manager(
+        start_method=method, on_event=recorder, output=lambda name, stream, line: lines.append(line)
+    ) as m:
         for i in range(10):
-            m.register(Quick(f"slow-{i}", delay=0.3))
-        m.start(timeout=30)
+            m.register(Rendezvous(f"slow-{i}", str(tmp_path), 10))
+        m.start(timeout=60)
         status = m.status()
         assert all(s.state is DaemonState.RUNNING for s in status.values())
         assert len({s.pid for s in status.values()}) == 10
-    begins, ends = _stamps(caplog_all, "start-begin"), _stamps(caplog_all, "start-end")
-    assert len(begins) == len(ends) == 10
-    # Every start() was under way at the same moment: they overlapped rather than queued.
-    # (the stamps prove it without a wall-clock bound, which a busy machine would break)
-    assert max(begins.values()) < min(ends.values())
+    # Every start() returned only once all ten had begun: they overlapped rather than queued.
+    # (a rendezvous proves it without a wall-clock bound, which a busy machine would break)
+    assert sorted(lines) == sorted(f"met slow-{i} 10" for i in range(10))
 
 
 def test_failing_start_stops_the_others_and_reports_the_traceback(recorder: Recorder) -> None:
@@ -394,6 +385,79 @@ def test_bad_input_is_rejected_at_register_and_nothing_else_is_affected(
         status = m.status()
         assert set(status) == {"good"}
         assert status["good"].pid == pid and status["good"].state is DaemonState.RUNNING
+
+
+@pytest.mark.parametrize(("case", "make", "kwargs", "message"), BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
+def test_check_daemon_refuses_what_register_refuses(
+    case: str, make: object, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(procman.DaemonError) as info:
+        procman.check_daemon(make(), **kwargs)  # type: ignore[operator]
+    assert message in str(info.value)
+
+
+def test_check_daemon_check_name_and_dependency_cycle_accept_what_is_right() -> None:
+    assert procman.check_daemon(Quick("web"), restart="always", depends_on=["db"]) is None
+    assert procman.check_name("kafka-consumer") == "kafka-consumer"
+    with pytest.raises(procman.DaemonError, match="invalid daemon name 'Kafka'"):
+        procman.check_name("Kafka")
+    assert procman.dependency_cycle({"web": ["db"], "db": []}) == []
+    assert procman.dependency_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
+    assert procman.dependency_cycle({"a": ["gone"]}) == []  # unknown names are not a cycle
+
+
+PRELOAD_SCRIPT = """
+import os, sys
+import procman
+
+class Report:
+    name = "report"
+    def start(self):
+        print("loaded" if "fractions" in sys.modules else "not-loaded", flush=True)
+    def stop(self):
+        pass
+
+lines = []
+with procman.Manager(preload=sys.argv[1:], output=lambda n, s, line: lines.append(line), on_event=None) as m:
+    m.register(Report())
+    m.start(timeout=60)
+    for _ in range(600):
+        if lines:
+            break
+        import time; time.sleep(0.05)
+print(lines[0] if lines else "no-line")
+"""
+
+
+def test_preload_has_the_forkserver_import_a_module_for_every_daemon(tmp_path: Path) -> None:
+    script = tmp_path / "preload.py"
+    script.write_text(PRELOAD_SCRIPT)
+    import subprocess
+
+    def run(*modules: str) -> str:
+        done = subprocess.run(
+            [sys.executable, str(script), *modules], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    assert run() == "not-loaded"  # the control: nothing else imports fractions
+    assert run("fractions") == "loaded"
+
+
+@pytest.mark.parametrize(
+    ("preload", "message"),
+    [
+        ("fractions", "must be a list of module names"),
+        (["no_such_module_here"], "'no_such_module_here' cannot be found"),
+        (["no_such_pkg.sub"], "'no_such_pkg.sub' cannot be found"),
+        ([""], "must hold module names"),
+        ([3], "must hold module names"),
+    ],
+)
+def test_a_bad_preload_is_refused_at_construction(preload: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        procman.Manager(preload=preload, on_event=None)  # type: ignore[arg-type]
 
 
 def test_duplicate_name_and_negative_call_timeouts() -> None:

@@ -203,6 +203,22 @@ def test_an_unpicklable_result_is_explained_as_a_result(pool: workers.Pool) -> N
     assert "child process" not in message and "inside the job" not in message
 
 
+def test_check_job_refuses_what_submit_refuses_without_a_pool(pool: workers.Pool) -> None:
+    gen = (i for i in range(3))
+    with pytest.raises(workers.SerializationError) as checked:
+        workers.check_job(jobs.take, gen)
+    with pytest.raises(workers.SerializationError) as submitted:
+        pool.submit(jobs.take, gen)
+    assert str(checked.value) == str(submitted.value)
+    assert "positional argument 0" in str(checked.value)
+    with pytest.raises(workers.SerializationError, match="keyword argument 'data'"):
+        workers.check_job(jobs.take, data=gen)
+    with pytest.raises(TypeError, match="is not callable"):
+        workers.check_job(3)  # type: ignore[arg-type]
+    assert workers.check_job(jobs.add, 1, 2) is None
+    assert workers.check_job(lambda x: x + 1, 1) is None  # by value, as submit sends it
+
+
 def test_sigkill_of_an_idle_worker_is_replaced(pool: workers.Pool, events: Events) -> None:
     events.wait(lambda evs: sum(e.kind is PoolEventKind.WORKER_STARTED for e in evs) >= 2)
     assert pool.submit(jobs.add, 1, 2).result(30) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -21,6 +22,23 @@ def test_every_first_time_and_anchor_in_the_past() -> None:
     assert Every(10, start=50.0).first(100.0) == 100.0  # 50 + 5 * 10
     assert Every(10, start=55.0).first(100.0) == 105.0
     assert Every(10, end=105.0).first(100.0) is None
+
+
+@pytest.mark.parametrize(
+    ("interval", "message"),
+    [
+        (0.0005, "every=0.0005 is less than 0.001s"),
+        (0, "every=0 is less than 0.001s"),
+        (-5, "every=-5 is less than 0.001s"),
+        (float("nan"), "every=nan is less than 0.001s"),
+        (1e308, "every=1e+308 is more than 100 years"),
+        (True, "every=True must be a number of seconds"),
+        ("5m", "every='5m' must be a number of seconds"),
+    ],
+)
+def test_every_checks_its_interval_at_construction(interval: object, message: str) -> None:
+    with pytest.raises(ScheduleError, match=re.escape(message)):
+        Every(interval)  # type: ignore[arg-type]
 
 
 def test_plan_on_time_runs_once_and_moves_to_the_next_anchor() -> None:

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from ._futures import JobFuture
     from ._pool import Pool
     from ._schedules import Schedule, ScheduleState
+    from ._serialize import check_job
     from ._stats import PoolStats
-    from ._triggers import Cron, Every, Plan, plan
+    from ._triggers import Cron, Every, Plan, parse_duration, plan
 
 # Each public name and the module it lives in, imported on first use (PEP 562): a child process
 # loads procman._child alone, never the parent side this package's names would pull in.
@@ -57,6 +58,8 @@ _HOMES = {
     "Every": "_triggers",
     "Plan": "_triggers",
     "plan": "_triggers",
+    "parse_duration": "_triggers",
+    "check_job": "_serialize",
 }
 
 __all__ = (
@@ -78,7 +81,9 @@ __all__ = (
     "SerializationError",
     "WorkerCrashed",
     "WorkersError",
+    "check_job",
     "log_pool_event",
+    "parse_duration",
     "plan",
 )
 

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from ._pool import Pool
 
 DEFAULT_MISFIRE_GRACE = 300.0  # seconds; APScheduler's 1 s silently drops runs on a busy host
-MIN_INTERVAL = 0.001  # seconds: the shortest every= of a schedule
 
 
 def make_trigger(
@@ -40,12 +39,7 @@ def make_trigger(
     if every is not None:
         if tz is not None:
             raise ScheduleError("tz= applies to cron= schedules only")
-        interval = to_seconds(every, "every")
-        if interval < MIN_INTERVAL:  # t + interval == t for tiny ones: the timer would spin
-            raise ScheduleError(
-                f"every={every!r} is less than {MIN_INTERVAL}s: a schedule runs at most 1,000 times a second"
-            )
-        trigger = Every(interval, start_t, end_t)
+        trigger = Every(to_seconds(every, "every"), start_t, end_t)  # Every checks the interval
     else:
         assert cron is not None
         trigger = Cron(cron, tz, start_t, end_t)

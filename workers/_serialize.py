@@ -61,6 +61,23 @@ def dumps_job(fn_blob: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     return FN_LEN.pack(len(fn_blob)) + fn_blob + payload
 
 
+def check_job(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Check that the pool could send ``fn(*args, **kwargs)`` to a worker, without a pool.
+
+    The checks :meth:`Pool.submit` and :meth:`Pool.schedule` make, by the same code: that ``fn`` is
+    callable and that it and its arguments pickle. For a tool that reads jobs from a file and wants
+    every mistake reported before anything runs (the ``procman`` command does). Whether the
+    arguments fit ``fn``'s signature is not checked: the pool does not check it either.
+
+    Raises:
+        TypeError: ``fn`` is not callable.
+        SerializationError: ``fn`` or an argument cannot be pickled (the message names it).
+    """
+    if not callable(fn):
+        raise TypeError(f"{fn!r} is not callable")
+    dumps_job(callable_blob(fn), args, kwargs)
+
+
 def _culprit(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, Any]:
     for i, arg in enumerate(args):
         try:

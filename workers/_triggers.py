@@ -133,13 +133,33 @@ def to_seconds(value: timedelta | float | str, what: str, *, positive: bool = Tr
     return seconds
 
 
+MIN_INTERVAL = 0.001  # seconds: the shortest interval of an Every (t + interval == t for tiny ones)
+
+
 @dataclass(frozen=True)
 class Every:
-    """Every ``interval`` seconds, anchored at ``start`` (default: one interval from now)."""
+    """Every ``interval`` seconds, anchored at ``start`` (default: one interval from now).
+
+    Raises:
+        ScheduleError: ``interval`` is under 1 ms (a schedule runs at most 1,000 times a second) or
+            over 100 years (checked at construction).
+    """
 
     interval: float
     start: float | None = None
     end: float | None = None
+
+    def __post_init__(self) -> None:
+        interval = self.interval
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+            raise ScheduleError(f"every={interval!r} must be a number of seconds")
+        if not interval >= MIN_INTERVAL:  # NaN too; t + interval == t for tiny ones: the timer would spin
+            raise ScheduleError(
+                f"every={interval!r} is less than {MIN_INTERVAL}s: "
+                "a schedule runs at most 1,000 times a second"
+            )
+        if interval > MAX_SECONDS:
+            raise ScheduleError(f"every={interval!r} is more than 100 years ({MAX_SECONDS:.0f} seconds)")
 
     def first(self, now: float) -> float | None:
         if self.start is None:

@@ -8,9 +8,11 @@ they unpickle is multiprocess's own, so a child loads only the child side (procm
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import warnings
+from collections.abc import Iterable
 from multiprocessing import process as std_process  # free: dill imports stdlib multiprocessing
 from typing import Any
 
@@ -222,6 +224,26 @@ def _guard_forkserver() -> None:
     modules = list(forkserver._forkserver._preload_modules)
     if "procman._child.fsguard" not in modules:
         ctx.set_forkserver_preload([*modules, "procman._child.fsguard"])
+
+
+def check_preload(modules: Iterable[str]) -> list[str]:
+    """The module names of a ``preload=`` argument, each one found, or a ValueError naming it."""
+    if isinstance(modules, str) or not isinstance(modules, Iterable):
+        raise ValueError(f"preload={modules!r} must be a list of module names, e.g. ['numpy', 'app.web']")
+    names = list(modules)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"preload holds {name!r}; it must hold module names, e.g. 'app.web'")
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent package that is missing, or a relative name
+            found = False
+        if not found:
+            raise ValueError(
+                f"preload module {name!r} cannot be found from this interpreter (sys.path); "
+                "check its spelling or install it"
+            )
+    return names
 
 
 def preload(module: str) -> None:

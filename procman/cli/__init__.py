@@ -9,8 +9,8 @@
 * ``console``  what the daemons and jobs print and the lifecycle events, on the terminal
 * ``control``  the control socket: where it lives, its requests and answers, sd_notify
 
-The rule (import-linter, see pyproject.toml): nothing below imports this package, and it uses the
-public names of procman and workers, with the few exceptions its contract lists.
+The rule (import-linter, see pyproject.toml): nothing below imports this package, and it uses
+only the public names of procman and workers.
 """
 
 from .main import main

@@ -64,11 +64,7 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from procman import DaemonError, Restart, RestartPolicy
-from procman._daemon import make_spec
-from procman._deps import find_cycle
-from procman._names import check_name
-from procman._proc.start import START_METHODS
+from procman import DaemonError, Restart, RestartPolicy, check_daemon, check_name, dependency_cycle
 
 from .configured import AsyncConfiguredDaemon, ConfiguredDaemon
 from .control import SUN_PATH_MAX
@@ -76,6 +72,7 @@ from .model import Config, DaemonConfig, JobConfig, PoolConfig
 from .tables import TOP, ConfigError, Table, import_ref, show
 from .toml import beyond_limits, parse_toml
 
+START_METHODS = ("forkserver", "fork", "spawn")  # what Manager and Pool take (their docstrings)
 MAX_WORKERS = 1024  # a [pool] larger than this runs out of processes or file descriptors
 MAX_MEMORY_MB = float(1 << 30)  # 1 PiB: [pool] max_memory_mb beyond it is a typo
 
@@ -253,7 +250,7 @@ class _Loader:
         )
         t.check_unknown()
         try:  # what register() will check: that it pickles, among the rest
-            make_spec(daemon, **cfg.options())
+            check_daemon(daemon, **cfg.options())
         except DaemonError as exc:
             raise t.fail(None, str(exc)) from None
         return cfg
@@ -326,16 +323,19 @@ class _Loader:
                 f'give exactly one of every = "30s", cron = "*/5 * * * *" or at = 2026-12-01T02:00:00Z '
                 f"(found {found})",
             )
-        from workers._schedules import MIN_INTERVAL
+        from workers import Cron, Every, ScheduleError, check_job
 
-        every = t.seconds("every", None, positive=True, minimum=MIN_INTERVAL)
+        every = t.seconds("every", None, positive=True)
+        if every is not None:
+            try:
+                Every(every)  # checks the interval as Pool.schedule(every=...) will
+            except ScheduleError as exc:
+                raise t.fail("every", str(exc)) from None
         cron = t.string("cron")
         tz = t.string("timezone")
         if tz is not None and cron is None:
             raise t.fail("timezone", "applies to cron schedules only")
         if cron is not None:
-            from workers import Cron, ScheduleError
-
             try:
                 Cron(cron, tz)  # checks the expression field by field, then the time zone
             except ScheduleError as exc:
@@ -360,10 +360,8 @@ class _Loader:
         )
         t.check_unknown()
         self.check_call(t, fn, ref, args, kwargs)
-        from workers._serialize import callable_blob, dumps_job
-
         try:  # what the pool will check at submit time: that the job pickles
-            dumps_job(callable_blob(fn), args, kwargs)
+            check_job(fn, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001
             raise t.fail(None, f"the job cannot be sent to a worker: {exc}") from None
         return job
@@ -415,7 +413,7 @@ class _Loader:
                         f"{self.path}: [daemons.{d.name}] depends_on: found {dep!r}, expected the name of a "
                         f"daemon in this file" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                     )
-        cycle = find_cycle({d.name: d.depends_on for d in cfg.daemons})
+        cycle = dependency_cycle({d.name: d.depends_on for d in cfg.daemons})
         if cycle:
             raise ConfigError(
                 f"{self.path}: [daemons.{cycle[0]}] depends_on: found a cycle "

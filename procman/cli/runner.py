@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from procman import AsyncManager, DaemonError, DaemonStatus, ProcmanError, StartError
-from procman._proc.start import preload
 
 from .console import Console, ConsoleHandler, short_repr
 from .control import ControlError, ControlServer, config_key, passed_over, runtime_dir, sd_notify
@@ -251,12 +250,13 @@ class Runner:
         cfg = self.cfg
         code = EXIT_OK
         manager = self.manager = AsyncManager(
-            start_method=cfg.start_method, on_event=self.console.daemon_event, output=self.console.child_line
+            start_method=cfg.start_method,
+            on_event=self.console.daemon_event,
+            output=self.console.child_line,
+            preload=[d.module for d in cfg.daemons if d.module is not None],
         )
         try:
             for d in cfg.daemons:
-                if d.module is not None and cfg.start_method == "forkserver":
-                    preload(d.module)
                 await manager.register(d.daemon, **d.options())
             if cfg.pool is not None:
                 import workers

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from procman import ProcmanError
-from procman._proc.loop import MAX_SECONDS
 
+MAX_SECONDS = 100 * 365 * 24 * 3600.0  # 100 years: procman's and workers' longest duration (timers overflow)
 SECONDS = '(e.g. 10, 2.5, "30s", "5m", "1h30m", "1d" or "500ms")'
 
 
@@ -142,9 +142,9 @@ class Table:
 def duration(value: object) -> float | None:
     """Seconds from a number or a string such as "90s", "1h30m", "1d", "250ms"; None if neither.
 
-    The same reader as ``Pool.schedule(every=...)``: :func:`workers._triggers.parse_duration`.
+    The same reader as ``Pool.schedule(every=...)``: :func:`workers.parse_duration`.
     """
-    from workers._triggers import parse_duration
+    from workers import parse_duration
 
     return parse_duration(value)
 
