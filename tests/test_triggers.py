@@ -11,7 +11,8 @@ import pytest
 from croniter import croniter
 
 from workers import Cron, Every, ScheduleError, plan
-from workers._triggers import check_cron, parse_duration, to_seconds
+from workers._cron import check_cron
+from workers._triggers import parse_duration, to_seconds
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._cron import Cron
     from ._errors import (
         JobTimeout,
         PoolBroken,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from ._schedules import Schedule, ScheduleState
     from ._serialize import check_job
     from ._stats import PoolStats
-    from ._triggers import Cron, Every, Plan, parse_duration, plan
+    from ._triggers import Every, Plan, parse_duration, plan
 
 # Each public name and the module it lives in, imported on first use (PEP 562): a child process
 # loads procman._child alone, never the parent side this package's names would pull in.
@@ -54,7 +55,7 @@ _HOMES = {
     "Schedule": "_schedules",
     "ScheduleState": "_schedules",
     "log_pool_event": "_events",
-    "Cron": "_triggers",
+    "Cron": "_cron",
     "Every": "_triggers",
     "Plan": "_triggers",
     "plan": "_triggers",

@@ -8,12 +8,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from ._cron import Cron
 from ._errors import PoolClosed, ScheduleError
 from ._events import LazyEvent, PoolEvent, PoolEventKind
 from ._futures import Outcome
 from ._jobs import Job
 from ._state import DispatchState
-from ._triggers import Cron, Every, Trigger, plan, to_epoch, to_seconds
+from ._triggers import Every, Trigger, plan, to_epoch, to_seconds
 
 if TYPE_CHECKING:
     from ._pool import Pool
