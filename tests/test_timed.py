@@ -51,3 +51,18 @@ def test_items_and_clear() -> None:
     assert sorted(q.items()) == ["x", "y"]
     q.clear()
     assert q.items() == [] and q.earliest() is None
+
+
+def test_next_due_is_earliest_as_an_attribute() -> None:
+    q: TimedQueue[int] = TimedQueue()
+    assert q.next_due == float("inf")
+    rng = random.Random(3)
+    for i in range(200):
+        q.push(rng.random(), i)
+        assert q.next_due == q.earliest()
+    for now in (0.25, 0.5, 0.75):
+        for _ in q.pop_due(now):
+            assert q.next_due == (q.earliest() if len(q) else float("inf"))
+        assert q.next_due == q.earliest() and q.next_due > now
+    q.clear()
+    assert q.next_due == float("inf")

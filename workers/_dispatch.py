@@ -217,10 +217,8 @@ class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.timer_at = math.inf
-        due = self.timed.earliest()
-        if due is not None:
-            self.timer_at = due
+        self.timer_at = due = self.timed.next_due  # math.inf when nothing is timed
+        if due < math.inf:
             # uvloop's timers have millisecond resolution and may fire up to 1 ms early or late:
             # aim 1.5 ms ahead, then spin through the loop (I/O still served) until due, so a job
             # never starts early and rarely starts late.
@@ -232,14 +230,16 @@ class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
 
     def on_timer(self) -> None:
         self.timer = None
-        for item in self.timed.pop_due(self.clock()):
-            if isinstance(item, Job):
-                if item.future is None or not item.future.done():
-                    self.queue.append(item)
-            else:
-                sched, generation = item
-                if generation == sched.generation:
-                    self.fire_schedule(sched)
+        timed, now = self.timed, self.clock()
+        if timed.next_due <= now:  # while spinning before a due time, nothing is: no generator
+            for item in timed.pop_due(now):
+                if isinstance(item, Job):
+                    if item.future is None or not item.future.done():
+                        self.queue.append(item)
+                else:
+                    sched, generation = item
+                    if generation == sched.generation:
+                        self.fire_schedule(sched)
         self.arm_timer()
         self.dispatch()
 

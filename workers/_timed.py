@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
@@ -17,16 +18,21 @@ T = TypeVar("T")
 class TimedQueue(Generic[T]):
     """A heap of (due, item); items due at the same time come out in the order they went in."""
 
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_heap", "_seq", "next_due")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, T]] = []
         self._seq = itertools.count()
+        # The earliest due time, math.inf when empty: earliest() as an attribute, for the
+        # dispatcher's spin before a due time, which reads it on every turn of the loop.
+        self.next_due = math.inf
 
     def push(self, due: float, item: T) -> bool:
         """Add ``item``; True if it is now the earliest (the timer must move up)."""
-        heapq.heappush(self._heap, (due, next(self._seq), item))
-        return self._heap[0][2] is item
+        heap = self._heap
+        heapq.heappush(heap, (due, next(self._seq), item))
+        self.next_due = heap[0][0]
+        return heap[0][2] is item
 
     def earliest(self) -> float | None:
         """The earliest due time, or None when empty."""
@@ -36,7 +42,9 @@ class TimedQueue(Generic[T]):
         """Take out, earliest first, every item due at or before ``now``."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            yield heapq.heappop(heap)[2]
+            item = heapq.heappop(heap)[2]
+            self.next_due = heap[0][0] if heap else math.inf
+            yield item
 
     def items(self) -> list[T]:
         """What is in the queue, in no particular order."""
@@ -44,6 +52,7 @@ class TimedQueue(Generic[T]):
 
     def clear(self) -> None:
         self._heap.clear()
+        self.next_due = math.inf
 
     def __len__(self) -> int:
         return len(self._heap)
