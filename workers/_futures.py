@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import pickle
 import threading
-from collections.abc import Callable, Generator
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future
 from concurrent.futures._base import (  # the states are not public; Future itself uses them
     CANCELLED,
@@ -230,3 +233,33 @@ class JobFuture(Future[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         return asyncio.wrap_future(self).__await__()
+
+
+def _result_or_cancel(fut: JobFuture[T], timeout: float | None) -> T:
+    try:
+        return fut.result(timeout)
+    except BaseException:  # timed out or interrupted: that job goes too
+        fut.cancel()
+        raise
+
+
+def results_in_order(
+    pending: deque[JobFuture[T]], more: Iterator[JobFuture[T]] | None, deadline: float | None
+) -> Iterator[T]:
+    """``Executor.map``'s results: in order, each awaited until ``deadline`` (monotonic).
+
+    ``more`` submits the next job as each result is taken (map's ``buffersize``); leaving the
+    iterator early cancels every job not yet taken.
+    """
+    try:
+        while pending:
+            if more is not None:
+                for fut in itertools.islice(more, 1):
+                    pending.append(fut)
+            left = None if deadline is None else deadline - time.monotonic()
+            # No local holds the future or its value while suspended at the yield: the caller's
+            # result is the only reference left to it (as in CPython's map).
+            yield _result_or_cancel(pending.popleft(), left)
+    finally:
+        for fut in pending:
+            fut.cancel()

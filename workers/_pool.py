@@ -37,7 +37,7 @@ from ._errors import (
     ScheduleError,
 )
 from ._events import PoolEvent, log_pool_event
-from ._futures import JobFuture
+from ._futures import JobFuture, results_in_order
 from ._jobs import Job
 from ._lifecycle import Settings
 from ._lifetime import live_pools, release, release_dropped
@@ -49,14 +49,6 @@ from ._triggers import to_epoch, to_seconds
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
-
-
-def _result_or_cancel(fut: JobFuture[T], timeout: float | None) -> T:
-    try:
-        return fut.result(timeout)
-    except BaseException:  # timed out or interrupted: that job goes too
-        fut.cancel()
-        raise
 
 
 def _release_slot(slots: threading.BoundedSemaphore, _fut: object) -> None:
@@ -353,22 +345,8 @@ class Pool(concurrent.futures.Executor):
         calls = zip(*iterables, strict=False)
         ahead = calls if buffersize is None else itertools.islice(calls, buffersize)
         pending = deque(self.submit(fn, *call) for call in ahead)  # submit errors raise here, as stdlib
-
-        def results() -> Iterator[T]:
-            try:
-                while pending:
-                    if buffersize is not None:
-                        for call in itertools.islice(calls, 1):
-                            pending.append(self.submit(fn, *call))
-                    left = None if deadline is None else deadline - time.monotonic()
-                    # No local holds the future or its value while suspended at the yield: the
-                    # caller's result is the only reference left to it (as in CPython's map).
-                    yield _result_or_cancel(pending.popleft(), left)
-            finally:
-                for fut in pending:
-                    fut.cancel()
-
-        return results()
+        more = None if buffersize is None else (self.submit(fn, *call) for call in calls)
+        return results_in_order(pending, more, deadline)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
