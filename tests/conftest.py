@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copyreg
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from daemons import Quick
@@ -52,6 +57,7 @@ def no_leaks() -> Iterator[None]:
         helpers = _helper_pids()
         leaked = descendants([me]) - helpers
         leaked |= descendants(helpers)
+        leaked -= _SIDECARS | descendants(_SIDECARS)  # the tests' Dask cluster and its workers
         extra_threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
         fds = _fds()
         if not leaked and not extra_threads and fds <= fds_before:
@@ -89,3 +95,86 @@ def recorder() -> Recorder:
 def caplog_all(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO)
     return caplog
+
+
+# -- a Dask cluster for the tests of the Dask backend ------------------------------------------------
+
+_SIDECARS: set[int] = set()  # processes the session keeps for all its tests (not leaks)
+DASK_WORKERS = 2
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str | None]:
+    """A 2-worker LocalCluster in a process of its own (tests/dask_host.py), for the whole session;
+    None where Dask distributed is not installed (the Dask tests then skip, saying so).
+
+    Made before any test that needs it (and so before that test's leak check): a pool on it is
+    started and shut down once here, so that what Dask keeps for the process (its threads, its
+    imports) is there before the first test counts.
+    """
+    # Importing distributed installs tblib's reducers for every exception class and for tracebacks
+    # (copyreg), in the whole process: exceptions that could not be unpickled then can. The rest of
+    # the suite tests pickling as a process without Dask sees it, so the table is put back.
+    saved = dict(copyreg.dispatch_table)
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        yield None
+        return
+    finally:
+        copyreg.dispatch_table.clear()
+        copyreg.dispatch_table.update(saved)
+    import workers
+
+    host = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("dask_host.py")), str(DASK_WORKERS)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    _SIDECARS.add(host.pid)
+    try:
+        assert host.stdout is not None
+        address = host.stdout.readline().strip()  # bounded: the host exits if it cannot start
+        assert address.startswith("tcp://"), f"the test Dask cluster did not start (said {address!r})"
+        with workers.Pool(backend=workers.DaskBackend(address), on_event=None) as pool:
+            assert pool.submit(abs, -1).result(60) == 1
+        yield address
+    finally:
+        assert host.stdin is not None
+        host.stdin.close()
+        try:
+            host.wait(30)
+        except subprocess.TimeoutExpired:
+            host.kill()
+            host.wait(10)
+        _SIDECARS.discard(host.pid)
+
+
+BACKENDS = ["local", "dask"]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_pool(request: pytest.FixtureRequest, dask_address: str | None) -> Iterator[Callable[..., Any]]:
+    """``make_pool(max_workers, **options)``: a workers.Pool on each backend in turn, shut down
+    after the test."""
+    import workers
+
+    backend = None
+    if request.param == "dask":
+        if dask_address is None:
+            pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
+        backend = workers.DaskBackend(dask_address)
+    made: list[workers.Pool] = []
+
+    def make(max_workers: int | None = 2, **options: Any) -> workers.Pool:
+        options.setdefault("on_event", None)
+        pool = workers.Pool(max_workers, backend=backend, **options)
+        made.append(pool)
+        return pool
+
+    yield make
+    for pool in made:
+        pool.shutdown(wait=False, cancel_futures=True)
+    for pool in made:
+        pool.shutdown(timeout=30)

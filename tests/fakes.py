@@ -20,7 +20,7 @@ from typing import Any
 
 from procman._child import pickling
 from procman._child.worker_loop import ERROR, OK, OK_PLAIN
-from workers._backend import WorkerReports
+from workers._backend import BackendReports, WorkerReports
 
 
 class FakeHandle:
@@ -109,6 +109,10 @@ class FakeWorker:
     def alive(self) -> bool:
         return self.alive_
 
+    @property
+    def label(self) -> str:
+        return f"pid {self._pid}"
+
     def send(self, frames: Sequence[bytes]) -> None:
         assert self.alive_, "a frame sent to a dead worker"
         self.inbox.extend(int(f) for f in frames)
@@ -178,26 +182,33 @@ class FakeWorker:
         self.reports.start_error(error, stage)
         self.exit(code)
 
-    def exit(self, code: int) -> None:
-        """The process ends with ``code`` (negative: the signal)."""
+    def exit(self, code: int, reason: str | None = None) -> None:
+        """The process ends with ``code`` (negative: the signal), or for ``reason``."""
         assert self.alive_
         self.alive_ = False
-        self.reports.exited(code, self.mark)
+        self.reports.exited(code, self.mark, reason)
 
 
 class FakeBackend:
     """A WorkerBackend whose workers are FakeWorkers; frames are the tickets, as text."""
 
-    def __init__(self, loop: FakeLoop, *, can_recall: bool = True, fail_starts: int = 0) -> None:
+    def __init__(
+        self, loop: FakeLoop, *, can_recall: bool = True, fail_starts: int = 0, prefetch: bool = True
+    ) -> None:
         self.loop = loop
         self.can_recall = can_recall
+        self.prefetch = prefetch
+        self.reports: BackendReports | None = None
         self.fail_starts = fail_starts  # this many start() calls raise OSError first
         self.started: list[FakeWorker] = []
         self.closed = False
         self._pids = itertools.count(50_000)
 
-    def frame(self, ticket: int, due: float, blob: bytes) -> bytes:
+    def frame(self, ticket: int, due: float, blob: bytes, name: str) -> bytes:
         return b"%d" % ticket
+
+    def begin(self, reports: BackendReports) -> None:
+        self.reports = reports  # the test reports the capacity: rig.backend.reports.capacity(n)
 
     def start(self, index: int, reports: WorkerReports) -> FakeWorker:
         if self.fail_starts > 0:
@@ -206,6 +217,9 @@ class FakeBackend:
         worker = FakeWorker(self, index, reports, next(self._pids))
         self.started.append(worker)
         return worker
+
+    async def wind_down(self) -> None:
+        pass
 
     def close(self) -> None:
         self.closed = True

@@ -63,7 +63,9 @@ def make_rig(
     router = OutputRouter(lambda *line: lines.append(line), "workers.job", "job", dispatcher.emit)
     settings = Settings(init_name="init", max_tasks_per_worker=max_tasks, max_memory_mb=None)
     core = Core(settings, loop, dispatcher, router, backend, clock=loop.clock)  # type: ignore[arg-type]
-    core.spawn_workers(workers)
+    core.backend.begin(core)
+    assert backend.reports is not None
+    backend.reports.capacity(workers)
     return Rig(loop, backend, core, dispatcher, events, lines)
 
 

@@ -72,8 +72,9 @@ def gate(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def pool(tmp_path: Path) -> Iterator[workers.Pool]:
-    p = workers.Pool(2, on_event=None)
+def pool(tmp_path: Path, make_pool: Callable[..., workers.Pool]) -> Iterator[workers.Pool]:
+    """A 2-worker pool, on local processes and on a Dask cluster in turn (conftest.make_pool)."""
+    p = make_pool(2)
     try:
         yield p
     finally:
@@ -273,8 +274,8 @@ def test_submit_after_shutdown_raises_runtime_error(pool: workers.Pool) -> None:
         pool.submit_after(1, pow, 2, 5)
 
 
-def test_shutdown_twice_in_any_mode_is_harmless() -> None:
-    pool = workers.Pool(1, on_event=None)
+def test_shutdown_twice_in_any_mode_is_harmless(make_pool: Callable[..., workers.Pool]) -> None:
+    pool = make_pool(1)
     fut = pool.submit(jobs.add, 1, 2)
     pool.shutdown()
     pool.shutdown()
@@ -283,24 +284,26 @@ def test_shutdown_twice_in_any_mode_is_harmless() -> None:
     assert fut.result(0) == 3
 
 
-def test_shutdown_waits_for_every_queued_job() -> None:
+def test_shutdown_waits_for_every_queued_job(make_pool: Callable[..., workers.Pool]) -> None:
     # CPython's test_hang_issue12364: far more jobs than workers, then shutdown().
-    pool = workers.Pool(2, on_event=None)
+    pool = make_pool(2)
     futs = [pool.submit(jobs.sleep, 0.01) for _ in range(50)]
     pool.shutdown()
     assert [f.result(0) for f in futs] == [0.01] * 50
 
 
-def test_shutdown_with_more_queued_jobs_than_workers_from_map() -> None:
+def test_shutdown_with_more_queued_jobs_than_workers_from_map(make_pool: Callable[..., workers.Pool]) -> None:
     # CPython's test_shutdown_race_issue12456.
-    pool = workers.Pool(2, on_event=None)
+    pool = make_pool(2)
     results = pool.map(str, [2] * 3)
     pool.shutdown()
     assert list(results) == ["2"] * 3
 
 
-def test_shutdown_without_wait_returns_and_pending_jobs_still_complete(gate: Path) -> None:
-    pool = workers.Pool(1, on_event=None)
+def test_shutdown_without_wait_returns_and_pending_jobs_still_complete(
+    gate: Path, make_pool: Callable[..., workers.Pool]
+) -> None:
+    pool = make_pool(1)
     try:
         running = pool.submit(jobs.wait_for_path, str(gate))
         queued = [pool.submit(jobs.add, i, 1) for i in range(5)]
@@ -318,10 +321,10 @@ def test_shutdown_without_wait_returns_and_pending_jobs_still_complete(gate: Pat
 
 @pytest.mark.parametrize("wait_for_jobs", [True, False], ids=["wait", "no-wait"])
 def test_shutdown_with_cancel_futures_cancels_the_pending_jobs_only(
-    wait_for_jobs: bool, gate: Path, tmp_path: Path
+    wait_for_jobs: bool, gate: Path, tmp_path: Path, make_pool: Callable[..., workers.Pool]
 ) -> None:
     log = tmp_path / "ran"
-    pool = workers.Pool(1, on_event=None)
+    pool = make_pool(1)
     try:
         running = pool.submit(jobs.wait_for_path, str(gate))
         wait_until(running.running, what="the first job to reach the worker")
@@ -363,9 +366,9 @@ def test_shutdown_with_cancel_futures_cancels_the_pending_jobs_only(
 
 
 @pytest.mark.timeout(60)
-def test_shutdown_right_after_cancelling_a_fresh_job_returns() -> None:
+def test_shutdown_right_after_cancelling_a_fresh_job_returns(make_pool: Callable[..., workers.Pool]) -> None:
     # CPython's test_hang_gh94440 (a shutdown that hung on a just-cancelled future).
-    pool = workers.Pool(1, on_event=None)
+    pool = make_pool(1)
     assert pool.submit(int).result(30) == 0
     fut = pool.submit(int)
     fut.cancel()
@@ -373,15 +376,15 @@ def test_shutdown_right_after_cancelling_a_fresh_job_returns() -> None:
     assert fut.done()
 
 
-def test_the_context_manager_gives_the_pool_and_shuts_it_down() -> None:
-    with workers.Pool(2, on_event=None) as pool:
+def test_the_context_manager_gives_the_pool_and_shuts_it_down(make_pool: Callable[..., workers.Pool]) -> None:
+    with make_pool(2) as pool:
         assert isinstance(pool, workers.Pool)
         assert list(pool.map(abs, range(-5, 5))) == [5, 4, 3, 2, 1, 0, 1, 2, 3, 4]
         last = pool.submit(jobs.sleep, 0.05)
     assert last.done()  # leaving the block waited for it
     with pytest.raises(RuntimeError):
         pool.submit(abs, 1)
-    with pytest.raises(KeyError), workers.Pool(1, on_event=None) as other:  # an error in the block
+    with pytest.raises(KeyError), make_pool(1) as other:  # an error in the block
         inside = other.submit(jobs.add, 1, 1)
         raise KeyError("in the block")
     assert inside.result(0) == 2  # shut down (waiting) before the error went on
@@ -573,8 +576,8 @@ def test_as_completed_yields_a_repeated_future_once(pool: workers.Pool) -> None:
 # -- the Future API ----------------------------------------------------------------------------
 
 
-def test_future_states_from_pending_to_finished(gate: Path) -> None:
-    with workers.Pool(1, on_event=None) as pool:  # one worker: the second job has to wait
+def test_future_states_from_pending_to_finished(gate: Path, make_pool: Callable[..., workers.Pool]) -> None:
+    with make_pool(1) as pool:  # one worker: the second job has to wait
         try:
             running = pool.submit(jobs.wait_for_path, str(gate))
             # A job with a timeout is never held behind another one: it waits in the queue, PENDING.
@@ -600,9 +603,11 @@ def test_future_states_from_pending_to_finished(gate: Path) -> None:
         assert re.fullmatch(r"<JobFuture at 0x[0-9a-f]+ state=finished raised KeyError>", repr(failed))
 
 
-def test_cancel_a_pending_job_but_not_a_finished_one(gate: Path, tmp_path: Path) -> None:
+def test_cancel_a_pending_job_but_not_a_finished_one(
+    gate: Path, tmp_path: Path, make_pool: Callable[..., workers.Pool]
+) -> None:
     log = tmp_path / "ran"
-    with workers.Pool(1, on_event=None) as pool:
+    with make_pool(1) as pool:
         try:
             blocker = pool.submit(jobs.wait_for_path, str(gate))
             pending = pool.submit_job(jobs.record, (str(log), 1), timeout=60)  # never held: PENDING

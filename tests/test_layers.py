@@ -27,7 +27,8 @@ PROCMAN_NAMES = {
     "describe_exit", "heartbeat", "in_child", "log_event", "run_until_signal",
 }  # fmt: skip
 WORKERS_NAMES = {
-    "Cron", "Every", "JobFuture", "JobTimeout", "Plan", "Pool", "PoolBroken", "PoolClosed", "PoolEvent",
+    "Cron", "DaskBackend", "DaskBackendError", "Every", "JobFuture", "JobTimeout", "Plan", "Pool",
+    "PoolBroken", "PoolClosed", "PoolEvent",
     "PoolEventKind", "PoolFull", "PoolStats", "Schedule", "ScheduleError", "ScheduleState",
     "SerializationError", "WorkerCrashed", "WorkersError", "check_job", "log_pool_event", "parse_duration",
     "plan",

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._cron import Cron
+    from ._dask import DaskBackend
     from ._errors import (
+        DaskBackendError,
         JobTimeout,
         PoolBroken,
         PoolClosed,
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 # Each public name and the module it lives in, imported on first use (PEP 562): a child process
 # loads procman._child alone, never the parent side this package's names would pull in.
 _HOMES = {
+    "DaskBackend": "_dask",
+    "DaskBackendError": "_errors",
     "JobTimeout": "_errors",
     "PoolBroken": "_errors",
     "PoolClosed": "_errors",
@@ -65,6 +69,8 @@ _HOMES = {
 
 __all__ = (
     "Cron",
+    "DaskBackend",
+    "DaskBackendError",
     "Every",
     "JobFuture",
     "JobTimeout",

@@ -2,7 +2,7 @@
 
 A backend starts workers; a worker takes job frames and reports back through the dispatcher's
 :class:`WorkerReports`. Local processes (workers._local) are one backend, the fake of the tests
-(tests/fakes.py) another; a Dask backend plugs in here too. The dispatcher (workers._dispatch)
+(tests/fakes.py) another, a Dask cluster (workers._dask) the third. The dispatcher (workers._dispatch)
 knows nothing else of a worker: not its pipes, not its wire format, not how it was started.
 
 Every method and report runs on the pool's I/O loop, except :meth:`WorkerHandle.send_now`, which
@@ -42,10 +42,11 @@ class WorkerReports(Protocol):
     def recalled(self, tickets: Iterable[int]) -> None:
         """The jobs it gave back, unstarted, after :meth:`WorkerHandle.recall`."""
 
-    def exited(self, code: int, started: int | None) -> None:
+    def exited(self, code: int, started: int | None, reason: str | None = None) -> None:
         """The worker is gone: its exit ``code`` (procman's decoding) and its StartedBoard mark:
         ``ticket << 1`` while it was loading that job, ``| 1`` once the job's code ran, None if
-        nothing was ever taken (see procman._child.worker_loop.StartedBoard)."""
+        nothing was ever taken (see procman._child.worker_loop.StartedBoard). ``reason`` says
+        how it ended when the exit code cannot (a Dask worker's)."""
 
 
 class WorkerHandle(Protocol):
@@ -56,6 +57,10 @@ class WorkerHandle(Protocol):
 
     @property
     def alive(self) -> bool: ...
+
+    @property
+    def label(self) -> str:
+        """Where it runs, for messages: ``pid 1234``, ``Dask worker tcp://10.0.0.5:40331``."""
 
     def send(self, frames: Sequence[bytes]) -> None:
         """Hand it job frames (:meth:`WorkerBackend.frame`), in the order it is to run them."""
@@ -76,16 +81,33 @@ class WorkerHandle(Protocol):
         """Kill it and release everything without waiting (the loop is ending)."""
 
 
+class BackendReports(Protocol):
+    """What a backend tells the dispatcher of itself."""
+
+    def capacity(self, n: int) -> None:
+        """It can run ``n`` jobs at once from now on: the dispatcher keeps that many workers."""
+
+    def lost(self, error: BaseException) -> None:
+        """It can run nothing any more (its cluster is gone): the pool is broken with ``error``."""
+
+
 class WorkerBackend(Protocol):
     """Starts a pool's workers."""
 
     can_recall: bool  # workers hand back jobs held behind a long one (see Core.rebalance)
+    prefetch: bool  # a worker may be handed jobs to hold behind its running one (see HandAhead)
 
-    def frame(self, ticket: int, due: float, blob: bytes) -> bytes:
+    def frame(self, ticket: int, due: float, blob: bytes, name: str) -> bytes:
         """One job for the wire, under a ticket unique to this hand-off."""
+
+    def begin(self, reports: BackendReports) -> None:
+        """On the loop, once the dispatcher is made: report the capacity, now and as it changes."""
 
     def start(self, index: int, reports: WorkerReports) -> WorkerHandle:
         """Start worker number ``index`` (1..max_workers); raises OSError and the like if it can't."""
 
+    async def wind_down(self) -> None:
+        """The last step of shutdown on the loop, once every worker exited (bounded)."""
+
     def close(self) -> None:
-        """Release what the workers shared, once the pool is done."""
+        """Release what the workers shared, once the pool is done (the loop has ended)."""

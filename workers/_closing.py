@@ -8,15 +8,11 @@ caller waits; then idle workers get a stop message, busy ones are killed, and no
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from ._errors import PoolClosed
 from ._jobs import Job
 from ._state import DispatchState
 from ._stats import PoolStats
-
-if TYPE_CHECKING:
-    pass
 
 
 class Closing(DispatchState):
@@ -90,6 +86,7 @@ class Closing(DispatchState):
         self.idle.clear()
         self.retiring.clear()
         self.drain_inbox()  # a submit that raced with shutdown: fail it, never leave it hanging
+        await self.backend.wind_down()  # a Dask client closes, a local cluster stops
 
     def stats(self) -> PoolStats:
         lat = sorted(self.lateness)

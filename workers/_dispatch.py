@@ -129,7 +129,9 @@ class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
         self.lateness: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.run_avg: float | None = None  # moving average of a job's run time in the worker
-        self.recycling = settings.max_tasks_per_worker is not None or settings.max_memory_mb is not None
+        recycling = settings.max_tasks_per_worker is not None or settings.max_memory_mb is not None
+        self.hand_ahead = backend.prefetch and not recycling  # see HandAhead.prefetch_depth
+        self.target = 0  # workers to keep: the backend's capacity (see WorkerLifecycle.capacity)
         self.prefetch_soon = False
         self.rebalance_timer: asyncio.TimerHandle | None = None
         # Guards handing a job to an idle worker, which submit() may do from the caller's thread
@@ -175,6 +177,8 @@ class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
             if not self.prefetch_soon and self.queue:
                 self.prefetch_soon = True
                 self.loop.call_soon(self.deferred_prefetch)
+        elif len(self.workers) > self.target:  # the backend shrank (a Dask cluster lost workers)
+            self.drop(w)
         else:
             if w.state is WState.BUSY:
                 w.state = WState.IDLE
@@ -314,7 +318,7 @@ class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
     def frame(self, job: Job) -> bytes:
         """The job's frame for one hand-off, under a new ticket (see StartedBoard)."""
         job.ticket = ticket = next(self.tickets)
-        return self.backend.frame(ticket, job.due, job.blob)
+        return self.backend.frame(ticket, job.due, job.blob, job.name)
 
     def dispatch(self) -> None:
         with self.lock:
@@ -442,5 +446,5 @@ class WorkerLink:
     def recalled(self, tickets: Iterable[int]) -> None:
         self.core.on_recalled(self.worker, tickets)
 
-    def exited(self, code: int, started: int | None) -> None:
-        self.core.on_exit(self.worker, code, started)
+    def exited(self, code: int, started: int | None, reason: str | None = None) -> None:
+        self.core.on_exit(self.worker, code, started, reason)

@@ -39,6 +39,10 @@ class JobTimeout(WorkersError, TimeoutError):
     """The job did not finish within its timeout; its worker was killed and replaced."""
 
 
+class DaskBackendError(WorkersError, RuntimeError):
+    """A pool cannot run on this Dask cluster, or Dask could not run a job; the message says why."""
+
+
 class SerializationError(WorkersError, TypeError):
     """A job, or a job's result, could not be pickled (neither by pickle nor by dill)."""
 

@@ -82,10 +82,11 @@ class HandAhead(DispatchState):
 
         Prefetching keeps a worker busy while its results travel back, which is what moves small
         jobs fast; a job held behind another waits at most about PREFETCH_WINDOW for it. Pools that
-        recycle workers never prefetch, so a retiring worker holds nothing but its last job.
+        recycle workers never prefetch, so a retiring worker holds nothing but its last job, and nor
+        do backends that cannot (a Dask cluster).
         """
         avg = self.run_avg
-        if avg is None or avg >= PREFETCH_WINDOW or self.recycling:
+        if avg is None or avg >= PREFETCH_WINDOW or not self.hand_ahead:
             return 1
         return 1 + min(PREFETCH_MAX, int(PREFETCH_WINDOW / max(avg, 1e-6)))
 

@@ -15,7 +15,6 @@ import signal
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
 from procman._child import wire as _wire
 
@@ -25,9 +24,6 @@ from ._events import PoolEvent, PoolEventKind
 from ._futures import Outcome
 from ._jobs import Job
 from ._state import DispatchState
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("workers")
 
@@ -98,12 +94,44 @@ class Settings:
 class WorkerLifecycle(DispatchState):
     """Starting, retiring and replacing workers (see the module docstring)."""
 
-    def spawn_workers(self, n: int) -> None:
-        for _ in range(n):
+    def capacity(self, n: int) -> None:
+        """The backend can run ``n`` jobs at once (BackendReports): keep that many workers.
+
+        Fixed for local processes; a Dask cluster's follows its threads. Above it, idle workers
+        stop now and busy ones once their job is done.
+        """
+        self.target = n
+        for _ in range(n - len(self.workers)):
             self.spawn_worker()
+        excess = len(self.workers) - n
+        while excess > 0:
+            with self.lock:
+                w = self.idle.pop() if self.idle else None
+            if w is None:
+                break
+            self.drop(w)
+            excess -= 1
+        self.dispatch()
+
+    def lost(self, error: BaseException) -> None:
+        """The backend can run nothing any more (BackendReports): the pool is broken."""
+        if self.broken is None and not self.closing:
+            broken = PoolBroken(str(error))
+            broken.__cause__ = error
+            self.break_pool(broken)
+
+    def drop(self, w: Worker) -> None:
+        """Stop a worker the backend no longer has room for (no replacement)."""
+        w.state = WState.RETIRING
+        self.workers.discard(w)
+        self.retiring.add(w)
+        handle = w.handle
+        assert handle is not None
+        handle.stop()
+        w.stop_timer = self.loop.call_later(STOP_GRACE, handle.kill)
 
     def spawn_worker(self) -> None:
-        if self.closing or self.broken is not None:
+        if self.closing or self.broken is not None or len(self.workers) >= self.target:
             return
         w = Worker()
         used = {x.index for x in self.workers} | {x.index for x in self.retiring}
@@ -134,22 +162,19 @@ class WorkerLifecycle(DispatchState):
     def on_ready(self, w: Worker) -> None:
         if w.state is WState.STARTING:
             self.init_failures = self.outside_kills = 0
+            if len(self.workers) > self.target:
+                self.drop(w)
+                return
             w.state = WState.IDLE
             self.idle.append(w)
             self.dispatch()
 
     def retire(self, w: Worker, reason: str) -> None:
-        w.state = WState.RETIRING
-        self.workers.discard(w)
-        self.retiring.add(w)
-        handle = w.handle
-        assert handle is not None
-        handle.stop()
-        w.stop_timer = self.loop.call_later(STOP_GRACE, handle.kill)
-        self.events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=handle.pid, reason=reason))
+        self.drop(w)
+        self.events.emit(PoolEvent(PoolEventKind.WORKER_RECYCLED, pid=w.pid, reason=reason))
         self.spawn_worker()
 
-    def on_exit(self, w: Worker, code: int, started: int | None) -> None:
+    def on_exit(self, w: Worker, code: int, started: int | None, why: str | None = None) -> None:
         for timer in (w.timer, w.stop_timer):
             if timer is not None:
                 timer.cancel()
@@ -161,6 +186,7 @@ class WorkerLifecycle(DispatchState):
                 self.idle.remove(w)
         w.recalling = False
         pid = w.pid
+        label = w.handle.label if w.handle is not None else "not started"
         # Only the job whose code the worker started dies with it. The first job in hand may never
         # have been read (written to a worker killed meanwhile) or been loading; the ones held
         # behind never ran. Those go back in line (see StartedBoard).
@@ -177,7 +203,7 @@ class WorkerLifecycle(DispatchState):
                     loading = True
         while w.jobs:  # never started: first in line again, in order
             self.requeue(w.jobs.pop())
-        reason = _wire.describe_exit(code)
+        reason = why or _wire.describe_exit(code)
         if was is WState.RETIRING or (self.closing and job is None):
             self.dispatch()
             return
@@ -210,12 +236,14 @@ class WorkerLifecycle(DispatchState):
             else:
                 self.counts["crashed"] += 1
                 doing = "loading" if loading else "running"
+                hint = "" if why else crash_hint(code)
                 err = WorkerCrashed(
-                    f"the worker (pid {pid}) {doing} job {job.name!r} died: {reason}"
-                    + (" (twice in a row while unpickling its arguments)" if loading else crash_hint(code)),
-                    code,
+                    f"the worker ({label}) {doing} job {job.name!r} died: {reason}"
+                    + (" (twice in a row while unpickling its arguments)" if loading else hint),
+                    None if why else code,
                 )
-                self.events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, pid, reason))
+                event_reason = reason if pid is not None else f"{label}: {reason}"
+                self.events.emit(PoolEvent(PoolEventKind.WORKER_CRASHED, job.name, pid, event_reason))
                 self.job_failed(job, err)
         else:
             self.events.emit(PoolEvent(PoolEventKind.WORKER_EXITED, pid=pid, reason=f"idle: {reason}"))

@@ -28,7 +28,7 @@ from procman._child.worker_loop import (
 )
 from procman._proc.child import Child
 
-from ._backend import WorkerReports
+from ._backend import BackendReports, WorkerReports
 
 
 class LocalWorker:
@@ -48,6 +48,10 @@ class LocalWorker:
     @property
     def alive(self) -> bool:
         return self.child is not None and self.child.alive
+
+    @property
+    def label(self) -> str:
+        return f"pid {self.pid}"
 
     def send(self, frames: Sequence[bytes]) -> None:
         assert self.child is not None
@@ -125,6 +129,7 @@ class LocalBackend:
         init: InitCall | None,
         measure_rss: bool,
         can_recall: bool,
+        max_workers: int,
     ) -> None:
         self.loop = loop
         self.name = name
@@ -132,10 +137,16 @@ class LocalBackend:
         self.init = init
         self.measure_rss = measure_rss
         self.can_recall = can_recall  # a pool that recycles workers never hands jobs ahead
+        self.max_workers = max_workers
         self.board = StartedBoard()
 
-    def frame(self, ticket: int, due: float, blob: bytes) -> bytes:
+    prefetch = True
+
+    def frame(self, ticket: int, due: float, blob: bytes, name: str) -> bytes:
         return job_frame(ticket, due, blob)
+
+    def begin(self, reports: BackendReports) -> None:
+        reports.capacity(self.max_workers)
 
     def start(self, index: int, reports: WorkerReports) -> LocalWorker:
         board = self.board
@@ -178,6 +189,9 @@ class LocalBackend:
                 os.close(recall_r)
         worker.child = child
         return worker
+
+    async def wind_down(self) -> None:
+        pass
 
     def close(self) -> None:
         self.board.close()

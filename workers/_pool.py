@@ -28,7 +28,10 @@ from procman._proc.loop import IOThread
 from procman._proc.output import Output, OutputRouter, check_output
 from procman._proc.start import START_METHODS, warn_if_fork
 
+from ._backend import WorkerBackend
 from ._checks import check_count, check_seconds, default_workers, job_name
+from ._dask import DaskBackend, check_dask_options
+from ._dask_workers import connect_dask
 from ._dispatch import Core
 from ._errors import (
     PoolBroken,
@@ -81,6 +84,10 @@ class Pool(concurrent.futures.Executor):
             stdout/stderr as ``name | line``), ``"terminal"``, ``"logging"``, or a callable
             ``(name, stream, line)`` run on the event thread.
         name: the pool's name in the workers' process titles (``procman: worker 2 (pool)``).
+        backend: None (default) for worker processes of this machine, or a
+            :class:`workers.DaskBackend` to run the jobs on a Dask cluster; then ``max_workers``
+            (default None: all of them) caps the cluster's threads this pool uses, and
+            ``initializer``, ``max_tasks_per_worker`` and ``max_memory_mb`` are refused.
     """
 
     def __init__(
@@ -101,11 +108,14 @@ class Pool(concurrent.futures.Executor):
         on_event: Callable[[PoolEvent], None] | None = log_pool_event,
         output: Output = "auto",
         name: str = "pool",
+        backend: DaskBackend | None = None,
     ) -> None:
-        if max_workers is None:
+        if backend is not None:
+            check_dask_options(backend, initializer, max_tasks_per_worker, max_memory_mb)
+        elif max_workers is None:
             max_workers = default_workers()
-        check_count("max_workers", max_workers, minimum=1, allow_none=False)
-        self.max_workers: int = max_workers
+        check_count("max_workers", max_workers, minimum=1, allow_none=backend is not None)
+        self.max_workers: int | None = max_workers
         if start_method not in START_METHODS:
             raise ValueError(
                 f"start_method={start_method!r} is not supported; use one of {', '.join(START_METHODS)}"
@@ -147,16 +157,22 @@ class Pool(concurrent.futures.Executor):
             max_tasks_per_worker=self.max_tasks_per_worker,
             max_memory_mb=self.max_memory_mb,
         )
-        backend = LocalBackend(
-            self._io.loop,
-            name=name,
-            start_method=start_method,
-            init=self._init,
-            measure_rss=self.max_memory_mb is not None,
-            can_recall=self.max_tasks_per_worker is None and self.max_memory_mb is None,
-        )
-        core = self._core = Core(settings, self._io.loop, self._events, self._output, backend)
-        self._io.loop.call_soon_threadsafe(core.spawn_workers, max_workers)
+        live: WorkerBackend
+        if backend is None:
+            assert max_workers is not None
+            live = LocalBackend(
+                self._io.loop,
+                name=name,
+                start_method=start_method,
+                init=self._init,
+                measure_rss=self.max_memory_mb is not None,
+                can_recall=self.max_tasks_per_worker is None and self.max_memory_mb is None,
+                max_workers=max_workers,
+            )
+        else:
+            live = connect_dask(backend, self._io, self._events, name, start_method, max_workers)
+        core = self._core = Core(settings, self._io.loop, self._events, self._output, live)
+        self._io.loop.call_soon_threadsafe(live.begin, core)
         # Dropped without shutdown(): queued and running jobs finish, then the workers go.
         self._finalizer = weakref.finalize(self, release_dropped, core, self._io, self._events)
         self._finalizer.atexit = False  # at exit, _shutdown_pools_at_exit handles every pool

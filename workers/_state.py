@@ -52,7 +52,8 @@ class DispatchState:
         outside_kills: int
         failures_logged: set[str]
         run_avg: float | None
-        recycling: bool
+        hand_ahead: bool
+        target: int
         prefetch_soon: bool
         rebalance_timer: asyncio.TimerHandle | None
         broken: BaseException | None
@@ -73,6 +74,8 @@ class DispatchState:
         def frame(self, job: Job) -> bytes: ...
 
         def requeue(self, job: Job) -> None: ...
+
+        def drop(self, worker: Worker) -> None: ...
 
         def drain_inbox(self) -> None: ...
 

@@ -1,0 +1,51 @@
+"""A Dask LocalCluster hosted in a procman child, for a pool on Dask with no cluster of its own.
+
+Why a child and not the pool's own process: Dask's nanny starts each worker with the standard
+library's ``spawn``, which re-imports the host's main script, so a script with no main guard that
+makes a LocalCluster starts itself again in every worker. A procman child never re-imports the
+host's script (procman._proc.start), so what Dask spawns from here does not either. The child also
+keeps the scheduler's work off the pool's process, and dies with it: its process group (the
+scheduler, the nannies, their workers) is killed when the pool's process is gone.
+
+The cluster is the one the Dask backend needs: processes, one thread per worker, no dashboard, a
+scheduler on loopback with ``allowed-failures`` 0 (a worker that dies fails only the job it ran)
+and ``worker-saturation`` 1.0 (no job waits on a worker behind another).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from .boot import Channel
+
+# Set before distributed is imported here, and inherited by the workers the nannies spawn.
+DASK_SETTINGS = {
+    "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
+    "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
+    "DASK_DISTRIBUTED__WORKER__DAEMON": "True",
+}
+CLOSE_TIMEOUT = 10.0  # seconds for the cluster to close on a stop before the child exits anyway
+
+
+def cluster_main(n_workers: int, chan: Channel) -> int:
+    """Start the cluster, tell the pool its scheduler's address, run until asked to stop."""
+    os.environ.update(DASK_SETTINGS)
+    from distributed import LocalCluster  # the optional extra: imported in this child only
+
+    cluster: Any = LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+        scheduler_port=0,
+        silence_logs=logging.ERROR,
+    )
+    try:
+        chan.send({"t": "ready", "address": cluster.scheduler_address})
+        chan.stop_requested.wait()
+    finally:
+        cluster.close(timeout=CLOSE_TIMEOUT)
+    return 0
