@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,40 +141,51 @@ def dask_address() -> Iterator[str | None]:
             assert pool.submit(abs, -1).result(60) == 1
         yield address
     finally:
-        assert host.stdin is not None
+        assert host.stdin is not None and host.stdout is not None
         host.stdin.close()
         try:
             host.wait(30)
         except subprocess.TimeoutExpired:
             host.kill()
             host.wait(10)
+        host.stdout.close()
         _SIDECARS.discard(host.pid)
 
 
 BACKENDS = ["local", "dask"]
 
 
-@pytest.fixture(params=BACKENDS)
-def make_pool(request: pytest.FixtureRequest, dask_address: str | None) -> Iterator[Callable[..., Any]]:
-    """``make_pool(max_workers, **options)``: a workers.Pool on each backend in turn, shut down
-    after the test."""
-    import workers
+class PoolMaker:
+    """``make_pool(max_workers, **options)``: a workers.Pool on one backend (``kind``: "local" or
+    "dask"), every pool it made shut down after the test."""
 
-    backend = None
-    if request.param == "dask":
-        if dask_address is None:
-            pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
-        backend = workers.DaskBackend(dask_address)
-    made: list[workers.Pool] = []
+    def __init__(self, kind: str, dask_address: str | None) -> None:
+        import workers
 
-    def make(max_workers: int | None = 2, **options: Any) -> workers.Pool:
+        self.kind = kind
+        self.backend = workers.DaskBackend(dask_address) if kind == "dask" else None
+        self.made: list[workers.Pool] = []
+
+    def __call__(self, max_workers: int | None = 2, **options: Any) -> Any:
+        import workers
+
         options.setdefault("on_event", None)
-        pool = workers.Pool(max_workers, backend=backend, **options)
-        made.append(pool)
+        pool = workers.Pool(max_workers, backend=self.backend, **options)
+        self.made.append(pool)
         return pool
 
-    yield make
-    for pool in made:
-        pool.shutdown(wait=False, cancel_futures=True)
-    for pool in made:
-        pool.shutdown(timeout=30)
+    def close(self) -> None:
+        for pool in self.made:
+            pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self.made:
+            pool.shutdown(timeout=30)
+
+
+@pytest.fixture(params=BACKENDS)
+def make_pool(request: pytest.FixtureRequest, dask_address: str | None) -> Iterator[PoolMaker]:
+    """A PoolMaker for each backend in turn: local processes, then the session's Dask cluster."""
+    if request.param == "dask" and dask_address is None:
+        pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
+    maker = PoolMaker(request.param, dask_address)
+    yield maker
+    maker.close()

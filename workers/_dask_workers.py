@@ -122,6 +122,7 @@ class DaskWorkers:
         self.max_workers = max_workers
         self.token = uuid.uuid4().hex[:12]
         self.held: set[asyncio.Task[None]] = set()
+        self.ending: set[asyncio.Task[None]] = set()  # end_job: awaited by wind_down, never cut short
         self.watcher: asyncio.Task[None] | None = None
         self.threads = 0
         self.reports: BackendReports | None = None
@@ -148,6 +149,8 @@ class DaskWorkers:
             self.watcher.cancel()
         for task in list(self.held):
             task.cancel()
+        if self.ending:  # a worker being killed for a job must be gone before the client goes
+            await asyncio.wait(list(self.ending), timeout=RPC_TIMEOUT * 3)
         await self.conn.close()
 
     def close(self) -> None:
@@ -220,19 +223,32 @@ class DaskWorkers:
     def abandon(self, key: str, future: Any) -> None:
         """A job that timed out or was cancelled: end it where it runs, then forget it."""
         task = self.loop.create_task(self.end_job(key, future))
-        self.held.add(task)
-        task.add_done_callback(self.held.discard)
+        self.ending.add(task)
+        task.add_done_callback(self.ending.discard)
 
     async def end_job(self, key: str, future: Any) -> None:
+        """Kill the Dask worker still running ``key``, then release the task.
+
+        In that order, and the task released only once the scheduler dropped the dead worker:
+        released earlier, the worker's thread would look free to the scheduler, which could hand
+        it another job in the moment before it learns of the death, and fail that job with it.
+        """
         client = self.client
         with contextlib.suppress(Exception):
             where = await asyncio.wait_for(client.processing(), RPC_TIMEOUT)
             holders = [addr for addr, keys in where.items() if key in keys]
             if holders:
-                await asyncio.wait_for(
-                    client.run(dask_task.kill_if_running, key, workers=holders, on_error="ignore"),
+                said = await asyncio.wait_for(
+                    client.run(dask_task.kill_if_running, key, workers=holders, on_error="return"),
                     RPC_TIMEOUT,
                 )
+                killed = [addr for addr, answer in said.items() if answer is not False]
+                deadline = time.monotonic() + RPC_TIMEOUT
+                while killed and time.monotonic() < deadline:
+                    alive = await asyncio.wait_for(client.nthreads(), RPC_TIMEOUT)
+                    killed = [addr for addr in killed if addr in alive]
+                    if killed:
+                        await asyncio.sleep(0.02)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.cancel([future], force=True), RPC_TIMEOUT)
         self.look_again()

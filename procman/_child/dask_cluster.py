@@ -38,7 +38,7 @@ def cluster_main(n_workers: int, chan: Channel) -> int:
         n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # its HTTP server (health, metrics): loopback, any port
         host="127.0.0.1",
         scheduler_port=0,
         silence_logs=logging.ERROR,
