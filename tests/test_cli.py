@@ -210,6 +210,25 @@ def test_run_status_restart_logs_stop_and_sigterm(procman_run: Any) -> None:
     assert not pid_alive(new_alpha["pid"])
 
 
+@pytest.mark.parametrize("where", ["address", "local cluster"])
+def test_run_puts_the_jobs_on_dask_when_the_pool_says_so(
+    procman_run: Any, dask_address: str | None, where: str
+) -> None:
+    if dask_address is None:
+        pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
+    address = f'address = "{dask_address}"\n' if where == "address" else "workers = 1\n"
+    job = '[jobs.sq]\nfunction = "cli_app:square"\nargs = [7]\nevery = "0.3s"\n'
+    p = procman_run(f'[pool]\nbackend = "dask"\n{address}{job}')
+    p.wait_line(r"procman +\| connecting to Dask")
+    p.wait_line(READY)
+    p.wait_line(r"sq +\| run ok .*: 49")
+    (job,) = p.status(0)["jobs"]
+    assert job["runs"] >= 1 and job["last_result"] == "49"
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.wait_exit() == 0
+    assert "all stopped cleanly" in p.lines[-1]
+
+
 def test_depends_on_starts_after_ready_and_stops_before(procman_run: Any) -> None:
     p = procman_run(APP)
     p.wait_line(READY)

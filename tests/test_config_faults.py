@@ -72,6 +72,19 @@ FAULTS: list[tuple[str, str, list[str]]] = [
     ),
     ("memory 1e300", POOL + "max_memory_mb = 1e300", ["[pool] max_memory_mb", "found 1e+300"]),
     ("workers 1e6", POOL + "workers = 1000000", ["[pool] workers", "from 1 to 1024"]),
+    (
+        "dask recycling",
+        POOL + 'backend = "dask"\nmax_tasks_per_worker = 5',
+        ["[pool] max_tasks_per_worker", 'not supported with backend = "dask"', "a lifetime"],
+    ),
+    (
+        "dask memory",
+        POOL + 'backend = "dask"\nmax_memory_mb = 100',
+        ["[pool] max_memory_mb", 'not supported with backend = "dask"', "memory_limit"],
+    ),
+    ("address, no dask", POOL + 'address = "tcp://h:1"', ["[pool] address", 'with backend = "dask"']),
+    ("dask address", POOL + 'backend = "dask"\naddress = "h:1"', ["[pool] address", "not a scheduler"]),
+    ("backend ray", POOL + 'backend = "ray"', ["[pool] backend", "'ray'"]),
     ("int over 64 bits", JOB + "every = 1\nretries = 99999999999999999999", ["[jobs.j] retries", "64-bit"]),
     ("int of 5000 digits", JOB + "every = 1\nretries = " + "9" * 5000, ["line 5", "64-bit"]),
     ("env name with =", CMD + 'command = ["true"]\nenv = { "A=B" = "x" }', ["[daemons.d] env", "'A=B'"]),
@@ -134,7 +147,7 @@ KEYS = {
     '[daemons.d]\ncommand = ["true"]\n{kv}': ["env", "cwd"],
     FACTORY + "\n[daemons.d.backoff]\n{kv}": ["initial", "factor", "max", "jitter"],
     "[pool]\n{kv}\n" + JOB + "every = 1": [
-        "workers", "start_method", "max_tasks_per_worker", "max_memory_mb",
+        "workers", "start_method", "max_tasks_per_worker", "max_memory_mb", "backend", "address",
     ],
     JOB + "every = 1\n{kv}": ["function", "args", "kwargs", "timeout", "retries", "overlap", "max_instances"],
     JOB + "{kv}": ["every", "cron", "at"],

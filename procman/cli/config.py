@@ -32,6 +32,8 @@
     start_method = "forkserver"
     max_tasks_per_worker = 1000
     max_memory_mb = 512
+    # backend = "dask"             # the jobs on a Dask cluster (pip install 'procworks[dask]'):
+    # address = "tcp://sched:8786" # its scheduler, or none for a local cluster of `workers`
 
     [jobs.primes]
     function = "app.jobs:count_primes"
@@ -128,7 +130,10 @@ class _Loader:
                 start_method=pool.choice("start_method", "forkserver", START_METHODS),
                 max_tasks_per_worker=pool.integer("max_tasks_per_worker", None, minimum=1),
                 max_memory_mb=pool.optional_number("max_memory_mb", above=True, maximum=MAX_MEMORY_MB),
+                backend=pool.choice("backend", "local", ("local", "dask")),
+                address=pool.string("address"),
             )
+            self.dask(pool, cfg.pool)
             pool.check_unknown()
         cfg.jobs = [self.job(name, t) for name, t in top.tables("jobs")]
         if cfg.jobs and cfg.pool is None:
@@ -138,6 +143,27 @@ class _Loader:
             raise ConfigError(f"{self.path}: nothing to run: add a [daemons.NAME] or a [jobs.NAME] table")
         self.check_dependencies(cfg)
         return cfg
+
+    def dask(self, table: Table, pool: PoolConfig) -> None:
+        """``backend = "dask"``: what a Dask cluster cannot do is refused here, with the reason."""
+        if pool.backend != "dask":
+            if pool.address is not None:
+                raise table.fail("address", 'is the Dask scheduler\'s: give it with backend = "dask"')
+            return
+        for key, value, why in (
+            ("max_tasks_per_worker", pool.max_tasks_per_worker, "give the Dask workers a lifetime instead"),
+            ("max_memory_mb", pool.max_memory_mb, "set the Dask workers' memory_limit instead"),
+        ):
+            if value is not None:
+                raise table.fail(key, f'is not supported with backend = "dask": {why}')
+        import workers
+
+        try:
+            workers.DaskBackend(pool.address)  # the extra is installed, the address well formed
+        except ImportError as exc:
+            raise table.fail("backend", f"{exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise table.fail("address", str(exc)) from exc
 
     def socket(self, t: Table) -> Path | None:
         """``[procman] socket``: what ControlServer.start() needs of it that does not change."""

@@ -66,6 +66,8 @@ class PoolConfig:
     start_method: str = "forkserver"
     max_tasks_per_worker: int | None = None
     max_memory_mb: float | None = None
+    backend: str = "local"  # or "dask"
+    address: str | None = None  # the Dask scheduler's; None: a local cluster made for the pool
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -261,14 +262,28 @@ class Runner:
             if cfg.pool is not None:
                 import workers
 
-                self.pool = workers.Pool(
-                    cfg.pool.workers,
-                    start_method=cfg.pool.start_method,
-                    max_tasks_per_worker=cfg.pool.max_tasks_per_worker,
-                    max_memory_mb=cfg.pool.max_memory_mb,
-                    on_event=self.console.pool_event,
-                    output=self.console.child_line,  # a job's prints under the job's name
+                backend = None
+                if cfg.pool.backend == "dask":
+                    backend = workers.DaskBackend(cfg.pool.address)
+                    self.console.info(f"connecting to Dask ({cfg.pool.address or 'a local cluster'})")
+                # In a thread: a pool on Dask connects (or starts its cluster) for seconds.
+                making = asyncio.to_thread(
+                    functools.partial(
+                        workers.Pool,
+                        cfg.pool.workers,
+                        start_method=cfg.pool.start_method,
+                        max_tasks_per_worker=cfg.pool.max_tasks_per_worker,
+                        max_memory_mb=cfg.pool.max_memory_mb,
+                        on_event=self.console.pool_event,
+                        output=self.console.child_line,  # a job's prints under the job's name
+                        backend=backend,
+                    )
                 )
+                try:
+                    self.pool = await making
+                except workers.WorkersError as exc:  # e.g. the Dask cluster refused or unreachable
+                    self.console.error(f"the worker pool could not start: {exc}")
+                    return EXIT_UNCLEAN
             if cfg.daemons:
                 self.console.info(f"starting {len(cfg.daemons)} daemon(s); control socket {self.socket_path}")
             start = asyncio.ensure_future(manager.start(timeout=cfg.start_timeout))
