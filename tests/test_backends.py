@@ -321,6 +321,46 @@ def test_a_scheduler_that_blames_other_jobs_for_a_death_is_refused(dask_address:
         host.stdout.close()
 
 
+@pytest.fixture
+def one_worker_cluster(dask_address: str | None) -> Iterator[str]:
+    """A LocalCluster of a single worker (its own process tree), for the races a small cluster has."""
+    if dask_address is None:
+        pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
+    host = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "dask_host.py"), "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert host.stdin is not None and host.stdout is not None
+    try:
+        yield host.stdout.readline().strip()
+    finally:
+        host.stdin.close()
+        host.wait(60)
+        host.stdout.close()
+
+
+@pytest.mark.parametrize("end", ["cancel", "timeout"])
+def test_a_job_handed_while_the_only_worker_is_killed_for_another_waits_for_its_replacement(
+    one_worker_cluster: str, tmp_path: Path, end: str
+) -> None:
+    """The next job, handed the moment the only worker is being killed for the last one, must not
+    land in that worker's queue (and die with it): it runs on the worker its nanny starts."""
+    with workers.Pool(1, backend=workers.DaskBackend(one_worker_cluster), on_event=None) as pool:
+        timeout = 1.0 if end == "timeout" else None
+        first = pool.submit_job(jobs.write_pid_then_sleep, (str(tmp_path / "pid"), 120), timeout=timeout)
+        pid = _pid_in(tmp_path / "pid")
+        if end == "cancel":
+            assert first.cancel()
+        else:
+            with pytest.raises(JobTimeout):
+                first.result(60)
+        nxt = pool.submit(jobs.getpid)  # handed at once: the slot was replaced when the first failed
+        assert nxt.result(60) != pid
+        wait_until(lambda: _gone(pid), what="the worker that ran the first job to be gone")
+
+
 def test_workers_with_other_versions_are_refused(
     dask_backend: workers.DaskBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

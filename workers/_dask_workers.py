@@ -55,6 +55,7 @@ class DaskSlot:
         self.backend = backend
         self.reports = reports
         self.current: tuple[int, str, Any] | None = None  # ticket, Dask key, Dask future
+        self.deferred: bytes | None = None  # its job, held back while a worker is being killed
         self.where = ""  # the address of the Dask worker that last failed it
         self.dead = False
         self.stopping = False
@@ -82,7 +83,7 @@ class DaskSlot:
         return False
 
     def stop(self) -> None:
-        if self.current is None:
+        if self.current is None and self.deferred is None:
             self.end(0, None, None)
         else:
             self.stopping = True
@@ -95,10 +96,13 @@ class DaskSlot:
         if current is not None:
             started = current[0] << 1 | 1
             self.backend.abandon(current[1], current[2])
+        elif self.deferred is not None:  # never sent: nothing to end in Dask
+            started = FRAME_HEAD.unpack_from(self.deferred)[0] << 1 | 1
+            self.deferred = None
         self.end(-signal.SIGKILL, started, "killed by the pool")
 
     def force_close(self) -> None:
-        self.current = None
+        self.current = self.deferred = None
         self.end(-signal.SIGKILL, None, "closed with the pool")
 
     def end(self, code: int, started: int | None, reason: str | None) -> None:
@@ -111,7 +115,10 @@ class DaskWorkers:
     """A pool's backend on Dask (a WorkerBackend): its Client, its slots, its local cluster."""
 
     can_recall = False
-    prefetch = False  # a job held behind another would wait in Dask, where a death could take it
+    # One Dask task per slot and no more slots than threads: Dask assigns a task beyond the free
+    # threads to a busy worker's own queue (only large groups of tasks wait on the scheduler),
+    # where that worker's death would fail it too (KilledWorker) though it never ran.
+    prefetch = False
 
     def __init__(self, conn: DaskConnection, max_workers: int | None) -> None:
         self.conn = conn
@@ -123,6 +130,7 @@ class DaskWorkers:
         self.token = uuid.uuid4().hex[:12]
         self.held: set[asyncio.Task[None]] = set()
         self.ending: set[asyncio.Task[None]] = set()  # end_job: awaited by wind_down, never cut short
+        self.deferred: list[tuple[DaskSlot, bytes]] = []  # jobs handed meanwhile: sent once none is
         self.watcher: asyncio.Task[None] | None = None
         self.threads = 0
         self.reports: BackendReports | None = None
@@ -159,6 +167,10 @@ class DaskWorkers:
     # -- jobs ------------------------------------------------------------------------------------
 
     def submit(self, slot: DaskSlot, frame: bytes) -> None:
+        if self.ending:  # a worker is being killed for a job: see end_job
+            slot.deferred = frame
+            self.deferred.append((slot, frame))
+            return
         ticket, n = FRAME_HEAD.unpack_from(frame)
         start = FRAME_HEAD.size + n
         key = f"{frame[FRAME_HEAD.size : start].decode()}-{self.token}-{ticket}"
@@ -224,7 +236,16 @@ class DaskWorkers:
         """A job that timed out or was cancelled: end it where it runs, then forget it."""
         task = self.loop.create_task(self.end_job(key, future))
         self.ending.add(task)
-        task.add_done_callback(self.ending.discard)
+        task.add_done_callback(self.ended)
+
+    def ended(self, task: asyncio.Task[None]) -> None:
+        self.ending.discard(task)
+        if not self.ending and not self.closed:
+            deferred, self.deferred = self.deferred, []
+            for slot, frame in deferred:
+                if slot.deferred is frame:
+                    slot.deferred = None
+                    self.submit(slot, frame)
 
     async def end_job(self, key: str, future: Any) -> None:
         """Kill the Dask worker still running ``key``, then release the task.
@@ -232,6 +253,8 @@ class DaskWorkers:
         In that order, and the task released only once the scheduler dropped the dead worker:
         released earlier, the worker's thread would look free to the scheduler, which could hand
         it another job in the moment before it learns of the death, and fail that job with it.
+        Until then the jobs handed to the pool's slots wait here (submit): sent meanwhile, one could
+        be queued on the dying worker (on a small cluster, its only place) and fail with it.
         """
         client = self.client
         with contextlib.suppress(Exception):
