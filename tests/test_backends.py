@@ -476,3 +476,14 @@ def test_a_pool_on_dask_is_usable_from_many_threads(dask_backend: workers.DaskBa
         for t in threads:
             t.join(120)
         assert sorted(results) == sorted(100 * t + i for t in range(4) for i in range(10))
+
+
+def test_a_pool_on_a_client_the_user_made(dask_address: str | None) -> None:
+    if dask_address is None:
+        pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
+    from distributed import Client
+
+    with Client(dask_address, set_as_default=False) as client:
+        with workers.Pool(backend=workers.DaskBackend(client), on_event=None) as pool:
+            assert pool.submit(jobs.add, 20, 22).result(60) == 42
+        assert client.submit(abs, -5, pure=False).result(60) == 5  # the user's client still works

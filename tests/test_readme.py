@@ -226,6 +226,14 @@ def _guardless_output(run: Sample) -> None:
     assert run.stdout == ["top-level code: printed once", "49 from a lambda"], run.output()
 
 
+def _dask_output(run: Sample) -> None:
+    assert run.stdout == [
+        "8 simulations",
+        "print | half a second later, on a Dask worker",
+        "2 threads; True",
+    ], run.output()
+
+
 @dataclass(frozen=True)
 class Check:
     output: Callable[[Sample], None]  # after a clean exit
@@ -236,11 +244,14 @@ CHECKS = {
     "procman in one screen": Check(up=_procman_up, output=_procman_stopped),
     "workers in one screen": Check(output=_workers_output),
     "Scripts without a main guard": Check(output=_guardless_output),
+    "On a Dask cluster": Check(output=_dask_output),
 }
 
 
 def _run_python_sample(block: Block, tmp_path: Path) -> None:
     check = CHECKS.get(block.section)
+    if block.section == "On a Dask cluster":
+        pytest.importorskip("distributed", reason="the Dask sample needs procworks[dask]")
     assert check is not None, (
         f"README.md line {block.line}: a Python sample under {block.section!r}; "
         "say in tests/test_readme.py (CHECKS) what its output must show"
