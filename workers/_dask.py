@@ -51,8 +51,8 @@ class DaskBackend:
     Args:
         cluster: the scheduler's address (``"tcp://host:8786"``), a ``distributed.Client``
             connected to it, or None (default) for a local cluster made for this pool: one process
-            per worker, one thread each, no dashboard, on loopback, in a child process that ends
-            with the pool.
+            per worker, one thread each, on loopback (its HTTP server on a port of its own), in a
+            child process that ends with the pool.
         n_workers: the local cluster's workers (default: the pool's ``max_workers``, else the
             CPUs this process may use); only without ``cluster``.
         connect_timeout: seconds for ``Pool()`` to connect (and to start the local cluster).

@@ -7,9 +7,10 @@ host's script (procman._proc.start), so what Dask spawns from here does not eith
 keeps the scheduler's work off the pool's process, and dies with it: its process group (the
 scheduler, the nannies, their workers) is killed when the pool's process is gone.
 
-The cluster is the one the Dask backend needs: processes, one thread per worker, no dashboard, a
-scheduler on loopback with ``allowed-failures`` 0 (a worker that dies fails only the job it ran)
-and ``worker-saturation`` 1.0 (no job waits on a worker behind another).
+The cluster is the one the Dask backend needs: processes, one thread per worker, a scheduler on
+loopback (its HTTP server on a port of its own, never 8787) with ``allowed-failures`` 0 (a worker
+that dies fails the job it ran, not on a third death) and ``worker-saturation`` 1.0 (a large group
+of tasks waits on the scheduler for a free thread rather than on a worker behind another).
 """
 
 from __future__ import annotations
