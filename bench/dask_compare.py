@@ -25,7 +25,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # dask_host.py, the tests' cluster
 
+import dask_host  # noqa: E402
 from jobs_bench import add, now  # noqa: E402
 
 import workers  # noqa: E402
@@ -110,15 +110,11 @@ def main() -> int:
 
     from distributed import Client
 
-    host = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(HERE), "tests", "dask_host.py"), "2"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": HERE},  # the workers import the jobs (jobs_bench) by name
-    )
-    assert host.stdin is not None and host.stdout is not None
-    address = host.stdout.readline().strip()
+    with dask_host.running(2, pythonpath=HERE) as host:  # the workers import the jobs by name
+        return compare(args, Client, host.address)
+
+
+def compare(args: argparse.Namespace, Client: Any, address: str) -> int:
     client = Client(address, set_as_default=False)
     executor = client.get_executor(pure=False)
     ours = workers.Pool(backend=workers.DaskBackend(address), on_event=None)
@@ -163,9 +159,6 @@ def main() -> int:
         local.shutdown(timeout=30)
         executor.shutdown(wait=True)
         client.close()
-        host.stdin.close()
-        host.wait(60)
-        host.stdout.close()
 
     out: Row = {"rounds": rounds, "figures": {}, "ratios": {}}
     for name in contenders:

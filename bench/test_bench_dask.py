@@ -7,8 +7,6 @@ timed lateness, and reports the ratios.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +14,9 @@ from typing import Any
 
 import pytest
 from jobs_bench import add
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import dask_host
 
 import workers
 
@@ -26,20 +27,8 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="module")
 def address() -> Iterator[str]:
     """A 2-worker LocalCluster made as the backend requires (tests/dask_host.py), jobs_bench importable."""
-    host = subprocess.Popen(
-        [sys.executable, str(HERE.parent / "tests" / "dask_host.py"), "2"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(HERE)},
-    )
-    assert host.stdin is not None and host.stdout is not None
-    try:
-        yield host.stdout.readline().strip()
-    finally:
-        host.stdin.close()
-        host.wait(60)
-        host.stdout.close()
+    with dask_host.running(2, pythonpath=str(HERE)) as host:
+        yield host.address
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,12 @@ from __future__ import annotations
 import copyreg
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import dask_host
 import pytest
 from daemons import Quick
 from helpers import Events, Recorder, descendants
@@ -126,30 +124,14 @@ def dask_address() -> Iterator[str | None]:
         copyreg.dispatch_table.update(saved)
     import workers
 
-    host = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("dask_host.py")), str(DASK_WORKERS)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    _SIDECARS.add(host.pid)
-    try:
-        assert host.stdout is not None
-        address = host.stdout.readline().strip()  # bounded: the host exits if it cannot start
-        assert address.startswith("tcp://"), f"the test Dask cluster did not start (said {address!r})"
-        with workers.Pool(backend=workers.DaskBackend(address), on_event=None) as pool:
-            assert pool.submit(abs, -1).result(60) == 1
-        yield address
-    finally:
-        assert host.stdin is not None and host.stdout is not None
-        host.stdin.close()
+    with dask_host.running(DASK_WORKERS) as host:
+        _SIDECARS.add(host.pid)
         try:
-            host.wait(30)
-        except subprocess.TimeoutExpired:
-            host.kill()
-            host.wait(10)
-        host.stdout.close()
-        _SIDECARS.discard(host.pid)
+            with workers.Pool(backend=workers.DaskBackend(host.address), on_event=None) as pool:
+                assert pool.submit(abs, -1).result(60) == 1
+            yield host.address
+        finally:
+            _SIDECARS.discard(host.pid)
 
 
 BACKENDS = ["local", "dask"]

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dask_host
 import jobs
 import pytest
 from conftest import DASK_WORKERS, PoolMaker
@@ -300,25 +301,11 @@ def test_options_that_cannot_hold_on_dask_are_refused_with_the_reason(
 def test_a_scheduler_that_blames_other_jobs_for_a_death_is_refused(dask_address: str | None) -> None:
     if dask_address is None:  # (and Dask's process-wide threads and files are made before this test)
         pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
-    host = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "dask_host.py"), "1", "defaults"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert host.stdout is not None
-        address = host.stdout.readline().strip()
-        with pytest.raises(workers.DaskBackendError) as info:
-            workers.Pool(backend=workers.DaskBackend(address), on_event=None)
-        message = str(info.value)
-        assert "allowed-failures=3" in message and "worker-saturation=1.1" in message
-        assert "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0" in message
-    finally:
-        assert host.stdin is not None and host.stdout is not None
-        host.stdin.close()
-        host.wait(60)
-        host.stdout.close()
+    with dask_host.running(1, defaults=True) as host, pytest.raises(workers.DaskBackendError) as info:
+        workers.Pool(backend=workers.DaskBackend(host.address), on_event=None)
+    message = str(info.value)
+    assert "allowed-failures=3" in message and "worker-saturation=1.1" in message
+    assert "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0" in message
 
 
 @pytest.fixture
@@ -326,19 +313,8 @@ def one_worker_cluster(dask_address: str | None) -> Iterator[str]:
     """A LocalCluster of a single worker (its own process tree), for the races a small cluster has."""
     if dask_address is None:
         pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
-    host = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "dask_host.py"), "1"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert host.stdin is not None and host.stdout is not None
-    try:
-        yield host.stdout.readline().strip()
-    finally:
-        host.stdin.close()
-        host.wait(60)
-        host.stdout.close()
+    with dask_host.running(1) as host:
+        yield host.address
 
 
 @pytest.mark.parametrize("end", ["cancel", "timeout"])

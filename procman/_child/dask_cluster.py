@@ -21,29 +21,40 @@ from typing import Any
 
 from .boot import Channel
 
-# Set before distributed is imported here, and inherited by the workers the nannies spawn.
+# The scheduler's settings, as environment variables too: the workers the nannies spawn inherit them.
 DASK_SETTINGS = {
     "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0",
     "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
-    "DASK_DISTRIBUTED__WORKER__DAEMON": "True",
 }
 CLOSE_TIMEOUT = 10.0  # seconds for the cluster to close on a stop before the child exits anyway
 
 
-def cluster_main(n_workers: int, chan: Channel) -> int:
-    """Start the cluster, tell the pool its scheduler's address, run until asked to stop."""
-    os.environ.update(DASK_SETTINGS)
-    from distributed import LocalCluster  # the optional extra: imported in this child only
+def local_cluster(n_workers: int, *, configured: bool = True, silence: int = logging.ERROR) -> Any:
+    """A LocalCluster as the Dask backend needs it (``configured=False``: Dask's defaults, which
+    the backend refuses; for its tests)."""
+    if configured:
+        os.environ.update(DASK_SETTINGS)
+    import dask  # the optional extra: imported where a cluster is made, never by the pool's host
+    from distributed import LocalCluster
 
-    cluster: Any = LocalCluster(  # type: ignore[no-untyped-call]
+    if configured:  # dask may have read the environment before: set them here too
+        dask.config.set(
+            {"distributed.scheduler.allowed-failures": 0, "distributed.scheduler.worker-saturation": 1.0}
+        )
+    return LocalCluster(  # type: ignore[no-untyped-call]
         n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
         dashboard_address="127.0.0.1:0",  # its HTTP server (health, metrics): loopback, any port
         host="127.0.0.1",
         scheduler_port=0,
-        silence_logs=logging.ERROR,
+        silence_logs=silence,
     )
+
+
+def cluster_main(n_workers: int, chan: Channel) -> int:
+    """Start the cluster, tell the pool its scheduler's address, run until asked to stop."""
+    cluster = local_cluster(n_workers)
     try:
         chan.send({"t": "ready", "address": cluster.scheduler_address})
         chan.stop_requested.wait()
