@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 from procman._child import wire as _wire
 from procman._child.worker_loop import ResultNotSent
 
-from ._errors import SerializationError
+from ._checks import check_count, check_seconds
+from ._errors import PoolFull, SerializationError
 from ._serialize import loads
 
 T = TypeVar("T")
@@ -263,3 +264,36 @@ def results_in_order(
     finally:
         for fut in pending:
             fut.cancel()
+
+
+class PendingLimit:
+    """``max_pending``: a bound on the jobs submitted and not finished (see Pool)."""
+
+    def __init__(self, max_pending: int, on_full: str, full_timeout: float) -> None:
+        self.max_pending = max_pending
+        self.on_full = on_full
+        self.full_timeout = full_timeout
+        self.room = threading.BoundedSemaphore(max_pending)
+
+    @classmethod
+    def make(cls, max_pending: int | None, on_full: str, full_timeout: float) -> PendingLimit | None:
+        """Checked as ``Pool()`` takes them; None without a bound."""
+        max_pending = check_count("max_pending", max_pending, minimum=1)
+        if on_full not in ("block", "raise"):
+            raise ValueError(f"on_full={on_full!r} must be 'block' or 'raise'")
+        timeout = check_seconds("full_timeout", full_timeout, allow_none=False) or 0.0
+        return None if max_pending is None else cls(max_pending, on_full, timeout)
+
+    def take(self, fut: JobFuture[Any]) -> None:
+        """Room for ``fut`` until it is done, or PoolFull (at once or after ``full_timeout``)."""
+        if self.on_full == "raise":
+            if not self.room.acquire(blocking=False):
+                raise PoolFull(f"max_pending={self.max_pending} jobs are already pending")
+        elif not self.room.acquire(timeout=self.full_timeout):
+            raise PoolFull(
+                f"no room among max_pending={self.max_pending} jobs within full_timeout={self.full_timeout}s"
+            )
+        fut.add_done_callback(self._give_back)
+
+    def _give_back(self, _fut: object) -> None:
+        self.room.release()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import itertools
 import logging
 import math
@@ -36,11 +35,10 @@ from ._dispatch import Core
 from ._errors import (
     PoolBroken,
     PoolClosed,
-    PoolFull,
     ScheduleError,
 )
 from ._events import PoolEvent, log_pool_event
-from ._futures import JobFuture, results_in_order
+from ._futures import JobFuture, PendingLimit, results_in_order
 from ._jobs import Job
 from ._lifecycle import Settings
 from ._lifetime import live_pools, release, release_dropped
@@ -52,10 +50,6 @@ from ._triggers import to_epoch, to_seconds
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
-
-
-def _release_slot(slots: threading.BoundedSemaphore, _fut: object) -> None:
-    slots.release()
 
 
 class Pool(concurrent.futures.Executor):
@@ -134,15 +128,10 @@ class Pool(concurrent.futures.Executor):
         self.max_tasks_per_worker = check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1)
         mem = check_seconds("max_memory_mb", max_memory_mb)
         self.max_memory_mb = mem
-        self.max_pending = check_count("max_pending", max_pending, minimum=1)
-        if on_full not in ("block", "raise"):
-            raise ValueError(f"on_full={on_full!r} must be 'block' or 'raise'")
-        self.on_full = on_full
-        self.full_timeout = check_seconds("full_timeout", full_timeout, allow_none=False)
+        self._limit = PendingLimit.make(max_pending, on_full, full_timeout)
         self.job_timeout = check_seconds("job_timeout", job_timeout)
         self.retries = check_count("retries", retries, minimum=0, allow_none=False) or 0
         self.retry_backoff = check_seconds("retry_backoff", retry_backoff, allow_none=False) or 0.0
-        self._slots = threading.BoundedSemaphore(max_pending) if max_pending is not None else None
         # The last callable submitted, by weak reference (a bound method's instance, a partial's
         # arguments must not outlive the caller's use of them), with its bytes and name.
         self._last_callable: tuple[Callable[[], Any], bytes, str] | None = None
@@ -247,9 +236,8 @@ class Pool(concurrent.futures.Executor):
                     self._last_callable = (weakref.ref(fn), fn_blob, default_name)
         blob = dumps_job(fn_blob, args if type(args) is tuple else tuple(args), kwargs or {})
         fut: JobFuture[T] = JobFuture()
-        if self._slots is not None:
-            self._acquire_slot()
-            fut.add_done_callback(functools.partial(_release_slot, self._slots))
+        if self._limit is not None:
+            self._limit.take(fut)
         # positional: id, name, blob, due, timeout, retries_left, retry_backoff, future
         job = Job(next(core.ids), name or default_name, blob, due, timeout, retries or 0, backoff or 0.0, fut)
         if (
@@ -442,18 +430,6 @@ class Pool(concurrent.futures.Executor):
             raise PoolClosed("the pool is shut down; create a new Pool")
         if self._core.broken is not None:
             raise PoolBroken(str(self._core.broken)) from self._core.broken.__cause__
-
-    def _acquire_slot(self) -> None:
-        slots = self._slots
-        if slots is None:
-            return
-        if self.on_full == "raise":
-            if not slots.acquire(blocking=False):
-                raise PoolFull(f"max_pending={self.max_pending} jobs are already pending")
-        elif not slots.acquire(timeout=self.full_timeout):
-            raise PoolFull(
-                f"no room among max_pending={self.max_pending} jobs within full_timeout={self.full_timeout}s"
-            )
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         async def run() -> T:
