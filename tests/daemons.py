@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -83,13 +84,25 @@ class Crasher:
 
     With ``marker`` set, crashes only while that file does not exist (creating it first), so the
     replacement process stays up: one crash, one restart.
+
+    With ``trigger`` (a socket path) set, the first process crashes when the test connects there
+    instead: after the test saw it READY, so the crash never races the ``ready`` frame (see
+    :func:`pull`). The processes after it (the socket file is there) crash on the timer again.
     """
 
-    def __init__(self, name: str, mode: str, after: float = 0.05, marker: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        mode: str,
+        after: float = 0.05,
+        marker: str | None = None,
+        trigger: str | None = None,
+    ) -> None:
         self.name = name
         self.mode = mode
         self.after = after
         self.marker = marker
+        self.trigger = trigger
 
     def start(self) -> None:
         if self.marker is not None and os.path.exists(self.marker):
@@ -97,14 +110,31 @@ class Crasher:
             return
         if self.marker is not None:
             open(self.marker, "w").close()
+        if self.trigger is not None and not os.path.exists(self.trigger):
+            # Listening before start() returns, so before READY: the test's connect cannot miss it.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(self.trigger)
+            sock.listen(1)
+            threading.Thread(target=self._on_trigger, args=(sock,), daemon=True).start()
+            return
         threading.Thread(target=self._later, daemon=True).start()
 
     def _later(self) -> None:
         time.sleep(self.after)
         _crash(self.mode)
 
+    def _on_trigger(self, sock: socket.socket) -> None:
+        sock.accept()  # the process ends with the crash, or with the test's stop()
+        _crash(self.mode)
+
     def stop(self) -> None:
         pass
+
+
+def pull(trigger: str) -> None:
+    """Make a Crasher started with ``trigger`` crash now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(trigger)
 
 
 class Stubborn:

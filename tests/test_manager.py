@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
 import re
 import signal
 import sys
+import termios
+import threading
 import time
 from pathlib import Path
 
@@ -20,8 +25,9 @@ from daemons import (
     Rendezvous,
     Stubborn,
     WithSocket,
+    pull,
 )
-from helpers import Recorder, pid_alive
+from helpers import Recorder, pid_alive, wait_until
 
 import procman
 from procman import DaemonState, EventKind, RestartPolicy, StopOutcome
@@ -103,9 +109,11 @@ def test_crash_is_restarted_and_decoded(
     tmp_path: Path,
     recorder: Recorder,
 ) -> None:
+    trigger = str(tmp_path / "crash.sock")
     with procman.Manager(start_method=method, on_event=recorder) as m:
-        m.register(Crasher("consumer", mode, marker=str(tmp_path / "crashed")), restart=FAST)
-        m.start(timeout=30)
+        m.register(Crasher("consumer", mode, marker=str(tmp_path / "crashed"), trigger=trigger), restart=FAST)
+        m.start(timeout=30)  # returns once it is READY: only then may it crash
+        pull(trigger)
         recorder.wait_kind(EventKind.READY, "consumer", count=2)
         st = m.status()["consumer"]
         assert st.state is DaemonState.RUNNING
@@ -124,6 +132,47 @@ def test_crash_is_restarted_and_decoded(
         assert m.stop(timeout=10).clean
 
 
+def test_forked_daemon_exits_while_a_host_thread_is_inside_a_log_handler() -> None:
+    """A host thread writing a log record at the fork holds its stream's buffer lock in the child
+    too (logging re-creates only the handler's own lock there). The child must not flush that
+    stream when it exits: it would wait for the lock forever, and its stop() time out."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    stream = open(w, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("test.stuck-handler")
+    logger.propagate = False
+    logger.addHandler(handler)
+    # More than the pipe holds: the writer blocks inside the write, its stream's lock held.
+    writer = threading.Thread(target=logger.error, args=("x" * (1 << 20),))
+    writer.start()
+    try:
+        full = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+        wait_until(lambda: _unread(r) >= full, what="the log writer to block on the full pipe")
+        with procman.Manager(start_method="fork", on_event=None) as m:
+            m.register(Quick("quick"))
+            m.start(timeout=30)
+            assert m.stop(timeout=10).outcomes == {"quick": StopOutcome.STOPPED}
+    finally:
+        logger.removeHandler(handler)
+
+        def drained() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(r, 1 << 16):
+                    pass
+            return not writer.is_alive()
+
+        wait_until(drained, what="the log writer to finish")
+        handler.close()
+        stream.close()
+        os.close(r)
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting in the pipe ``fd``."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)), sys.byteorder)
+
+
 def test_external_sigkill_is_restarted(recorder: Recorder) -> None:
     with procman.Manager(on_event=recorder) as m:
         m.register(Quick("victim"), restart="on-failure")
@@ -137,11 +186,13 @@ def test_external_sigkill_is_restarted(recorder: Recorder) -> None:
         assert st.last_exit is not None and st.last_exit.reason == "SIGKILL(-9)"
 
 
-def test_crash_loop_gives_up_while_sibling_keeps_serving(recorder: Recorder) -> None:
+def test_crash_loop_gives_up_while_sibling_keeps_serving(recorder: Recorder, tmp_path: Path) -> None:
+    trigger = str(tmp_path / "crash.sock")
     with procman.Manager(on_event=recorder) as m:
-        m.register(Crasher("flaky", "exit", after=0.01), restart=FAST)
+        m.register(Crasher("flaky", "exit", after=0.01, trigger=trigger), restart=FAST)
         m.register(Quick("steady"))
-        m.start(timeout=30)
+        m.start(timeout=30)  # the first crash only once it is READY; the restarts crash at once
+        pull(trigger)
         steady_pid = m.status()["steady"].pid
         recorder.wait_kind(EventKind.GAVE_UP, "flaky")
         status = m.status()
@@ -157,20 +208,35 @@ def test_crash_loop_gives_up_while_sibling_keeps_serving(recorder: Recorder) -> 
         assert [e.delay for e in recorder.of(EventKind.BACKING_OFF, "flaky")]
 
 
-def test_a_crash_while_a_sibling_is_still_starting_is_restarted_by_policy(recorder: Recorder) -> None:
+def test_a_crash_while_a_sibling_is_still_starting_is_restarted_by_policy(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    trigger = str(tmp_path / "crash.sock")
     with procman.Manager(on_event=recorder) as m:
-        m.register(Crasher("flaky", "exit", after=0.01), restart=FAST)
+        m.register(Crasher("flaky", "exit", after=0.01, trigger=trigger), restart=FAST)
         m.register(Quick("slow", delay=1.0))  # flaky is ready, and crashes, while this one starts
+
+        def crash_once_ready() -> None:
+            recorder.wait_kind(EventKind.READY, "flaky")
+            pull(trigger)
+
+        crasher = threading.Thread(target=crash_once_ready)
+        crasher.start()
         m.start(timeout=30)
+        crasher.join(30)
+        kinds = [(e.kind, e.name) for e in recorder.events]
+        assert kinds.index((EventKind.EXITED, "flaky")) < kinds.index((EventKind.READY, "slow"))
         recorder.wait_kind(EventKind.GAVE_UP, "flaky")  # supervised: restarted, then gave up
         assert m.status()["flaky"].restarts == 3
         assert m.status()["slow"].state is DaemonState.RUNNING
 
 
-def test_never_restart_leaves_daemon_exited(recorder: Recorder) -> None:
+def test_never_restart_leaves_daemon_exited(recorder: Recorder, tmp_path: Path) -> None:
+    trigger = str(tmp_path / "crash.sock")
     with procman.Manager(on_event=recorder) as m:
-        m.register(Crasher("once", "exit", after=0.01), restart="never")
+        m.register(Crasher("once", "exit", trigger=trigger), restart="never")
         m.start(timeout=30)
+        pull(trigger)
         recorder.wait_kind(EventKind.EXITED, "once")
         recorder.wait_for(lambda _: m.status()["once"].state is DaemonState.EXITED, timeout=5)
         assert m.status()["once"].restarts == 0

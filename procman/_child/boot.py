@@ -47,7 +47,14 @@ from typing import Any
 
 from . import wire
 from .guard import split_off_reaper, start_shell_guard
-from .linux import alive, flush_and_exit, forget_forkserver, set_pdeathsig, set_title
+from .linux import (
+    alive,
+    disown_logging_handlers,
+    flush_and_exit,
+    forget_forkserver,
+    set_pdeathsig,
+    set_title,
+)
 
 _channel: Channel | None = None
 
@@ -118,6 +125,7 @@ def bootstrap(
     (daemons) the guard is the reaper guard and this returns in the forked daemon process only.
     """
     global _channel
+    disown_logging_handlers()  # the host's, under fork: never flushed here (linux.flush_and_exit)
     set_pdeathsig()
     if not alive(manager_pid) or os.getppid() == 1:
         os._exit(137)

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import weakref
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -34,9 +35,35 @@ def alive(pid: int) -> bool:
     return True
 
 
+# The logging handlers this process found when it began (bootstrap): the host's, under fork.
+_inherited_handlers: weakref.WeakSet[logging.Handler] = weakref.WeakSet()
+
+
+def disown_logging_handlers() -> None:
+    """Leave every logging handler that exists now out of :func:`flush_and_exit`.
+
+    Under fork they are the host's. Another thread of the host may have been inside one of them at
+    the fork, writing to its stream: logging re-creates the handler's own lock in the child, but not
+    the stream's (a buffered file's internal lock), which stays held by a thread that does not exist
+    here, so flushing that stream deadlocks the child at its exit. What such a buffer holds is the
+    host's output, too, which the child would write a second time.
+    """
+    for ref in _handler_refs():
+        handler = ref()
+        if handler is not None:
+            _inherited_handlers.add(handler)
+
+
+def _handler_refs() -> list[weakref.ref[logging.Handler]]:
+    """Every logging handler of this process, as logging.shutdown() takes them (weak references)."""
+    return list(logging._handlerList)  # type: ignore[attr-defined]
+
+
 def flush_and_exit(code: int) -> None:
+    """Flush the handlers this process made (not the inherited ones) and stdout/stderr, then exit."""
     try:
-        logging.shutdown()
+        own = [ref for ref in _handler_refs() if ref() not in _inherited_handlers]
+        logging.shutdown(own)
     except Exception:  # noqa: BLE001 - exiting anyway
         pass
     for stream in (sys.stdout, sys.stderr):
