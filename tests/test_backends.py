@@ -463,3 +463,33 @@ def test_a_pool_on_a_client_the_user_made(dask_address: str | None) -> None:
         with workers.Pool(backend=workers.DaskBackend(client), on_event=None) as pool:
             assert pool.submit(jobs.add, 20, 22).result(60) == 42
         assert client.submit(abs, -5, pure=False).result(60) == 5  # the user's client still works
+
+
+def test_a_pool_whose_scheduler_is_gone_breaks_and_fails_its_running_jobs(
+    dask_address: str | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if dask_address is None:
+        pytest.skip("the Dask backend's tests need Dask distributed: pip install -e '.[test]'")
+    from workers import _dask_workers
+
+    monkeypatch.setattr(_dask_workers, "LOST_AFTER", 1.0)  # 30 s in earnest
+    with dask_host.running(1) as host:
+        pool = workers.Pool(backend=workers.DaskBackend(host.address), on_event=None)
+        try:
+            running = pool.submit(jobs.write_pid_then_sleep, str(tmp_path / "pid"), 120)
+            worker_pid = _pid_in(tmp_path / "pid")
+            queued = pool.submit(jobs.add, 1, 2)
+            os.kill(host.pid, signal.SIGKILL)  # the scheduler and its nannies; the worker follows
+            # Dask cancels what its client had in flight: that job's outcome is unknown (it ran).
+            with pytest.raises(
+                workers.DaskBackendError, match=r"did not return the job's outcome.*scheduler"
+            ):
+                running.result(60)
+            with pytest.raises(workers.WorkersError, match=r"Dask|scheduler"):
+                queued.result(60)
+            wait_until(lambda: pool.broken, timeout=30, what="the pool to give the scheduler up")
+            with pytest.raises(workers.PoolBroken):
+                pool.submit(jobs.add, 1, 1)
+        finally:
+            pool.shutdown(timeout=30)
+        wait_until(lambda: _gone(worker_pid), timeout=30, what="the orphaned Dask worker to exit")

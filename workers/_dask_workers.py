@@ -48,6 +48,10 @@ FRAME_HEAD = struct.Struct("<QH")  # ticket, length of the job's name
 _KEY_NAME = re.compile(r"[^A-Za-z0-9_.<>]+")
 
 
+def _said(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 class DaskSlot:
     """One thread's worth of the cluster, as the dispatcher drives a worker (a WorkerHandle)."""
 
@@ -108,6 +112,7 @@ class DaskSlot:
     def end(self, code: int, started: int | None, reason: str | None) -> None:
         if not self.dead:
             self.dead = True
+            self.backend.slots.discard(self)
             self.backend.loop.call_soon(self.reports.exited, code, started, reason)
 
 
@@ -132,6 +137,7 @@ class DaskWorkers:
         self.ending: set[asyncio.Task[None]] = set()  # end_job: awaited by wind_down, never cut short
         self.deferred: list[tuple[DaskSlot, bytes]] = []  # jobs handed meanwhile: sent once none is
         self.watcher: asyncio.Task[None] | None = None
+        self.slots: set[DaskSlot] = set()  # the live ones
         self.threads = 0
         self.reports: BackendReports | None = None
         self.closed = False
@@ -148,6 +154,7 @@ class DaskWorkers:
 
     def start(self, index: int, reports: WorkerReports) -> DaskSlot:
         slot = DaskSlot(self, reports)
+        self.slots.add(slot)
         self.loop.call_soon(reports.ready)
         return slot
 
@@ -174,7 +181,13 @@ class DaskWorkers:
         ticket, n = FRAME_HEAD.unpack_from(frame)
         start = FRAME_HEAD.size + n
         key = f"{frame[FRAME_HEAD.size : start].decode()}-{self.token}-{ticket}"
-        future = self.client.submit(dask_task.run, frame[start:], self.stamp, key=key, pure=False, retries=0)
+        try:
+            future = self.client.submit(
+                dask_task.run, frame[start:], self.stamp, key=key, pure=False, retries=0
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. the client lost its scheduler: this job fails
+            self.loop.call_soon(self.fail, slot, ticket, f"could not hand the job to Dask: {_said(exc)}")
+            return
         slot.current = (ticket, key, future)
         task = self.loop.create_task(self.follow(slot, ticket, future))
         self.held.add(task)
@@ -213,10 +226,7 @@ class DaskWorkers:
         reports = slot.reports
         if error is not None or not isinstance(data, bytes):
             why = error or TypeError(f"the task returned {type(data).__name__}, not the job's bytes")
-            failure = DaskBackendError(f"Dask could not run the job: {type(why).__name__}: {why}")
-            payload = pickle.dumps(_wire.error_record(failure), protocol=5)
-            now = time.monotonic()
-            reports.result(ticket, now, now, 0, ERROR, memoryview(payload))
+            self.fail(slot, ticket, f"Dask did not return the job's outcome: {_said(why)}")
         else:
             started, finished, status, n_out, n_err = dask_task.RESULT_HEAD.unpack_from(data)
             at = dask_task.RESULT_HEAD.size
@@ -229,6 +239,14 @@ class DaskWorkers:
             shift = time.time() - time.monotonic()  # the worker's wall clock onto our monotonic one
             payload_view = memoryview(data)[at + n_out + n_err :]
             reports.result(ticket, started - shift, finished - shift, 0, status, payload_view)
+        if slot.stopping and slot.current is None:
+            slot.end(0, None, None)
+
+    def fail(self, slot: DaskSlot, ticket: int, message: str) -> None:
+        """The job fails with a DaskBackendError (its slot goes on)."""
+        payload = pickle.dumps(_wire.error_record(DaskBackendError(message)), protocol=5)
+        now = time.monotonic()
+        slot.reports.result(ticket, now, now, 0, ERROR, memoryview(payload))
         if slot.stopping and slot.current is None:
             slot.end(0, None, None)
 
@@ -286,6 +304,9 @@ class DaskWorkers:
             task.add_done_callback(self.held.discard)
 
     async def count_threads(self, reports: BackendReports) -> None:
+        status = self.client.status
+        if status != "running":  # reconnecting: a call would wait for it, up to its own timeout
+            raise ConnectionError(f"the Dask client is {status}")
         threads = await asyncio.wait_for(self.client.nthreads(), RPC_TIMEOUT)
         n = sum(threads.values())
         if self.max_workers is not None:
@@ -307,12 +328,11 @@ class DaskWorkers:
                 now = time.monotonic()
                 failing_since = min(failing_since, now)
                 if now - failing_since > LOST_AFTER:
-                    reports.lost(
-                        DaskBackendError(
-                            f"lost the Dask scheduler at {self.address}: no answer for {LOST_AFTER:.0f}s "
-                            f"({type(exc).__name__}: {exc})"
-                        )
-                    )
+                    gone = f"lost the Dask scheduler at {self.address}: no answer for {LOST_AFTER:g}s"
+                    reports.lost(DaskBackendError(f"{gone} ({type(exc).__name__}: {exc})"))
+                    for slot in list(self.slots):  # their jobs' outcomes would never come
+                        current, slot.current = slot.current, None
+                        slot.end(-signal.SIGKILL, current[0] << 1 | 1 if current else None, gone)
                     return
             await asyncio.sleep(CAPACITY_POLL)
 
