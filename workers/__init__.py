@@ -2,13 +2,15 @@
 
 ``Pool`` is a ``concurrent.futures.Executor`` whose workers are supervised child processes: a job
 that kills its worker fails alone (``WorkerCrashed``), jobs can run at a time, after a delay, every
-interval or on a cron expression, and CPU-bound work runs outside the host's GIL.
+interval or on a cron expression, and CPU-bound work runs outside the host's GIL. With
+``Pool(backend=DaskBackend(...))`` the same jobs run on a Dask distributed cluster.
 
 workers sits above procman: it uses procman's process layer (``procman._proc``) and child side
 (``procman._child``, where its worker loop runs), never procman's daemon layer or command, and
 procman never imports it (import-linter checks it, see pyproject.toml). Inside, ``Pool`` is a thin
 facade over the dispatcher (``_dispatch.Core``), which meets its workers only through the worker
-seam (``_backend``); ``_local`` is the local-process backend.
+seam (``_backend``); ``_local`` is the local-process backend, ``_dask`` and ``_dask_workers`` the
+Dask one (``distributed`` is imported only when a DaskBackend is made).
 """
 
 from __future__ import annotations
