@@ -289,8 +289,9 @@ class Supervisor(Starting, Stopping):
                 if error is not None
                 else DaemonExited(f"daemon {slot.name!r} exited before it was ready: {info.reason}")
             )
-            if slot.phase is Phase.RESTARTING:  # nobody awaits it; the exit is handled below
-                slot.ready_fut.exception()
+            # Marked retrieved whoever awaits it: a start's caller still gets it, and a restart or
+            # a start that a stop overtook (nobody awaits those) logs no "never retrieved" at exit.
+            slot.ready_fut.exception()
         if slot.exit_fut is not None and not slot.exit_fut.done():
             slot.exit_fut.set_result(code)
         if slot.phase is Phase.STOPPING:

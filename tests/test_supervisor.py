@@ -214,6 +214,20 @@ def test_a_stop_during_backoff_cancels_the_restart(rig: Rig) -> None:
     assert [k for _, k in rig.timeline("web")].count("started") == 2
 
 
+def test_a_stop_during_a_restarts_start_leaves_no_unretrieved_error(rig: Rig) -> None:
+    """The restarted process exits (on the stop) before it was ready: the error its start future
+    then holds is nobody's to await, and must not be logged as never retrieved when collected
+    (asyncio's "Future exception was never retrieved" at the end of ``procman run``)."""
+    rig.add("consumer", Script(ready=0.1, crash=0.5), Script(ready=None, stop=0.05))
+    rig.run(rig.sup.start(timeout=10))
+    rig.advance(1.0)  # crashed at 0.5, restarted at once: starting, never ready
+    assert rig.state("consumer") is DaemonState.STARTING
+    fut = rig.sup.slots["consumer"].ready_fut
+    assert rig.run(rig.sup.stop(timeout=5)).clean
+    assert fut is not None and fut.done() and not fut.cancelled()
+    assert not fut._log_traceback  # what asyncio reports at collection: nobody retrieved it
+
+
 def test_restart_on_failure_leaves_a_clean_exit_alone(rig: Rig) -> None:
     rig.add("job", Script(ready=0.1, crash=1.0, crash_code=0))
     rig.run(rig.sup.start(timeout=10))
