@@ -333,3 +333,42 @@ def test_nothing_is_topped_up_behind_a_job_that_has_run_recall_after(rigs: list[
     rig.loop.run_ready()
     assert w1.inbox == [long.ticket]
     assert all(j.ticket == 0 for j in later)  # queued for whichever worker frees first
+
+
+def test_the_workers_follow_the_backends_capacity_up_and_down(rigs: list[Rig]) -> None:
+    """A backend whose capacity changes (a Dask cluster's threads): more workers at once when it
+    grows, and when it shrinks the idle ones stop now and a busy one once its job is done."""
+    rigs.append(rig := make_rig(1))
+    assert rig.backend.reports is not None
+    rig.worker(1).ready()
+    a, b, c = rig.submit("a"), rig.submit("b"), rig.submit("c")
+    assert rig.worker(1).inbox == [a.ticket] and rig.core.stats().queued == 2
+    rig.backend.reports.capacity(3)
+    assert len(rig.backend.started) == 3
+    rig.worker(2).ready()
+    rig.worker(3).ready()
+    assert rig.worker(2).inbox == [b.ticket] and rig.worker(3).inbox == [c.ticket]
+    rig.worker(3).finish(c.ticket, 3)  # idle now
+    rig.backend.reports.capacity(1)
+    assert rig.worker(3).stopped  # idle: stopped at once
+    assert not rig.worker(1).stopped and not rig.worker(2).stopped
+    rig.worker(2).finish(b.ticket, 2)
+    assert rig.worker(2).stopped  # busy: stopped once its job was done, not made idle
+    assert not rig.worker(1).stopped
+    rig.worker(3).exit(0)
+    rig.worker(2).exit(0)
+    assert len(rig.backend.started) == 3  # no replacement for a worker the backend has no room for
+    assert rig.core.stats().workers == 1
+    d = rig.submit("d")
+    rig.worker(1).finish(a.ticket, 1)
+    assert rig.worker(1).inbox == [d.ticket]
+
+
+def test_a_backend_that_is_lost_breaks_the_pool(rig: Rig) -> None:
+    assert rig.backend.reports is not None
+    queued = rig.submit("queued")
+    rig.backend.reports.lost(RuntimeError("the cluster is gone"))
+    assert queued.future is not None
+    err = queued.future.exception(timeout=0)
+    assert isinstance(err, PoolBroken) and "the cluster is gone" in str(err)
+    assert rig.core.broken is not None
