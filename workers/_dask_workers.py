@@ -160,11 +160,15 @@ class DaskWorkers:
 
     async def wind_down(self) -> None:
         self.closed = True
+        if self.watcher is not None:
+            self.watcher.cancel()
+        if self.ending:  # a worker being killed for a job must be gone before the client goes
+            await asyncio.wait(list(self.ending), timeout=RPC_TIMEOUT * 3)
+        if self.held:  # outcomes on their way (abandoned jobs') settle: a gather from a worker cut
+            await asyncio.wait(list(self.held), timeout=1.0)  # short would leave its socket open
         cancelled = [*self.held, *([self.watcher] if self.watcher is not None else [])]
         for task in cancelled:
             task.cancel()
-        if self.ending:  # a worker being killed for a job must be gone before the client goes
-            await asyncio.wait(list(self.ending), timeout=RPC_TIMEOUT * 3)
         if cancelled:  # let them end here, before the loop stops (else: "destroyed but pending")
             await asyncio.wait(cancelled, timeout=RPC_TIMEOUT)
         await self.conn.close()
