@@ -29,7 +29,8 @@ PROCMAN_NAMES = {
 WORKERS_NAMES = {
     "Cron", "DaskBackend", "DaskBackendError", "Every", "JobFuture", "JobTimeout", "Plan", "Pool",
     "PoolBroken", "PoolClosed", "PoolEvent",
-    "PoolEventKind", "PoolFull", "PoolStats", "Schedule", "ScheduleError", "ScheduleState",
+    "PoolEventKind", "PoolFull", "PoolStats", "RunRecord", "Schedule", "ScheduleError", "ScheduleState",
+    "Store", "StoreError", "TimedJob",
     "SerializationError", "WorkerCrashed", "WorkersError", "check_job", "log_pool_event", "parse_duration",
     "plan",
 }  # fmt: skip

@@ -34,10 +34,13 @@ if TYPE_CHECKING:
     )
     from ._events import PoolEvent, PoolEventKind, log_pool_event
     from ._futures import JobFuture
+    from ._manage import TimedJob
     from ._pool import Pool
-    from ._schedules import Schedule, ScheduleState
+    from ._schedules import RunRecord, Schedule, ScheduleState
     from ._serialize import check_job
     from ._stats import PoolStats
+    from ._store import StoreError
+    from ._store_agent import Store
     from ._triggers import Every, Plan, parse_duration, plan
 
 # Each public name and the module it lives in, imported on first use (PEP 562): a child process
@@ -58,7 +61,11 @@ _HOMES = {
     "PoolEvent": "_events",
     "PoolEventKind": "_events",
     "PoolStats": "_stats",
+    "RunRecord": "_schedules",
     "Schedule": "_schedules",
+    "Store": "_store_agent",
+    "StoreError": "_store",
+    "TimedJob": "_manage",
     "ScheduleState": "_schedules",
     "log_pool_event": "_events",
     "Cron": "_cron",
@@ -84,10 +91,14 @@ __all__ = (
     "PoolEventKind",
     "PoolFull",
     "PoolStats",
+    "RunRecord",
     "Schedule",
     "ScheduleError",
     "ScheduleState",
     "SerializationError",
+    "Store",
+    "StoreError",
+    "TimedJob",
     "WorkerCrashed",
     "WorkersError",
     "check_job",

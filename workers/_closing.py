@@ -34,7 +34,10 @@ class Closing(DispatchState):
         # Timed jobs not yet due and schedules end now; queued jobs run unless cancel_futures.
         for item in self.timed.items():
             if isinstance(item, Job):
-                if item.future is not None and item.attempt == 0:
+                if item.stored is not None and item.attempt == 0:
+                    if item.future is not None:  # the job stays in the store for the next start
+                        item.future.cancel()
+                elif item.future is not None and item.attempt == 0:
                     item.future.cancel()
                     self.counts["cancelled"] += 1
                 else:
@@ -43,6 +46,9 @@ class Closing(DispatchState):
                 self.schedule_cancel(item[0])
         self.timed.clear()
         self.arm_timer()
+        for stored in self.stored_futures.values():  # their jobs stay in the store, for the next start
+            stored.cancel()
+        self.stored_futures.clear()
         if cancel_futures:
             while self.queue:
                 job = self.queue.popleft()

@@ -50,6 +50,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from procman._child.worker_loop import (
     ERROR,
@@ -70,7 +71,12 @@ from ._jobs import Job
 from ._lifecycle import Settings, Worker, WorkerLifecycle, WState
 from ._schedules import ScheduleRecord, ScheduleRuns
 from ._serialize import loads
+from ._stored import StoredRuns
 from ._timed import TimedQueue
+
+if TYPE_CHECKING:
+    from ._futures import JobFuture
+    from ._store_agent import StoreAgent
 
 log = logging.getLogger("workers")
 
@@ -79,7 +85,7 @@ SPIN = 0.0015  # seconds before a due time when the timed heap stops sleeping on
 RUN_AVG_WEIGHT = 0.2  # weight of the newest run time in the moving average
 
 
-class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
+class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
     """The pool's state, touched only on the I/O loop (and try_direct, under ``lock``).
 
     It never refers to its Pool: the loop's thread keeps the core alive, and a Pool that nobody
@@ -137,6 +143,9 @@ class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
         # Guards handing a job to an idle worker, which submit() may do from the caller's thread
         # (try_direct) as well as the loop; reentrant because dispatch can start a schedule's run.
         self.lock = threading.RLock()
+        self.store: StoreAgent | None = None  # set by a Pool with a store, before any job
+        self.stored_futures: dict[str, JobFuture[Any]] = {}  # store job id -> this host's future
+        self.schedule_records: list[ScheduleRecord] = []  # memory-only schedules, for listing
 
     def on_result(
         self,
@@ -236,14 +245,19 @@ class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
         self.timer = None
         timed, now = self.timed, self.clock()
         if timed.next_due <= now:  # while spinning before a due time, nothing is: no generator
+            starting: list[Job] = []
             for item in timed.pop_due(now):
                 if isinstance(item, Job):
-                    if item.future is None or not item.future.done():
+                    if item.stored is not None and item.attempt == 0:
+                        starting.append(item)  # the store marks it running first
+                    elif item.future is None or not item.future.done():
                         self.queue.append(item)
                 else:
                     sched, generation = item
                     if generation == sched.generation:
                         self.fire_schedule(sched)
+            if starting:
+                self.stored_start(starting)
         self.arm_timer()
         self.dispatch()
 
@@ -255,7 +269,7 @@ class Core(WorkerLifecycle, ScheduleRuns, HandAhead, Closing):
         queue = self.queue
         while queue:
             job = queue[0]
-            if plain and (job.timeout is not None or job.schedule is not None):
+            if plain and (job.timeout is not None or job.schedule is not None or job.stored is not None):
                 return None
             queue.popleft()
             fut = job.future

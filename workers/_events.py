@@ -27,6 +27,8 @@ class PoolEventKind(StrEnum):
     RUN_MISSED = "run-missed"  # later than the misfire grace
     RUN_FAILED = "run-failed"  # a schedule's run raised or crashed (the schedule goes on)
     RUN_DONE = "run-done"  # a schedule's run returned (``result`` holds its value)
+    RUN_INTERRUPTED = "run-interrupted"  # its host died while it ran (a store's run or timed job)
+    STORE_ROW_UNLOADABLE = "store-row-unloadable"  # a stored schedule or job cannot run here: kept
     POOL_BROKEN = "pool-broken"
 
 

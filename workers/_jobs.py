@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._futures import JobFuture
     from ._schedules import ScheduleRecord
+    from ._store_agent import Claimed
 
 
 @dataclass(eq=False, slots=True)
@@ -28,3 +29,5 @@ class Job:
     load_deaths: int = 0  # workers that died while unpickling it (see StartedBoard)
     timed_out: bool = False
     cancelled_running: bool = False
+    stored: Claimed | None = None  # a run or job of the store: it is marked running before it runs
+    fire_time: float | None = None  # epoch: the time it was scheduled for (a schedule's run, submit_at)

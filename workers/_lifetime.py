@@ -50,6 +50,8 @@ def _shutdown_pools_at_exit() -> None:
 def release(core: Core, io: IOThread, events: EventDispatcher) -> None:
     """The last step of a shutdown: the loop and the event thread end."""
     io.close()
+    if core.store is not None:  # after the loop: every outcome is in its queue
+        core.store.close()
     events.close()
     core.fail_inbox()
     core.backend.close()

@@ -13,20 +13,20 @@ import logging
 import math
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from procman._child.worker_loop import (
-    CACHE_MAX,
-)
+from procman._child.worker_loop import CACHE_MAX, FN_LEN
 from procman._proc.events import EventDispatcher
 from procman._proc.loop import IOThread
 from procman._proc.output import Output, OutputRouter, check_output
 from procman._proc.start import START_METHODS, warn_if_fork
 
+from . import _manage as manage
 from ._backend import WorkerBackend
 from ._checks import check_count, check_seconds, default_workers, job_name
 from ._dask import DaskBackend, check_dask_options
@@ -43,10 +43,13 @@ from ._jobs import Job
 from ._lifecycle import Settings
 from ._lifetime import live_pools, release, release_dropped
 from ._local import LocalBackend
-from ._schedules import DEFAULT_MISFIRE_GRACE, Schedule, ScheduleRecord, make_trigger
+from ._manage import TimedJob, upsert_schedule
+from ._persist import dump_options, encode_call, load_options, parse_trigger
+from ._schedules import DEFAULT_MISFIRE_GRACE, RunRecord, Schedule, ScheduleRecord, make_trigger
 from ._serialize import callable_blob, dumps_job, init_call
 from ._stats import PoolStats
-from ._triggers import to_epoch, to_seconds
+from ._store_agent import Claimed, Store, StoreAgent
+from ._triggers import Trigger, to_epoch, to_seconds
 
 T = TypeVar("T")
 log = logging.getLogger("workers")
@@ -78,6 +81,11 @@ class Pool(concurrent.futures.Executor):
             stdout/stderr as ``name | line``), ``"terminal"``, ``"logging"``, or a callable
             ``(name, stream, line)`` run on the event thread.
         name: the pool's name in the workers' process titles (``procman: worker 2 (pool)``).
+        store: where timed jobs and schedules outlive the process: a URL
+            (``"sqlite:///jobs.db"``, ``"postgresql://..."``) or a :class:`workers.Store`. With a
+            store, ``submit_at``/``submit_after`` jobs and schedules are written to it and run
+            after a restart, by whichever host sharing it claims them, each fire time once (see
+            the README's "Durable timed jobs"). None (default): they live in this process only.
         backend: None (default) for worker processes of this machine, or a
             :class:`workers.DaskBackend` to run the jobs on a Dask cluster; then ``max_workers``
             (default None: all of them) caps the cluster's threads this pool uses, and
@@ -103,7 +111,10 @@ class Pool(concurrent.futures.Executor):
         output: Output = "auto",
         name: str = "pool",
         backend: DaskBackend | None = None,
+        store: str | Store | None = None,
     ) -> None:
+        if store is not None and not isinstance(store, Store):
+            store = Store(store)  # checks the URL: a bad one fails here, before anything starts
         if backend is not None:
             check_dask_options(backend, initializer, max_tasks_per_worker, max_memory_mb)
         elif max_workers is None:
@@ -138,7 +149,11 @@ class Pool(concurrent.futures.Executor):
         self._closed = False
         self._shutdown_lock = threading.Lock()
         self._shutdown_fut: concurrent.futures.Future[None] | None = None
+        # Opened first: a store that cannot be opened fails Pool() with nothing started.
+        self._store = StoreAgent(store, name) if store is not None else None
         self._events = EventDispatcher(on_event, "workers-events")
+        if self._store is not None:
+            self._store.events = self._events
         self._output = OutputRouter(output, "workers.job", "job", self._events.emit)
         self._io = IOThread("workers-io")
         settings = Settings(
@@ -161,7 +176,10 @@ class Pool(concurrent.futures.Executor):
         else:
             live = connect_dask(backend, self._io, self._events, name, start_method, max_workers)
         core = self._core = Core(settings, self._io.loop, self._events, self._output, live)
+        core.store = self._store
         self._io.loop.call_soon_threadsafe(live.begin, core)
+        if self._store is not None:
+            self._store.begin(core)
         # Dropped without shutdown(): queued and running jobs finish, then the workers go.
         self._finalizer = weakref.finalize(self, release_dropped, core, self._io, self._events)
         self._finalizer.atexit = False  # at exit, _shutdown_pools_at_exit handles every pool
@@ -197,8 +215,15 @@ class Pool(concurrent.futures.Executor):
         retries: int | None = None,
         retry_backoff: float | None = None,
         name: str | None = None,
+        redeliver: bool = False,
     ) -> JobFuture[T]:
         """The general form of submit: per-job timeout, retries, and an optional due time.
+
+        With a store, a job with a due time (``at`` or ``after``) is written to it: it runs after a
+        restart, on whichever host sharing the store claims it. Its future resolves here when it
+        ends here; when another host ran it, with None (the value stays there) or the error as text.
+        ``redeliver``: if its host dies while it runs, run it again (at least once) rather than
+        record it interrupted (at most once, the default).
 
         Raises:
             SerializationError: the job cannot be pickled (the message names the argument).
@@ -213,6 +238,15 @@ class Pool(concurrent.futures.Executor):
         backoff = (
             check_seconds("retry_backoff", retry_backoff) if retry_backoff is not None else self.retry_backoff
         )
+        if self._store is not None and (at is not None or after is not None):
+            if at is not None:
+                when = to_epoch(at, "at")
+            else:
+                assert after is not None
+                when = time.time() + to_seconds(after, "after", positive=False)
+            return self._submit_stored(
+                fn, tuple(args), kwargs or {}, when, name, timeout, retries or 0, backoff or 0.0, redeliver
+            )
         if at is not None:
             when = at if type(at) is float and math.isfinite(at) else to_epoch(at, "at")
             # The wall clock first: a pause between the two reads (a thread switch) then makes
@@ -240,6 +274,8 @@ class Pool(concurrent.futures.Executor):
             self._limit.take(fut)
         # positional: id, name, blob, due, timeout, retries_left, retry_backoff, future
         job = Job(next(core.ids), name or default_name, blob, due, timeout, retries or 0, backoff or 0.0, fut)
+        if at is not None:
+            job.fire_time = when
         if (
             timeout is None
             and at is None
@@ -285,6 +321,7 @@ class Pool(concurrent.futures.Executor):
         timeout: float | None = None,
         retries: int = 0,
         retry_backoff: float = 0.1,
+        redeliver: bool = False,
     ) -> Schedule:
         """Run ``fn`` on a recurring schedule: ``every`` an interval or on a ``cron`` expression.
 
@@ -302,6 +339,13 @@ class Pool(concurrent.futures.Executor):
                 never missed.
             coalesce: when several times came due at once, run once rather than once each.
             timeout, retries, retry_backoff: per run, as in :meth:`submit_job`.
+            redeliver: with a store, a run whose host died while it ran is run again (at least
+                once) rather than recorded interrupted (at most once, the default).
+
+        With a store, the schedule is written to it under ``name`` (default: the function's
+        name), and one of that name already there is updated: a script that declares its
+        schedules at each start keeps their next times, pauses and history, and catches up the
+        runs its downtime missed under ``misfire_grace`` and ``coalesce``.
 
         A failed or crashed run is recorded (``failures``, ``last_error``, an event) and never stops
         the schedule.
@@ -319,8 +363,16 @@ class Pool(concurrent.futures.Executor):
             "timeout": check_seconds("timeout", timeout),
             "retries": check_count("retries", retries, minimum=0, allow_none=False),
             "retry_backoff": check_seconds("retry_backoff", retry_backoff, allow_none=False),
+            "redeliver": bool(redeliver),
         }
         self._check_usable()
+        if self._store is not None:
+            key = name or job_name(fn)
+            call = encode_call(fn, tuple(args), dict(kwargs or {}))
+            user_start = to_epoch(start, "start") if start is not None else None
+            options = dump_options(opts)
+            self._store.call(lambda cur: upsert_schedule(cur, key, trigger, user_start, call, options))
+            return self._stored_schedule(key)
         blob = dumps_job(callable_blob(fn), tuple(args), dict(kwargs or {}))
         record = ScheduleRecord(name or job_name(fn), trigger, blob, opts)
         self._call(self._core.schedule_add, record)
@@ -351,6 +403,190 @@ class Pool(concurrent.futures.Executor):
         pending = deque(self.submit(fn, *call) for call in ahead)  # submit errors raise here, as stdlib
         more = None if buffersize is None else (self.submit(fn, *call) for call in calls)
         return results_in_order(pending, more, deadline)
+
+    # -- managing timed jobs and schedules ------------------------------------------------------
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule: with a store, all of the store's (from any host, cancelled ones too);
+        without one, this pool's not cancelled."""
+        if self._store is not None:
+            return [self._stored_schedule(n) for n in self._store.call(manage.schedule_names)]
+        return [Schedule(r, self) for r in self._call(lambda: list(self._core.schedule_records))]
+
+    def get_schedule(self, name: str) -> Schedule:
+        """The schedule named ``name``; ScheduleError if there is none."""
+        if self._store is not None:
+            return self._stored_schedule(name)
+        for r in reversed(self._call(lambda: list(self._core.schedule_records))):
+            if r.name == name:
+                return Schedule(r, self)
+        raise ScheduleError(f"no schedule named {name!r} (see Pool.schedules())")
+
+    def timed_jobs(self, name: str | None = None) -> list[TimedJob]:
+        """One-off timed jobs not yet started (all, or those named ``name``), earliest first:
+        with a store, every host's; without one, this pool's."""
+        if self._store is not None:
+            rows = self._store.call(lambda cur: manage.list_jobs(cur, name))
+            return [TimedJob(self, key, n, due, state, None) for key, n, due, state in rows]
+
+        def waiting() -> list[TimedJob]:
+            core = self._core
+            wall, now = time.time(), core.clock()
+            out = []
+            for item in core.timed.items():
+                if (
+                    not isinstance(item, Job)
+                    or item.stored is not None
+                    or item.attempt
+                    or item.future is None
+                ):
+                    continue
+                if item.future.done() or (name is not None and item.name != name):
+                    continue
+                out.append(TimedJob(self, item.id, item.name, wall + (item.due - now), "waiting", item))
+            return sorted(out, key=lambda t: t._due)
+
+        return self._call(waiting)
+
+    def store_problems(self) -> list[tuple[str, str, str]]:
+        """Stored schedules and jobs this host cannot run, kept in the store: (kind, name, reason)."""
+        if self._store is None:
+            return []
+        return [(kind, name, reason) for (kind, name), reason in sorted(self._store.problems.items())]
+
+    def _submit_stored(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        when: float,
+        name: str | None,
+        timeout: float | None,
+        retries: int,
+        backoff: float,
+        redeliver: bool,
+    ) -> JobFuture[Any]:
+        store = self._store
+        assert store is not None
+        self._check_usable()
+        ref, pickled, arg_bytes = encode_call(fn, args, kwargs)
+        key = uuid.uuid4().hex
+        opts = {
+            "timeout": timeout,
+            "retries": retries,
+            "retry_backoff": backoff,
+            "redeliver": bool(redeliver),
+            "misfire_grace": None,
+        }
+        label = name or job_name(fn)
+        fut: JobFuture[Any] = JobFuture()
+        if self._limit is not None:
+            self._limit.take(fut)
+        core = self._core
+        core.stored_futures[key] = fut
+        # Due soon: claimed by this host as it is written, and on its timed heap at once.
+        near = when <= time.time() + store.cfg.lookahead
+        host = store.host if near else None
+        options = dump_options(opts)
+        store.add_jobs(
+            [
+                (
+                    key,
+                    label,
+                    when,
+                    ref,
+                    pickled,
+                    arg_bytes,
+                    options,
+                    "claimed" if near else "due",
+                    host,
+                    store.host,
+                )
+            ]
+        )
+        if near:
+            fn_blob = pickled if pickled is not None else callable_blob(fn)
+            blob = FN_LEN.pack(len(fn_blob)) + fn_blob + arg_bytes
+            item = Claimed("job", key, label, when, blob, load_options(options))
+            try:
+                self._io.loop.call_soon_threadsafe(core.stored_claimed, [item])
+            except RuntimeError:
+                fut.cancel()
+                raise PoolClosed("the pool is shut down") from None
+        return fut
+
+    def _stored_schedule(self, name: str) -> Schedule:
+        store = self._store
+        assert store is not None
+        row = store.call(lambda cur: manage.schedule_row(cur, name))
+        view = store.views.get(name)
+        trigger = parse_trigger(row[1], row[2], row[3], row[4])
+        if view is None:
+            view = ScheduleRecord(name, trigger, b"", load_options(row[5]))
+            view.stored = True
+            store.views[name] = view
+        view.trigger = trigger
+        view.refresh(*row[6:])
+        return Schedule(view, self)
+
+    def _store_change(self, record: ScheduleRecord, action: str, trigger: Trigger | None = None) -> None:
+        store = self._store
+        assert store is not None
+        name = record.name
+        if action == "resume":
+            store.call(lambda cur: manage.resume(cur, name, record.trigger))
+        elif action == "reschedule":
+            assert trigger is not None
+            store.call(lambda cur: manage.reschedule(cur, name, trigger))
+        else:
+            store.call(lambda cur: getattr(manage, action)(cur, name))
+        self._stored_schedule(name)
+
+    def _store_history(self, name: str, limit: int) -> list[RunRecord]:
+        store = self._store
+        assert store is not None
+        rows = store.call(lambda cur: manage.history(cur, name, limit))
+
+        def at(t: float | None) -> datetime | None:
+            return None if t is None else datetime.fromtimestamp(t).astimezone()
+
+        return [RunRecord(at(f), s, at(st), d, e, h) for f, s, st, d, e, h in rows]
+
+    def _job_action(self, job: TimedJob, action: str, when: float | None) -> None:
+        core = self._core
+        store = self._store
+        if store is not None:
+            key = str(job.id)
+            store.call(lambda cur: manage.job_set(cur, key, action, when))
+
+            def forget() -> None:  # this host's claim on it, if it held one, is void
+                core.timed.discard(
+                    lambda i: isinstance(i, Job) and i.stored is not None and i.stored.key == key
+                )
+                core.arm_timer()
+                if action == "cancel":
+                    fut = core.stored_futures.pop(key, None)
+                    if fut is not None:
+                        fut.cancel()
+
+            self._call(forget)
+            return
+        local = job._job
+        assert local is not None and local.future is not None
+        if action == "cancel":
+            if not local.future.cancel():
+                raise ScheduleError(f"the timed job {job.name!r} is not waiting any more")
+            return
+        assert when is not None
+
+        def move() -> None:
+            if local.future is None or local.future.done() or not core.timed.discard(lambda i: i is local):
+                raise ScheduleError(f"the timed job {job.name!r} is not waiting any more")
+            local.due = core.clock() + (when - time.time())
+            local.fire_time = when
+            core.enqueue(local)
+
+        self._call(move)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

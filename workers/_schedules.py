@@ -4,6 +4,9 @@ dispatcher's part that turns a schedule's times into runs."""
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -18,6 +21,21 @@ from ._triggers import Every, Trigger, plan, to_epoch, to_seconds
 
 if TYPE_CHECKING:
     from ._pool import Pool
+
+HISTORY = 100  # finished runs a memory-only schedule keeps (a store keeps its own ``history``)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of a schedule, as :meth:`Schedule.history` lists it."""
+
+    fire_time: datetime | None  # the time it was scheduled for (aware, local time zone)
+    state: str  # done, failed, missed, skipped, interrupted (and running, claimed, due: not over)
+    started: datetime | None
+    duration: float | None  # seconds it ran in its worker
+    error: str | None  # what it raised or how it crashed, as text
+    host: str | None = None  # the store's id of the host that ran it
+
 
 DEFAULT_MISFIRE_GRACE = 300.0  # seconds; APScheduler's 1 s silently drops runs on a busy host
 
@@ -78,7 +96,45 @@ class ScheduleRecord:
         self.last_done = Outcome.known()  # the last run that returned
         self.last_failed = Outcome.known()  # the last run that failed
         self.last_run: float | None = None  # epoch of the last completed run
+        self.interrupted = 0  # runs whose host died while they ran (a store's schedules)
+        self.redeliver: bool = opts.get("redeliver", False)
+        self.stored = False  # lives in the pool's store: the counters are the store's, all hosts'
+        # Memory-only schedules' last runs: (fire time, ended, duration, outcome), made RunRecords
+        # on the caller's thread (an outcome is never unpickled on the loop).
+        self.history: deque[tuple[float | None, float, float | None, Outcome]] = deque(maxlen=HISTORY)
         self.cond = threading.Condition()
+
+    def notify(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def refresh(
+        self,
+        state: str,
+        next_time: float | None,
+        runs: int,
+        failures: int,
+        missed: int,
+        skipped: int,
+        interrupted: int,
+    ) -> None:
+        """A stored schedule's row as the store's thread last read it."""
+        try:
+            self.state = ScheduleState(state)
+        except ValueError:
+            pass
+        self.next_time = next_time
+        self.runs, self.failures, self.missed = runs, failures, missed
+        self.skipped, self.interrupted = skipped, interrupted
+        self.notify()
+
+    def local_outcome(self, outcome: Outcome) -> None:
+        """A run of a stored schedule ended on this host: its result is readable here."""
+        self.last_run = time.time()
+        if outcome.is_error:
+            self.last_failed = outcome
+        else:
+            self.last_done = outcome
 
 
 class Schedule:
@@ -133,16 +189,78 @@ class Schedule:
         """What the last failed run raised, or how it crashed (unpickled here, on first use)."""
         return self._r.last_failed.get()[1]
 
+    @property
+    def interrupted(self) -> int:
+        """Runs whose host died while they ran (a pool with a store): recorded, not run again."""
+        return self._r.interrupted
+
+    @property
+    def trigger(self) -> Trigger:
+        return self._r.trigger
+
     def cancel(self) -> None:
-        """No more runs; a run under way finishes."""
-        self._pool._call(self._pool._core.schedule_cancel, self._r)
+        """No more runs; a run under way finishes. With a store: on every host sharing it."""
+        if self._r.stored:
+            self._pool._store_change(self._r, "cancel")
+        else:
+            self._pool._call(self._pool._core.schedule_cancel, self._r)
 
     def pause(self) -> None:
-        self._pool._call(self._pool._core.schedule_pause, self._r)
+        """No runs until :meth:`resume`. With a store: on every host, within its ``poll``."""
+        if self._r.stored:
+            self._pool._store_change(self._r, "pause")
+        else:
+            self._pool._call(self._pool._core.schedule_pause, self._r)
 
     def resume(self) -> None:
         """Resume from the next scheduled time after now (runs missed while paused are not made up)."""
-        self._pool._call(self._pool._core.schedule_resume, self._r)
+        if self._r.stored:
+            self._pool._store_change(self._r, "resume")
+        else:
+            self._pool._call(self._pool._core.schedule_resume, self._r)
+
+    def reschedule(
+        self,
+        *,
+        every: float | timedelta | str | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
+        start: datetime | float | None = None,
+        end: datetime | float | None = None,
+    ) -> None:
+        """Give the schedule a new trigger (the arguments are Pool.schedule's); its next run is the
+        new trigger's first time from now, and a paused schedule stays paused."""
+        trigger = make_trigger(every, cron, tz, start, end)
+        if self._r.stored:
+            self._pool._store_change(self._r, "reschedule", trigger)
+        else:
+            self._pool._call(self._pool._core.schedule_reschedule, self._r, trigger)
+
+    def run_now(self) -> None:
+        """One extra run now, outside the trigger's times (overlap rules apply)."""
+        if self._r.stored:
+            self._pool._store_change(self._r, "run_now")
+        else:
+            self._pool._call(self._pool._core.schedule_run_now, self._r)
+
+    def history(self, limit: int = 20) -> list[RunRecord]:
+        """The last ``limit`` runs, newest first (with a store: from every host, bounded by its
+        ``history``; without one, the last 100 runs of this process)."""
+        if self._r.stored:
+            return self._pool._store_history(self._r.name, limit)
+        out = []
+        for fire, ended, ran, outcome in list(self._r.history)[::-1][:limit]:
+            error = outcome.get()[1]
+            out.append(
+                RunRecord(
+                    _local(fire),
+                    "failed" if error is not None else "done",
+                    _local(ended - (ran or 0.0)),
+                    ran,
+                    None if error is None else f"{type(error).__name__}: {error}",
+                )
+            )
+        return out
 
     def wait(self, runs: int, timeout: float) -> bool:
         """Block until at least ``runs`` runs completed; False if ``timeout`` ran out first."""
@@ -153,14 +271,36 @@ class Schedule:
         return f"<Schedule {self.name!r} {self.state.value} runs={self.runs} next={self.next_run_time}>"
 
 
+def _local(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t).astimezone()
+
+
 class ScheduleRuns(DispatchState):
     """The dispatcher's part for schedules (a base of workers._dispatch.Core): arm each one's next
     time on the timed queue, turn a due time into runs under its misfire, coalescing and overlap
     rules, and count what each run did. Runs on the I/O loop."""
 
     def schedule_add(self, sched: ScheduleRecord) -> None:
+        records = self.schedule_records
+        records[:] = [r for r in records if r.state is not ScheduleState.CANCELLED]
+        records.append(sched)
         first = sched.trigger.first(self.wall())
         self.arm_schedule(sched, first)
+
+    def schedule_reschedule(self, sched: ScheduleRecord, trigger: Trigger) -> None:
+        sched.trigger = trigger
+        sched.generation += 1
+        if sched.state in (ScheduleState.ACTIVE, ScheduleState.FINISHED):
+            sched.state = ScheduleState.ACTIVE
+            self.arm_schedule(sched, trigger.first(self.wall()))
+        else:
+            sched.next_time = trigger.first(self.wall())
+
+    def schedule_run_now(self, sched: ScheduleRecord) -> None:
+        if sched.state is ScheduleState.CANCELLED:
+            raise ScheduleError(f"the schedule {sched.name!r} is cancelled")
+        self.start_run(sched, self.clock(), self.wall())
+        self.dispatch()
 
     def arm_schedule(self, sched: ScheduleRecord, at: float | None) -> None:
         sched.next_time = at
@@ -189,10 +329,10 @@ class ScheduleRuns(DispatchState):
                 )
             )
         for scheduled in p.run:
-            self.start_run(sched, self.clock() - (now - scheduled))
+            self.start_run(sched, self.clock() - (now - scheduled), scheduled)
         self.arm_schedule(sched, p.next)
 
-    def start_run(self, sched: ScheduleRecord, due: float) -> None:
+    def start_run(self, sched: ScheduleRecord, due: float, fire_time: float | None = None) -> None:
         if sched.in_flight >= sched.max_instances:
             if sched.overlap == "queue":
                 sched.queued_runs += 1
@@ -219,6 +359,7 @@ class ScheduleRuns(DispatchState):
             retries_left=sched.retries,
             retry_backoff=sched.retry_backoff,
             schedule=sched,
+            fire_time=fire_time,
         )
         if self.broken is not None or self.closing:
             self.fail_final(job, self.broken or PoolClosed("the pool is shut down"))
@@ -226,11 +367,15 @@ class ScheduleRuns(DispatchState):
             self.queue.append(job)
 
     def finish_schedule_run(self, job: Job, outcome: Outcome) -> None:
+        if job.stored is not None:
+            self.stored_finished(job, outcome)
+            return
         sched = job.schedule
         if sched is None:
             return
         sched.runs += 1
         sched.last_run = self.wall()
+        sched.history.append((job.fire_time, sched.last_run, job.ran, outcome))
         if outcome.is_error:
             sched.failures += 1
             sched.last_failed = outcome

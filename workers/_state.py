@@ -8,7 +8,7 @@ calls on another. At run time it is empty.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncio
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from procman._proc.output import OutputRouter
 
     from ._backend import WorkerBackend, WorkerReports
-    from ._futures import Outcome
+    from ._futures import JobFuture, Outcome
     from ._jobs import Job
     from ._lifecycle import Settings, Worker
     from ._schedules import ScheduleRecord
@@ -57,6 +57,8 @@ class DispatchState:
         prefetch_soon: bool
         rebalance_timer: asyncio.TimerHandle | None
         broken: BaseException | None
+        schedule_records: list[ScheduleRecord]
+        stored_futures: dict[str, JobFuture[Any]]
         closing: bool
 
         def link(self, worker: Worker) -> WorkerReports: ...
@@ -86,3 +88,7 @@ class DispatchState:
         def finish_schedule_run(self, job: Job, outcome: Outcome) -> None: ...
 
         def schedule_cancel(self, sched: ScheduleRecord) -> None: ...
+
+        def stored_finished(self, job: Job, outcome: Outcome) -> None: ...
+
+        def stored_start(self, jobs: list[Job]) -> None: ...

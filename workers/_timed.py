@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -49,6 +49,16 @@ class TimedQueue(Generic[T]):
     def items(self) -> list[T]:
         """What is in the queue, in no particular order."""
         return [entry[2] for entry in self._heap]
+
+    def discard(self, drop: Callable[[T], bool]) -> int:
+        """Remove the items for which ``drop`` is true (O(n): for rare changes); how many went."""
+        kept = [entry for entry in self._heap if not drop(entry[2])]
+        gone = len(self._heap) - len(kept)
+        if gone:
+            heapq.heapify(kept)
+            self._heap[:] = kept
+            self.next_due = kept[0][0] if kept else math.inf
+        return gone
 
     def clear(self) -> None:
         self._heap.clear()
