@@ -134,6 +134,58 @@ def dask_address() -> Iterator[str | None]:
             _SIDECARS.discard(host.pid)
 
 
+@pytest.fixture(scope="session")
+def pg_server(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A PostgreSQL server for the session: $PROCWORKS_PG_URL (.ci/run starts one), else one started
+    here in a temporary directory (tests/pg_server.py); None, said in one loud line, if neither."""
+    import contextlib
+
+    import pg_server as pg
+
+    reason = None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        reason = "psycopg is not installed (pip install -e '.[test]')"
+    with contextlib.ExitStack() as stack:
+        started: set[int] = set()
+        url = None
+        if reason is None:
+            before = descendants([os.getpid()])
+            try:
+                url = stack.enter_context(pg.server())
+            except pg.PostgresUnavailable as exc:
+                reason = str(exc)
+            started = descendants([os.getpid()]) - before
+            _SIDECARS.update(started)
+        if url is None:
+            terminal = request.config.pluginmanager.get_plugin("terminalreporter")
+            line = f"POSTGRESQL UNAVAILABLE: {reason}; the PostgreSQL tests are skipped"
+            if terminal is not None:
+                terminal.write_line(line, red=True, bold=True)
+            request.config.stash[PG_SKIPPED] = line
+        try:
+            yield url
+        finally:
+            stack.close()
+            _SIDECARS.difference_update(started)
+
+
+PG_SKIPPED = pytest.StashKey[str]()
+
+
+@pytest.fixture
+def pg_database(request: pytest.FixtureRequest, pg_server: str | None) -> str:
+    """A new, empty database on the session's PostgreSQL server, for one test."""
+    import uuid
+
+    import pg_server as pg
+
+    if pg_server is None:
+        pytest.skip(request.config.stash.get(PG_SKIPPED, "no PostgreSQL server"))
+    return pg.new_database(pg_server, f"t_{uuid.uuid4().hex[:12]}")
+
+
 BACKENDS = ["local", "dask"]
 
 

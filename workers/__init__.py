@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._cron import Cron
+    from ._current import scheduled_time
     from ._dask import DaskBackend
     from ._errors import (
         DaskBackendError,
@@ -74,6 +75,7 @@ _HOMES = {
     "plan": "_triggers",
     "parse_duration": "_triggers",
     "check_job": "_serialize",
+    "scheduled_time": "_current",
 }
 
 __all__ = (
@@ -105,6 +107,7 @@ __all__ = (
     "log_pool_event",
     "parse_duration",
     "plan",
+    "scheduled_time",
 )
 
 

@@ -97,8 +97,9 @@ class WorkerBackend(Protocol):
     can_recall: bool  # workers hand back jobs held behind a long one (see Core.rebalance)
     prefetch: bool  # a worker may be handed jobs to hold behind its running one (see HandAhead)
 
-    def frame(self, ticket: int, due: float, blob: bytes, name: str) -> bytes:
-        """One job for the wire, under a ticket unique to this hand-off."""
+    def frame(self, ticket: int, scheduled: float, blob: bytes, name: str) -> bytes:
+        """One job for the wire, under a ticket unique to this hand-off; ``scheduled`` is the
+        wall-clock time it was scheduled for, or 0.0 (workers.scheduled_time() in the job)."""
 
     def begin(self, reports: BackendReports) -> None:
         """On the loop, once the dispatcher is made: report the capacity, now and as it changes."""

@@ -144,7 +144,7 @@ class DaskWorkers:
 
     # -- the seam ------------------------------------------------------------------------------
 
-    def frame(self, ticket: int, due: float, blob: bytes, name: str) -> bytes:
+    def frame(self, ticket: int, scheduled: float, blob: bytes, name: str) -> bytes:
         head = _KEY_NAME.sub("_", name)[:60].encode()
         return FRAME_HEAD.pack(ticket, len(head)) + head + blob
 

@@ -332,7 +332,8 @@ class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
     def frame(self, job: Job) -> bytes:
         """The job's frame for one hand-off, under a new ticket (see StartedBoard)."""
         job.ticket = ticket = next(self.tickets)
-        return self.backend.frame(ticket, job.due, job.blob, job.name)
+        # The frame carries the wall-clock time it was scheduled for (workers.scheduled_time()).
+        return self.backend.frame(ticket, job.fire_time or 0.0, job.blob, job.name)
 
     def dispatch(self) -> None:
         with self.lock:

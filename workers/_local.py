@@ -142,8 +142,8 @@ class LocalBackend:
 
     prefetch = True
 
-    def frame(self, ticket: int, due: float, blob: bytes, name: str) -> bytes:
-        return job_frame(ticket, due, blob)
+    def frame(self, ticket: int, scheduled: float, blob: bytes, name: str) -> bytes:
+        return job_frame(ticket, scheduled, blob)
 
     def begin(self, reports: BackendReports) -> None:
         reports.capacity(self.max_workers)

@@ -148,7 +148,7 @@ class Connection:
                 self.raw = sqlite3.connect(
                     path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
                 )
-                self.raw.execute("PRAGMA journal_mode=WAL")
+                _wal(self.raw, busy_timeout)
                 self.raw.execute("PRAGMA synchronous=NORMAL")
                 self.raw.execute("PRAGMA foreign_keys=OFF")
             except sqlite3.Error as exc:
@@ -221,6 +221,20 @@ class Connection:
                     "UPDATE procworks_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
                 )
         return found
+
+
+def _wal(con: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL (readers never wait for the writer). Processes opening a new store at once
+    may find it locked, and this pragma does not wait on the busy timeout: retry, bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def schema_version(cur: Cursor, d: Dialect) -> int:

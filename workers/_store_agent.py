@@ -380,7 +380,7 @@ class StoreAgent:
                 continue
             cur.execute(f"SELECT state FROM procworks_schedules WHERE name = ?{lock}", (item.name,))
             row = cur.fetchone()
-            if row is None or row[0] != "active":
+            if row is None or row[0] in ("paused", "cancelled"):  # "finished": its last runs still go
                 cur.execute(
                     "DELETE FROM procworks_runs WHERE id = ? AND host = ? AND state = 'claimed'",
                     (item.key, self.host),

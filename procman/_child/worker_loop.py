@@ -1,9 +1,10 @@
 """The worker process: runs jobs one at a time, read from its pipe, results written back.
 
-Frames (see procman._child.wire): parent -> worker ``P`` + JOB_HEAD(job id, due) + job bytes, or a JSON
-``stop``; worker -> parent a JSON ``ready`` once the initializer ran, then one ``R`` frame per job:
-RESULT_HEAD(job id, started, finished, rss kB, status) + payload. ``started`` and ``due`` are both
-CLOCK_MONOTONIC, which Linux shares between processes, so lateness is measured where it happens.
+Frames (see procman._child.wire): parent -> worker ``P`` + JOB_HEAD(job id, scheduled) + job bytes, or
+a JSON ``stop``; worker -> parent a JSON ``ready`` once the initializer ran, then one ``R`` frame per
+job: RESULT_HEAD(job id, started, finished, rss kB, status) + payload. ``scheduled`` is the wall-clock
+time the job was scheduled for, or 0.0 (see scheduled_time). ``started`` is CLOCK_MONOTONIC, which
+Linux shares between processes, so the parent measures lateness against the due time it keeps.
 
 Anything a job raises, SystemExit included, comes back as that job's error and the worker lives on;
 only the process dying (segfault, os._exit, a signal) fails the job as WorkerCrashed.
@@ -111,8 +112,19 @@ class InitCall:
         return fn, tuple(args)
 
 
-def job_frame(job_id: int, due: float, blob: bytes) -> bytes:
-    return _wire.encode_raw(b"P", JOB_HEAD.pack(job_id, due) + blob)
+# The running job's scheduled time (epoch seconds; 0.0: none), from its frame's head.
+_scheduled = [0.0]
+
+
+def scheduled_time() -> float | None:
+    """In a worker: the time the running job was scheduled for (a schedule's fire time, the time
+    given to submit_at), or None (a plain submit, or not in a worker)."""
+    t = _scheduled[0]
+    return t if t else None
+
+
+def job_frame(job_id: int, scheduled: float, blob: bytes) -> bytes:
+    return _wire.encode_raw(b"P", JOB_HEAD.pack(job_id, scheduled) + blob)
 
 
 def rss_kb() -> int:
@@ -351,7 +363,7 @@ def worker_main(
             if _wire.decode_json(body).get("t") == "stop":
                 return 0
             continue
-        job_id, _due = JOB_HEAD.unpack_from(body, 1)
+        job_id, _scheduled[0] = JOB_HEAD.unpack_from(body, 1)
         if started_map is not None:  # taken: a death from here on is while loading this job
             STARTED.pack_into(started_map, started_at, job_id << 1)
         for out in outs:

@@ -1,0 +1,392 @@
+"""Durable timed jobs and schedules: a real SQLite file and a real PostgreSQL server, real host
+processes killed with SIGKILL. Every test runs on both stores (PostgreSQL's skip, saying why,
+only where no server can be started)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import workers
+from procman._child import pickling as _pickling
+from workers._store import MIGRATIONS
+
+HERE = Path(__file__).parent
+tagged = _pickling.dumps  # the store's pickles carry the pool's tag (stdlib pickle or by value)
+STORES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
+def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read the store as an operator would, outside any pool."""
+    if url.startswith("sqlite"):
+        con = sqlite3.connect(url[len("sqlite:///") :], timeout=30)
+        try:
+            with con:  # commits
+                return [tuple(r) for r in con.execute(sql, params).fetchall()]
+        finally:
+            con.close()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as con:
+        cur = con.execute(sql.replace("?", "%s"), params)
+        return [tuple(r) for r in cur.fetchall()] if cur.description else []
+
+
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def append_line(path: str, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text + "\n")
+
+
+def fire_time_line(path: str) -> None:
+    t = workers.scheduled_time()
+    append_line(path, repr(round(t.timestamp(), 3)) if t is not None else "none")
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def fast(url: str, **kw: Any) -> workers.Store:
+    return workers.Store(url, poll=0.05, lease=3.0, **kw)
+
+
+# -- one host -----------------------------------------------------------------------------------
+
+
+def test_a_timed_job_outlives_its_pool(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        fut = pool.submit_job(append_line, (str(out), "ran"), after=1.5, name="later")
+        [job] = pool.timed_jobs()
+        assert (job.name, job.state) == ("later", "due")
+    assert fut.cancelled()  # this process's future; the job stays in the store
+    assert not out.exists()
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        wait_until(out.exists, 15, "the job to run after the restart")
+        assert pool.timed_jobs() == []
+    assert lines(out) == ["ran"]
+    assert query(store_url, "SELECT name, state FROM procworks_jobs") == [("later", "done")]
+
+
+def test_a_timed_job_due_soon_returns_its_result(store_url: str) -> None:
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        assert pool.submit_after(0.05, pow, 2, 10).result(15) == 1024
+        fut = pool.submit_after(0.05, int, "not a number")
+        with pytest.raises(ValueError, match="not a number"):
+            fut.result(15)
+    states = sorted(r[0] for r in query(store_url, "SELECT state FROM procworks_jobs"))
+    assert states == ["done", "failed"]
+
+
+def test_a_schedule_catches_up_what_the_downtime_missed(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    start = time.time() + 0.5
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        s = pool.schedule(
+            fire_time_line,
+            every=0.2,
+            start=start,
+            args=(str(out),),
+            name="tick",
+            coalesce=False,
+            overlap="queue",  # the backlog's runs one after the other, none skipped
+        )
+        assert s.wait(2, 15)
+    stopped = time.time()
+    time.sleep(1.0)  # five fire times pass with no pool
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        # Declared again, as a script does at each start: its next time and history are kept.
+        s = pool.schedule(
+            fire_time_line,
+            every=0.2,
+            start=start,
+            args=(str(out),),
+            name="tick",
+            coalesce=False,
+            overlap="queue",  # the backlog's runs one after the other, none skipped
+        )
+        wait_until(lambda: len(lines(out)) >= 9, 15, "the missed runs to be made up")
+        s.cancel()
+    ran = [float(x) for x in lines(out)]
+    assert len(ran) == len(set(ran))  # none twice
+    grid = [round(start + k * 0.2, 3) for k in range(int((max(ran) - start) / 0.2 + 1.5))]
+    assert sorted(ran) == grid  # none lost: the downtime's times ran after the restart
+    assert any(t > stopped for t in ran)
+
+
+def test_misfire_grace_and_coalescing_after_downtime(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    seen: list[workers.PoolEvent] = []
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        pool.schedule(fire_time_line, every=0.2, args=(str(out),), name="coalesced", misfire_grace=None)
+        pool.schedule(fire_time_line, every=0.2, args=(str(out),), name="graced", misfire_grace=0.1)
+    time.sleep(1.2)
+    with workers.Pool(1, store=fast(store_url), on_event=seen.append) as pool:
+        coalesced = pool.get_schedule("coalesced")
+        graced = pool.get_schedule("graced")
+        assert coalesced.wait(1, 15)
+        wait_until(lambda: graced.missed >= 4, 15, "the late runs to be counted missed")
+        coalesced.cancel()
+        graced.cancel()
+    assert coalesced.runs == 1  # five times due at once: one run (coalesce=True)
+    assert any(e.kind is workers.PoolEventKind.RUN_MISSED and e.name == "graced" for e in seen)
+
+
+def test_manage_schedules_in_the_store(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        s = pool.schedule(append_line, every="1h", args=(str(out), "x"), name="hourly")
+        assert [x.name for x in pool.schedules()] == ["hourly"]
+        assert pool.get_schedule("hourly").next_run_time is not None
+        s.pause()
+        assert pool.get_schedule("hourly").state is workers.ScheduleState.PAUSED
+        assert s.next_run_time is None
+        s.resume()
+        s.run_now()
+        wait_until(lambda: lines(out) == ["x"], 15, "the run-now run")
+        s.reschedule(every="2h")
+        nxt = pool.get_schedule("hourly").next_run_time
+        assert nxt is not None and nxt.timestamp() > time.time() + 3600
+        [run] = [r for r in s.history() if r.state == "done"]
+        assert run.duration is not None and run.error is None
+        s.cancel()
+        assert pool.get_schedule("hourly").state is workers.ScheduleState.CANCELLED
+        with pytest.raises(workers.ScheduleError, match="no schedule named 'nope'"):
+            pool.get_schedule("nope")
+        job = pool.submit_job(append_line, (str(out), "y"), at=time.time() + 3600, name="far")
+        [tj] = pool.timed_jobs("far")
+        tj.run_now()
+        assert job.result(15) is None
+        assert lines(out) == ["x", "y"]
+        pool.submit_job(append_line, (str(out), "z"), at=time.time() + 3600, name="far2")
+        [tj] = pool.timed_jobs("far2")
+        tj.cancel()
+        assert pool.timed_jobs() == []
+
+
+def test_a_change_on_one_host_reaches_the_others(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with (
+        workers.Pool(1, store=fast(store_url), on_event=None) as a,
+        workers.Pool(1, store=fast(store_url), on_event=None) as b,
+    ):
+        s = a.schedule(append_line, every=0.05, args=(str(out), "r"), name="often")
+        assert s.wait(3, 15)
+        b.get_schedule("often").pause()
+        time.sleep(0.3)  # a run already started finishes
+        n = len(lines(out))
+        time.sleep(0.5)
+        assert len(lines(out)) == n  # no host runs it any more
+        assert a.get_schedule("often").state is workers.ScheduleState.PAUSED
+        b.get_schedule("often").resume()
+        wait_until(lambda: len(lines(out)) > n, 15, "runs after the resume")
+        a.get_schedule("often").cancel()
+
+
+def test_corrupt_and_unloadable_rows_are_reported_and_kept(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        pool.schedule(append_line, every="1h", args=(str(out), "ok"), name="good")
+    now = time.time()
+    bad = {
+        "gone-module": ("every 3600", "no_such_module_xyz:run", None, "{}"),
+        "bad-pickle": ("every 3600", None, b"\x80\x05not a pickle", "{}"),
+        "bad-trigger": ("every banana", "os:getpid", None, "{}"),
+        "bad-options": ("every 3600", "os:getpid", None, '{"max_instances": -3}'),
+    }
+    args = tagged(((), {}))
+    for name, (trig, func, pickled, options) in bad.items():
+        query(
+            store_url,
+            "INSERT INTO procworks_schedules (name, trig, func, callable, args, options, state, next_time,"
+            " created, updated) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?)",
+            (name, trig, func, pickled, args, options, now, now, now),
+        )
+    seen: list[workers.PoolEvent] = []
+    with workers.Pool(1, store=fast(store_url), on_event=seen.append) as pool:
+        good = pool.get_schedule("good")
+        good.run_now()
+        wait_until(lambda: lines(out) == ["ok"], 15, "the good schedule to run")
+        problems = {name: reason for kind, name, reason in pool.store_problems() if kind == "schedule"}
+        good.cancel()
+    assert set(problems) == set(bad)
+    assert "no_such_module_xyz" in problems["gone-module"]
+    assert "pickled callable cannot be loaded" in problems["bad-pickle"]
+    assert "every banana" in problems["bad-trigger"]
+    assert "out of range" in problems["bad-options"]
+    reported = {e.name for e in seen if e.kind is workers.PoolEventKind.STORE_ROW_UNLOADABLE}
+    assert reported == set(bad)
+    kept = {r[0] for r in query(store_url, "SELECT name FROM procworks_schedules")}
+    assert kept == {*bad, "good"}  # reported, never dropped
+
+
+def test_a_store_of_the_previous_schema_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        con.execute(statement.format(blob="BLOB", real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+    con.execute("INSERT INTO procworks_meta VALUES ('schema_version', '1')")
+    now = time.time()
+    con.execute(
+        "INSERT INTO procworks_schedules"
+        " (name, trig, func, args, options, state, next_time, created, updated)"
+        " VALUES ('old', 'every 3600', 'os:getpid', ?, '{}', 'active', ?, ?, ?)",
+        (tagged(((), {})), now + 3600, now, now),
+    )
+    con.execute(
+        "INSERT INTO procworks_jobs (id, name, due, func, args, options, state) VALUES"
+        " ('j1', 'old-job', ?, 'os:getpid', ?, '{}', 'due')",
+        (now, tagged(((), {}))),
+    )
+    con.commit()
+    con.close()
+    url = f"sqlite:///{path}"
+    with workers.Pool(1, store=fast(url), on_event=None) as pool:
+        done = "SELECT state FROM procworks_jobs WHERE id = 'j1'"
+        wait_until(lambda: query(url, done) == [("done",)], 15, "the old job to run")
+        assert [s.name for s in pool.schedules()] == ["old"]
+    assert query(url, "SELECT value FROM procworks_meta") == [("2",)]
+    assert query(url, "SELECT version FROM procworks_schedules") == [(1,)]
+
+
+def test_bad_store_urls_fail_at_pool_creation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown scheme 'mysql'"):
+        workers.Pool(1, store="mysql://localhost/db")
+    with pytest.raises(workers.StoreError, match="cannot open the SQLite store"):
+        workers.Pool(1, store=f"sqlite:///{tmp_path}/no/such/dir/jobs.db")
+    with pytest.raises(ValueError, match="lease=1"):
+        workers.Store("sqlite:///x.db", lease=1)
+
+
+# -- several hosts, killed at random -------------------------------------------------------------
+
+
+class Hosts:
+    def __init__(
+        self, url: str, log: Path, start: float, end: float, interval: float, extra: list[str]
+    ) -> None:
+        self.argv = [sys.executable, str(HERE / "store_host.py"), url, str(log), repr(start), repr(end)]
+        self.argv += [repr(interval), *extra]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.kills = 0
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
+        return subprocess.Popen(self.argv, stdout=subprocess.PIPE, env=env)
+
+    def start(self, n: int) -> None:
+        self.procs = [self.spawn() for _ in range(n)]
+        for p in self.procs:
+            assert p.stdout is not None
+            assert p.stdout.readline() == b"ready\n"
+
+    def kill_one(self, rng: random.Random) -> None:
+        i = rng.randrange(len(self.procs))
+        self.procs[i].send_signal(signal.SIGKILL)
+        self.procs[i].wait(30)
+        self.kills += 1
+        time.sleep(rng.uniform(0.0, 0.4))
+        self.procs[i] = self.spawn()
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()
+
+
+@pytest.fixture
+def hosts() -> Iterator[list[Hosts]]:
+    made: list[Hosts] = []
+    yield made
+    for h in made:
+        h.stop()
+
+
+def run_shared(
+    url: str, tmp_path: Path, made: list[Hosts], n: int, seconds: float, redeliver: bool = False
+) -> tuple[collections.Counter[float], set[float], list[float], int]:
+    log = tmp_path / "runs.log"
+    interval = 0.05
+    start = round(time.time() + 3.0, 3)
+    end = start + seconds
+    h = Hosts(url, log, start, end, interval, ["redeliver"] if redeliver else [])
+    made.append(h)
+    h.start(n)
+    rng = random.Random(n * 1000 + int(seconds))
+    while time.time() < end:
+        time.sleep(rng.uniform(0.3, 1.2))
+        h.kill_one(rng)
+
+    def settled() -> bool:
+        rows = query(url, "SELECT state, next_time FROM procworks_schedules WHERE name = 'tick'")
+        pending = query(
+            url, "SELECT count(*) FROM procworks_runs WHERE state IN ('due', 'claimed', 'running')"
+        )
+        return rows[0][0] == "finished" and pending[0][0] == 0
+
+    wait_until(settled, 60, "every fire time to be run or recorded")
+    h.stop()
+    ran = collections.Counter(round(float(x.split()[0]), 3) for x in log.read_text().splitlines())
+    interrupted = {
+        round(r[0], 3) for r in query(url, "SELECT fire_time FROM procworks_runs WHERE state = 'interrupted'")
+    }
+    grid = [round(start + k * interval, 3) for k in range(round(seconds / interval) + 1)]
+    return ran, interrupted, grid, h.kills
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_hosts_killed_at_random_run_each_fire_time_once(
+    store_url: str, tmp_path: Path, hosts: list[Hosts], n: int
+) -> None:
+    ran, interrupted, grid, kills = run_shared(store_url, tmp_path, hosts, n, 20.0)
+    assert kills >= 10
+    assert [t for t, c in ran.items() if c > 1] == []  # none twice
+    assert set(ran) <= set(grid)
+    # None lost: a fire time not run is one whose host was killed while it ran (at most once).
+    lost = [t for t in grid if t not in ran and t not in interrupted]
+    assert lost == []
+    assert len(interrupted) <= kills
+
+
+def test_a_host_killed_mid_schedule_loses_and_repeats_nothing(
+    store_url: str, tmp_path: Path, hosts: list[Hosts]
+) -> None:
+    ran, interrupted, grid, kills = run_shared(store_url, tmp_path, hosts, 2, 4.0)
+    assert kills >= 2
+    assert [t for t, c in ran.items() if c > 1] == []
+    assert [t for t in grid if t not in ran and t not in interrupted] == []
