@@ -204,7 +204,7 @@ class FakeBackend:
         self.closed = False
         self._pids = itertools.count(50_000)
 
-    def frame(self, ticket: int, due: float, blob: bytes, name: str) -> bytes:
+    def frame(self, ticket: int, scheduled: float, blob: bytes, name: str) -> bytes:
         return b"%d" % ticket
 
     def begin(self, reports: BackendReports) -> None:

@@ -32,7 +32,7 @@ WORKERS_NAMES = {
     "PoolEventKind", "PoolFull", "PoolStats", "RunRecord", "Schedule", "ScheduleError", "ScheduleState",
     "Store", "StoreError", "TimedJob",
     "SerializationError", "WorkerCrashed", "WorkersError", "check_job", "log_pool_event", "parse_duration",
-    "plan",
+    "plan", "scheduled_time",
 }  # fmt: skip
 
 

@@ -141,6 +141,34 @@ def test_a_schedule_catches_up_what_the_downtime_missed(store_url: str, tmp_path
     assert any(t > stopped for t in ran)
 
 
+def test_declared_again_after_its_end_a_schedule_still_runs_its_backlog(
+    store_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    start = round(time.time() + 0.3, 3)
+    opts: dict[str, Any] = {
+        "every": 0.1,
+        "start": start,
+        "end": start + 0.4,
+        "args": (str(out),),
+        "name": "short",
+        "coalesce": False,
+        "misfire_grace": None,
+        "overlap": "queue",
+    }
+    ahead = workers.Store(store_url, poll=1.0, lease=3.0)  # looks 2 s ahead: makes all five runs
+    with workers.Pool(1, store=ahead, on_event=None) as pool:
+        pool.schedule(fire_time_line, **opts)
+        finished = "SELECT state FROM procworks_schedules"
+        wait_until(lambda: query(store_url, finished) == [("finished",)], 15, "its runs to be made")
+    time.sleep(max(0.0, start + 0.6 - time.time()))
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        s = pool.schedule(fire_time_line, **opts)  # after its end: the runs still due are kept
+        wait_until(lambda: len(lines(out)) >= 5, 15, "the backlog to run")
+        assert s.state is workers.ScheduleState.FINISHED
+    assert sorted(float(x) for x in lines(out)) == [round(start + k * 0.1, 3) for k in range(5)]
+
+
 def test_misfire_grace_and_coalescing_after_downtime(store_url: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     seen: list[workers.PoolEvent] = []

@@ -42,7 +42,8 @@ def upsert_schedule(
     options: str,
 ) -> None:
     """Add the schedule, or update the one of that name (a script declaring its schedules at each
-    start): its runs so far, its next time and a pause are kept unless the trigger changed."""
+    start): its runs so far, its next time, its runs not yet started, a pause and an end reached
+    are kept unless the trigger changed."""
     now = time.time()
     trig, tz, _start, end = trigger_row(trigger)
     func, pickled, args = call
@@ -65,7 +66,7 @@ def upsert_schedule(
         and old_tz == tz
         and old_end == end
         and (user_start is None or user_start == old_start)
-        and state in ("active", "paused")
+        and state != "cancelled"  # declared again after a cancel: it starts anew
     )
     cur.execute(
         "UPDATE procworks_schedules SET func = ?, callable = ?, args = ?, options = ?, updated = ?,"

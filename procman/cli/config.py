@@ -35,6 +35,12 @@
     # backend = "dask"             # the jobs on a Dask cluster (pip install 'procworks[dask]'):
     # address = "tcp://sched:8786" # its scheduler, or none for a local cluster of `workers`
 
+    [store]                        # the jobs outlive restarts, run once across hosts (optional)
+    url = "sqlite:///jobs.db"      # relative to this file; or "postgresql://user@db/app" (several hosts)
+    poll = 0.5                     # seconds: changes made on another host show within this
+    lease = 10                     # seconds: a dead host's claims go to the others after this
+    history = 100                  # finished runs kept per schedule
+
     [jobs.primes]
     function = "app.jobs:count_primes"
     args = [200000]
@@ -136,8 +142,13 @@ class _Loader:
             self.dask(pool, cfg.pool)
             pool.check_unknown()
         cfg.jobs = [self.job(name, t) for name, t in top.tables("jobs")]
-        if cfg.jobs and cfg.pool is None:
+        store = top.table("store")
+        if (cfg.jobs or store is not None) and cfg.pool is None:
             cfg.pool = PoolConfig()
+        if store is not None:
+            assert cfg.pool is not None
+            cfg.pool.store = self.store(store)
+            store.check_unknown()
         top.check_unknown()
         if not cfg.daemons and not cfg.jobs:
             raise ConfigError(f"{self.path}: nothing to run: add a [daemons.NAME] or a [jobs.NAME] table")
@@ -164,6 +175,27 @@ class _Loader:
             raise table.fail("backend", f"{exc}") from exc
         except (TypeError, ValueError) as exc:
             raise table.fail("address", str(exc)) from exc
+
+    def store(self, t: Table) -> Any:
+        """``[store]``: a workers.Store, checked as Pool(store=...) checks it (the store is opened
+        when the pool starts); a relative SQLite path is relative to the config file."""
+        import workers
+
+        url = t.string("url")
+        if url is None:
+            raise t.fail("url", 'is missing: give the store\'s URL, e.g. "sqlite:///jobs.db"')
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and len(url) > len(prefix):
+            url = prefix + str(self.base / url[len(prefix) :])
+        poll = t.seconds("poll", 0.5, positive=True)
+        lease = t.seconds("lease", 10.0, positive=True)
+        history = t.integer("history", 100, minimum=1)
+        try:
+            return workers.Store(url, poll=poll or 0.5, lease=lease or 10.0, history=history or 100)
+        except ValueError as exc:
+            message = str(exc)
+            key = next((k for k in ("poll", "lease", "history") if message.startswith(k + "=")), "url")
+            raise t.fail(key, message.split(": ", 1)[-1] if key == "url" else message) from exc
 
     def socket(self, t: Table) -> Path | None:
         """``[procman] socket``: what ControlServer.start() needs of it that does not change."""

@@ -68,6 +68,7 @@ class PoolConfig:
     max_memory_mb: float | None = None
     backend: str = "local"  # or "dask"
     address: str | None = None  # the Dask scheduler's; None: a local cluster made for the pool
+    store: Any = None  # a workers.Store ([store]): timed jobs and schedules outlive restarts
 
 
 @dataclass

@@ -277,6 +277,7 @@ class Runner:
                         on_event=self.console.pool_event,
                         output=self.console.child_line,  # a job's prints under the job's name
                         backend=backend,
+                        store=cfg.pool.store,
                     )
                 )
                 try:
@@ -315,6 +316,10 @@ class Runner:
         pool = self.pool
         for job in self.cfg.jobs:
             opts: dict[str, Any] = {"name": job.name, "timeout": job.timeout, "retries": job.retries}
+            stored = self.cfg.pool is not None and self.cfg.pool.store is not None
+            if job.at is not None and stored and pool.timed_jobs(job.name):  # from an earlier start
+                self.console.line(job.name, "already in the store: runs at its time")
+                continue
             if job.at is not None:
                 fut = pool.submit_job(job.function, job.args, job.kwargs, at=job.at, **opts)
                 fut.add_done_callback(lambda f, name=job.name: self._one_off_done(name, f))
@@ -347,8 +352,9 @@ class Runner:
         cfg = self.cfg
         sd_notify("STOPPING=1")
         code = EXIT_OK
-        for h in self.jobs.values():
-            h.cancel()
+        if cfg.pool is None or cfg.pool.store is None:  # a store keeps them for the next start
+            for h in self.jobs.values():
+                h.cancel()
 
         async def stop_pool() -> bool:
             if self.pool is None:
