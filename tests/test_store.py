@@ -396,6 +396,12 @@ def run_shared(
     return ran, interrupted, grid, h.kills
 
 
+def explain(url: str, times: list[float]) -> str:
+    """What the store says of these fire times (for an assertion's message)."""
+    rows = query(url, "SELECT fire_time, state, host, started, finished, error FROM procworks_runs")
+    return repr([r for r in rows if round(r[0], 3) in set(times)][:20])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_hosts_killed_at_random_run_each_fire_time_once(
@@ -403,11 +409,12 @@ def test_hosts_killed_at_random_run_each_fire_time_once(
 ) -> None:
     ran, interrupted, grid, kills = run_shared(store_url, tmp_path, hosts, n, 20.0)
     assert kills >= 10
-    assert [t for t, c in ran.items() if c > 1] == []  # none twice
+    twice = [t for t, c in ran.items() if c > 1]
+    assert twice == [], explain(store_url, twice)  # none twice
     assert set(ran) <= set(grid)
     # None lost: a fire time not run is one whose host was killed while it ran (at most once).
     lost = [t for t in grid if t not in ran and t not in interrupted]
-    assert lost == []
+    assert lost == [], explain(store_url, lost)
     assert len(interrupted) <= kills
 
 
@@ -416,5 +423,7 @@ def test_a_host_killed_mid_schedule_loses_and_repeats_nothing(
 ) -> None:
     ran, interrupted, grid, kills = run_shared(store_url, tmp_path, hosts, 2, 4.0)
     assert kills >= 2
-    assert [t for t, c in ran.items() if c > 1] == []
-    assert [t for t in grid if t not in ran and t not in interrupted] == []
+    twice = [t for t, c in ran.items() if c > 1]
+    assert twice == [], explain(store_url, twice)
+    lost = [t for t in grid if t not in ran and t not in interrupted]
+    assert lost == [], explain(store_url, lost)

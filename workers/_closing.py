@@ -35,8 +35,7 @@ class Closing(DispatchState):
         for item in self.timed.items():
             if isinstance(item, Job):
                 if item.stored is not None and item.attempt == 0:
-                    if item.future is not None:  # the job stays in the store for the next start
-                        item.future.cancel()
+                    self.stored_abandon(item)  # it stays in the store, for the next start
                 elif item.future is not None and item.attempt == 0:
                     item.future.cancel()
                     self.counts["cancelled"] += 1

@@ -248,7 +248,7 @@ class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
             starting: list[Job] = []
             for item in timed.pop_due(now):
                 if isinstance(item, Job):
-                    if item.stored is not None and item.attempt == 0:
+                    if item.stored is not None and not item.marked:
                         starting.append(item)  # the store marks it running first
                     elif item.future is None or not item.future.done():
                         self.queue.append(item)

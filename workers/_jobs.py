@@ -31,3 +31,4 @@ class Job:
     cancelled_running: bool = False
     stored: Claimed | None = None  # a run or job of the store: it is marked running before it runs
     fire_time: float | None = None  # epoch: the time it was scheduled for (a schedule's run, submit_at)
+    marked: bool = False  # a stored job the store has recorded running (see workers._stored)

@@ -13,7 +13,6 @@ import logging
 import math
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -151,6 +150,7 @@ class Pool(concurrent.futures.Executor):
         self._shutdown_fut: concurrent.futures.Future[None] | None = None
         # Opened first: a store that cannot be opened fails Pool() with nothing started.
         self._store = StoreAgent(store, name) if store is not None else None
+        self._options_text: dict[tuple[Any, ...], str] = {}  # a stored job's options, as JSON
         self._events = EventDispatcher(on_event, "workers-events")
         if self._store is not None:
             self._store.events = self._events
@@ -470,14 +470,17 @@ class Pool(concurrent.futures.Executor):
         assert store is not None
         self._check_usable()
         ref, pickled, arg_bytes = encode_call(fn, args, kwargs)
-        key = uuid.uuid4().hex
-        opts = {
-            "timeout": timeout,
-            "retries": retries,
-            "retry_backoff": backoff,
-            "redeliver": bool(redeliver),
-            "misfire_grace": None,
-        }
+        key = store.new_key()
+        opts_key = (timeout, retries, backoff, bool(redeliver))
+        options = self._options_text.get(opts_key)
+        if options is None:
+            opts = {
+                "timeout": timeout,
+                "retries": retries,
+                "retry_backoff": backoff,
+                "redeliver": bool(redeliver),
+            }
+            options = self._options_text[opts_key] = dump_options({**opts, "misfire_grace": None})
         label = name or job_name(fn)
         fut: JobFuture[Any] = JobFuture()
         if self._limit is not None:
@@ -487,22 +490,19 @@ class Pool(concurrent.futures.Executor):
         # Due soon: claimed by this host as it is written, and on its timed heap at once.
         near = when <= time.time() + store.cfg.lookahead
         host = store.host if near else None
-        options = dump_options(opts)
-        store.add_jobs(
-            [
-                (
-                    key,
-                    label,
-                    when,
-                    ref,
-                    pickled,
-                    arg_bytes,
-                    options,
-                    "claimed" if near else "due",
-                    host,
-                    store.host,
-                )
-            ]
+        store.add_job(
+            (
+                key,
+                label,
+                when,
+                ref,
+                pickled,
+                arg_bytes,
+                options,
+                "claimed" if near else "due",
+                host,
+                store.host,
+            )
         )
         if near:
             fn_blob = pickled if pickled is not None else callable_blob(fn)

@@ -21,9 +21,11 @@ What it does, in its loop:
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -138,6 +140,9 @@ class _Finish:
     error: BaseException | None = None
 
 
+_WAKE = object()  # rows to insert are waiting (see add_job)
+
+
 @dataclass
 class _Unstart:
     items: list[Claimed]
@@ -187,6 +192,9 @@ class StoreAgent:
         self.stopping = False
         self.failing_since: float | None = None
         self.backlog: list[Any] = []  # writes a failed transaction held, tried again first
+        self.rows: collections.deque[tuple[Any, ...]] = collections.deque()  # jobs to insert
+        self.rows_wake = False
+        self.counter = itertools.count(1)
         self.thread = threading.Thread(target=self._run, name="workers-store", daemon=True)
 
     # -- from other threads ----------------------------------------------------------------------
@@ -198,9 +206,17 @@ class StoreAgent:
     def put(self, request: Any) -> None:
         self.requests.put(request)
 
-    def add_jobs(self, rows: list[tuple[Any, ...]]) -> None:
-        """Insert one-off jobs (group-committed with whatever else is queued)."""
-        self.requests.put(rows)
+    def add_job(self, row: tuple[Any, ...]) -> None:
+        """Insert a one-off job, group-committed with whatever else is queued: a loop of submits
+        wakes the store's thread once, and its rows go in one statement."""
+        self.rows.append(row)
+        if not self.rows_wake:
+            self.rows_wake = True
+            self.requests.put(_WAKE)
+
+    def new_key(self) -> str:
+        """A job id unique across hosts: this pool's random prefix and a counter."""
+        return f"{self.host}-{next(self.counter)}"
 
     def start(
         self, items: list[Claimed], done: Callable[[list[Claimed], list[Claimed], list[Claimed]], None]
@@ -252,7 +268,7 @@ class StoreAgent:
                     break
             stop = any(r is None for r in batch)
             batch = [r for r in batch if r is not None]
-            if batch:
+            if batch or self.rows:
                 self._guarded(lambda b=batch: self._serve(b))  # type: ignore[misc]
             if stop:
                 self._guarded(self._release)
@@ -300,7 +316,11 @@ class StoreAgent:
     def _serve(self, batch: list[Any]) -> None:
         """One transaction for everything queued; then the replies (after the commit). Writes a
         failed transaction held are kept and tried again: a job submitted is never dropped."""
-        writes = self.backlog + [r for r in batch if isinstance(r, (list, _Finish, _Unstart))]
+        self.rows_wake = False  # first: a row added from here on wakes the thread again
+        rows = self.rows
+        fresh = [rows.popleft() for _ in range(len(rows))]
+        writes = self.backlog + ([fresh] if fresh else [])
+        writes += [r for r in batch if isinstance(r, (_Finish, _Unstart))]
         self.backlog = []
         starts = [r for r in batch if isinstance(r, _Start)]
         calls = [r for r in batch if isinstance(r, _Call)]
