@@ -44,7 +44,14 @@ from ._lifetime import live_pools, release, release_dropped
 from ._local import LocalBackend
 from ._manage import TimedJob, upsert_schedule
 from ._persist import dump_options, encode_call, load_options, parse_trigger
-from ._schedules import DEFAULT_MISFIRE_GRACE, RunRecord, Schedule, ScheduleRecord, make_trigger
+from ._schedules import (
+    DEFAULT_MISFIRE_GRACE,
+    RunRecord,
+    Schedule,
+    ScheduleRecord,
+    ScheduleState,
+    make_trigger,
+)
 from ._serialize import callable_blob, dumps_job, init_call
 from ._stats import PoolStats
 from ._store_agent import Claimed, Store, StoreAgent
@@ -411,7 +418,8 @@ class Pool(concurrent.futures.Executor):
         without one, this pool's not cancelled."""
         if self._store is not None:
             return [self._stored_schedule(n) for n in self._store.call(manage.schedule_names)]
-        return [Schedule(r, self) for r in self._call(lambda: list(self._core.schedule_records))]
+        records = self._call(lambda: list(self._core.schedule_records))
+        return [Schedule(r, self) for r in records if r.state is not ScheduleState.CANCELLED]
 
     def get_schedule(self, name: str) -> Schedule:
         """The schedule named ``name``; ScheduleError if there is none."""
