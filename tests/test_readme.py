@@ -234,6 +234,14 @@ def _dask_output(run: Sample) -> None:
     ], run.output()
 
 
+def _store_output(run: Sample) -> None:
+    assert run.stdout == [
+        "report | report for today",
+        "['nightly'] True",
+        "['report'] ['nightly']",
+    ], run.output()
+
+
 @dataclass(frozen=True)
 class Check:
     output: Callable[[Sample], None]  # after a clean exit
@@ -245,6 +253,7 @@ CHECKS = {
     "workers in one screen": Check(output=_workers_output),
     "Scripts without a main guard": Check(output=_guardless_output),
     "On a Dask cluster": Check(output=_dask_output),
+    "Durable timed jobs and schedules": Check(output=_store_output),
 }
 
 

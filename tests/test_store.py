@@ -105,6 +105,33 @@ def test_a_timed_job_due_soon_returns_its_result(store_url: str) -> None:
     assert states == ["done", "failed"]
 
 
+def test_a_cancelled_future_cancels_its_stored_job(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        fut = pool.submit_job(append_line, (str(out), "no"), after=0.3, name="cancelled")
+        assert fut.cancel()
+        gone = "SELECT state FROM procworks_jobs"
+        wait_until(lambda: query(store_url, gone) == [("cancelled",)], 15, "the job to be recorded cancelled")
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        time.sleep(0.3)
+        assert pool.timed_jobs() == []
+    assert not out.exists()
+
+
+def test_a_stored_schedule_reports_its_runs_as_events(store_url: str) -> None:
+    seen: list[workers.PoolEvent] = []
+    with workers.Pool(1, store=fast(store_url), on_event=seen.append) as pool:
+        s = pool.schedule(int, every="1h", args=("x",), name="bad")
+        s.run_now()
+        assert s.wait(1, 15)
+        s.cancel()
+        assert isinstance(s.last_error, ValueError)  # it ran here: its error is readable here
+        [run] = [r for r in s.history() if r.state == "failed"]
+        assert run.error is not None and run.error.startswith("ValueError: invalid literal")
+    [failed] = [e for e in seen if e.kind is workers.PoolEventKind.RUN_FAILED]
+    assert failed.name == "bad" and isinstance(failed.error, ValueError)
+
+
 def test_a_schedule_catches_up_what_the_downtime_missed(store_url: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     start = time.time() + 0.5

@@ -227,6 +227,10 @@ class StoreAgent:
     def finish(self, item: Claimed, outcome: Outcome | None, duration: float | None) -> None:
         self.requests.put(_Finish(item, outcome, duration))
 
+    def cancelled(self, item: Claimed) -> None:
+        """A job its caller cancelled: recorded so, never run."""
+        self.requests.put(_Finish(item, None, None, concurrent.futures.CancelledError()))
+
     def unstart(self, items: list[Claimed]) -> None:
         """Runs marked running that the loop will not run after all (the pool is closing)."""
         self.requests.put(_Unstart(items))
@@ -457,7 +461,10 @@ class StoreAgent:
         if isinstance(error, PoolClosed):
             self._interrupt(cur, item.kind, item.key, item.name, item.opts["redeliver"], str(error))
             return
-        state = "failed" if error is not None else "done"
+        if isinstance(error, concurrent.futures.CancelledError):
+            state = "cancelled"
+        else:
+            state = "failed" if error is not None else "done"
         text = None if error is None else f"{type(error).__name__}: {error}"[:2000]
         table = "procworks_runs" if item.kind == "run" else "procworks_jobs"
         cur.execute(

@@ -12,6 +12,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from ._errors import WorkersError
+from ._events import LazyEvent, PoolEventKind
 from ._futures import JobFuture, Outcome
 from ._jobs import Job
 from ._state import DispatchState
@@ -72,7 +73,10 @@ class StoredRuns(DispatchState):
         back = []
         for it in started:
             job = by_item[id(it)]
-            if self.closing or self.broken is not None or (job.future is not None and job.future.done()):
+            if job.future is not None and job.future.cancelled() and not self.closing:
+                store.cancelled(it)  # its caller cancelled it: it never runs, here or elsewhere
+                self.stored_futures.pop(it.key, None)
+            elif self.closing or self.broken is not None:
                 back.append(it)
                 if job.future is not None:
                     job.future.cancel()
@@ -108,8 +112,11 @@ class StoredRuns(DispatchState):
         store.finish(it, outcome, job.ran)
         if it.kind == "job":
             self.stored_futures.pop(it.key, None)
-        elif it.record is not None:
+            return
+        if it.record is not None:
             it.record.local_outcome(outcome)
+        # RUN_DONE or RUN_FAILED, told apart once the outcome is unpickled on the event thread.
+        self.events.emit(LazyEvent(PoolEventKind.RUN_DONE, it.name, outcome, duration=job.ran))
 
     def stored_remote(self, rows: list[tuple[Any, ...]]) -> None:
         """Jobs submitted here that another host ran: their futures get what the store knows."""
