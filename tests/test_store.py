@@ -265,6 +265,30 @@ def test_a_change_on_one_host_reaches_the_others(store_url: str, tmp_path: Path)
         a.get_schedule("often").cancel()
 
 
+def slow_line(path: str, seconds: float) -> None:
+    time.sleep(seconds)
+    append_line(path, "done")
+
+
+def test_a_run_longer_than_the_lease_runs_once(store_url: str, tmp_path: Path) -> None:
+    # APScheduler #1116: a job outliving its lease was started again by another scheduler. Here the
+    # lease is the host's, renewed by its store thread while the job runs; even redeliver=True
+    # (run again if the host died) finds no dead host to take the run from.
+    out = tmp_path / "out"
+    with (
+        workers.Pool(1, store=fast(store_url), on_event=None) as a,
+        workers.Pool(1, store=fast(store_url), on_event=None) as b,
+    ):
+        s = a.schedule(slow_line, every="1h", args=(str(out), 4.0), name="long", redeliver=True)
+        s.run_now()
+        assert b.get_schedule("long").wait(1, 30)
+        time.sleep(1.0)
+        s.cancel()
+    assert lines(out) == ["done"]
+    states = query(store_url, "SELECT state FROM procworks_runs WHERE schedule = 'long'")
+    assert states == [("done",)]
+
+
 def test_corrupt_and_unloadable_rows_are_reported_and_kept(store_url: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
