@@ -565,19 +565,13 @@ class Pool(concurrent.futures.Executor):
         store = self._store
         if store is not None:
             key = str(job.id)
+            # A copy this host claimed before is stale now: the store refuses to start it (its
+            # state or due time changed), and a moved job is claimed anew at its new time.
             store.call(lambda cur: manage.job_set(cur, key, action, when))
-
-            def forget() -> None:  # this host's claim on it, if it held one, is void
-                core.timed.discard(
-                    lambda i: isinstance(i, Job) and i.stored is not None and i.stored.key == key
-                )
-                core.arm_timer()
-                if action == "cancel":
-                    fut = core.stored_futures.pop(key, None)
-                    if fut is not None:
-                        fut.cancel()
-
-            self._call(forget)
+            if action == "cancel":
+                fut = core.stored_futures.pop(key, None)
+                if fut is not None:
+                    fut.cancel()
             return
         local = job._job
         assert local is not None and local.future is not None

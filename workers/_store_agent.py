@@ -395,10 +395,10 @@ class StoreAgent:
                 dropped.append(item)
                 continue
             if item.kind == "job":
-                cur.execute(
+                cur.execute(  # its due time too: a copy claimed before a reschedule is stale
                     "UPDATE procworks_jobs SET state = 'running', started = ?"
-                    " WHERE id = ? AND host = ? AND state = 'claimed'",
-                    (now, item.key, self.host),
+                    " WHERE id = ? AND host = ? AND state = 'claimed' AND due = ?",
+                    (now, item.key, self.host, item.fire_time),
                 )
                 (started if cur.rowcount == 1 else dropped).append(item)  # type: ignore[attr-defined]
                 continue
