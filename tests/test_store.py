@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,6 +245,31 @@ def test_manage_schedules_in_the_store(store_url: str, tmp_path: Path) -> None:
         [tj] = pool.timed_jobs("far2")
         tj.cancel()
         assert pool.timed_jobs() == []
+
+
+def test_hosts_declaring_one_schedule_at_once_add_it_once(store_url: str) -> None:
+    pools = [workers.Pool(1, store=fast(store_url), on_event=None) for _ in range(4)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(pools))
+
+    def declare(pool: workers.Pool) -> None:
+        barrier.wait(15)
+        try:
+            pool.schedule(os.getpid, every="1h", name="same")
+        except BaseException as exc:  # noqa: BLE001 - the assertion shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=declare, args=(p,)) for p in pools]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        for p in pools:
+            p.shutdown()
+    assert errors == []
+    assert query(store_url, "SELECT name, version FROM procworks_schedules") == [("same", 4)]
 
 
 def test_a_change_on_one_host_reaches_the_others(store_url: str, tmp_path: Path) -> None:

@@ -45,21 +45,26 @@ def upsert_schedule(
     start): its runs so far, its next time, its runs not yet started, a pause and an end reached
     are kept unless the trigger changed."""
     now = time.time()
-    trig, tz, _start, end = trigger_row(trigger)
     func, pickled, args = call
-    cur.execute("SELECT trig, tz, start_at, end_at, state FROM procworks_schedules WHERE name = ?", (name,))
-    row = cur.fetchone()
-    if row is None:
-        anchored, first = _anchored(trigger, now)
-        trig, tz, start, end = trigger_row(anchored)
-        cur.execute(
-            "INSERT INTO procworks_schedules (name, trig, tz, start_at, end_at, func, callable, args,"
-            " options,"
-            " state, next_time, created, updated, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-            (name, trig, tz, start, end, func, pickled, args, options,
-             "active" if first is not None else "finished", first, now, now),
-        )  # fmt: skip
+    anchored, first = _anchored(trigger, now)
+    a_trig, a_tz, a_start, a_end = trigger_row(anchored)
+    # Insert unless the name is there: hosts declaring the same schedule at once on PostgreSQL
+    # (where a SELECT first would let both insert) add it once.
+    cur.execute(
+        "INSERT INTO procworks_schedules (name, trig, tz, start_at, end_at, func, callable, args, options,"
+        " state, next_time, created, updated, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+        " ON CONFLICT (name) DO NOTHING",
+        (name, a_trig, a_tz, a_start, a_end, func, pickled, args, options,
+         "active" if first is not None else "finished", first, now, now),
+    )  # fmt: skip
+    if cur.rowcount == 1:
         return
+    trig, tz, _start, end = trigger_row(trigger)
+    cur.execute(
+        "SELECT trig, tz, start_at, end_at, state FROM procworks_schedules WHERE name = ?" + cur.lock_row,
+        (name,),
+    )
+    row = cur.fetchone()
     old_trig, old_tz, old_start, old_end, state = row
     same = (
         old_trig == trig
@@ -90,7 +95,9 @@ def _retrigger(cur: Cursor, name: str, trigger: Trigger, now: float, state: str)
 
 def _one(cur: Cursor, name: str) -> tuple[Any, ...]:
     cur.execute(
-        "SELECT state, trig, tz, start_at, end_at, next_time FROM procworks_schedules WHERE name = ?", (name,)
+        "SELECT state, trig, tz, start_at, end_at, next_time FROM procworks_schedules WHERE name = ?"
+        + cur.lock_row,
+        (name,),
     )
     row = cur.fetchone()
     if row is None:

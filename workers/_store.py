@@ -83,11 +83,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 
 
 class Cursor(Protocol):
+    """What the store's statements use of a cursor (``?`` placeholders on both dialects)."""
+
     def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]], /) -> None: ...
 
     def fetchall(self) -> list[Any]: ...
 
     def fetchone(self) -> Any: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+    @property
+    def lock_row(self) -> str:
+        """`` FOR UPDATE`` on PostgreSQL (after a SELECT of rows about to change), else nothing."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +283,10 @@ class _Sql:
     @property
     def rowcount(self) -> int:
         return int(self._cur.rowcount)
+
+    @property
+    def lock_row(self) -> str:
+        return " FOR UPDATE" if self._d is POSTGRES else ""
 
 
 def now() -> float:

@@ -377,7 +377,7 @@ class StoreAgent:
     # -- writes ----------------------------------------------------------------------------------
 
     def _insert_jobs(self, cur: Cursor, rows: list[tuple[Any, ...]]) -> None:
-        cur.executemany(  # type: ignore[attr-defined]
+        cur.executemany(
             "INSERT INTO procworks_jobs (id, name, due, func, callable, args, options, state, host, origin)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
@@ -388,7 +388,6 @@ class StoreAgent:
         dropped: list[Claimed] = []
         later: list[Claimed] = []
         now = time.time()
-        lock = " FOR UPDATE" if self.conn.dialect.name == "postgresql" else ""
         valid = time.monotonic() < self.lease_valid
         for item in start.items:
             if not valid:  # our lease may have been taken over: these claims may be someone's
@@ -400,9 +399,9 @@ class StoreAgent:
                     " WHERE id = ? AND host = ? AND state = 'claimed' AND due = ?",
                     (now, item.key, self.host, item.fire_time),
                 )
-                (started if cur.rowcount == 1 else dropped).append(item)  # type: ignore[attr-defined]
+                (started if cur.rowcount == 1 else dropped).append(item)
                 continue
-            cur.execute(f"SELECT state FROM procworks_schedules WHERE name = ?{lock}", (item.name,))
+            cur.execute("SELECT state FROM procworks_schedules WHERE name = ?" + cur.lock_row, (item.name,))
             row = cur.fetchone()
             if row is None or row[0] in ("paused", "cancelled"):  # "finished": its last runs still go
                 cur.execute(
@@ -439,7 +438,7 @@ class StoreAgent:
                 " WHERE id = ? AND host = ? AND state = 'claimed'",
                 (now, item.key, self.host),
             )
-            (started if cur.rowcount == 1 else dropped).append(item)  # type: ignore[attr-defined]
+            (started if cur.rowcount == 1 else dropped).append(item)
         return lambda: start.done(started, dropped, later)
 
     def _end_run(self, cur: Cursor, item: Claimed, state: str, error: str | None) -> None:
@@ -447,7 +446,7 @@ class StoreAgent:
             "UPDATE procworks_runs SET state = ?, finished = ?, error = ? WHERE id = ? AND host = ?",
             (state, time.time(), error, item.key, self.host),
         )
-        if cur.rowcount == 1:  # type: ignore[attr-defined]
+        if cur.rowcount == 1:
             cur.execute(f"UPDATE procworks_schedules SET {state} = {state} + 1 WHERE name = ?", (item.name,))
 
     def _finish(self, cur: Cursor, fin: _Finish) -> None:
@@ -535,8 +534,8 @@ class StoreAgent:
                 "UPDATE procworks_hosts SET lease_until = ? WHERE id = ?",
                 (time.time() + self.cfg.lease, self.host),
             )
-            lost = cur.rowcount == 0 and self.registered  # type: ignore[attr-defined]
-            if cur.rowcount == 0:  # type: ignore[attr-defined]
+            lost = cur.rowcount == 0 and self.registered
+            if cur.rowcount == 0:
                 cur.execute(
                     "INSERT INTO procworks_hosts (id, label, lease_until) VALUES (?, ?, ?)",
                     (self.host, self.label, time.time() + self.cfg.lease),
@@ -577,7 +576,7 @@ class StoreAgent:
         why = f"its host ({label}) died while it ran"
         with self.conn.tx() as cur:
             cur.execute("DELETE FROM procworks_hosts WHERE id = ?", (host,))
-            if cur.rowcount != 1:  # type: ignore[attr-defined]
+            if cur.rowcount != 1:
                 return  # another host reaped it first
             for table in ("procworks_runs", "procworks_jobs"):
                 cur.execute(
@@ -689,7 +688,7 @@ class StoreAgent:
                     fire.append(nxt)
                     nxt = d.trigger.next_after(nxt)
                 if fire:
-                    cur.executemany(  # type: ignore[attr-defined]
+                    cur.executemany(
                         "INSERT INTO procworks_runs (schedule, fire_time, state) VALUES (?, ?, 'due')"
                         " ON CONFLICT (schedule, fire_time) DO NOTHING",
                         [(name, t) for t in fire],
@@ -733,9 +732,7 @@ class StoreAgent:
                     Claimed("run", key, name, fire_time, d.blob, d.opts, attempt, self.views.get(name))
                 )
             if release:
-                cur.executemany(  # type: ignore[attr-defined]
-                    "UPDATE procworks_runs SET state = 'due', host = NULL WHERE id = ?", release
-                )
+                cur.executemany("UPDATE procworks_runs SET state = 'due', host = NULL WHERE id = ?", release)
             cur.execute(
                 "UPDATE procworks_jobs SET state = 'claimed', host = ? WHERE id IN ("
                 f" SELECT id FROM procworks_jobs WHERE state = 'due' AND due <= ?{jobs_not}"
@@ -755,9 +752,7 @@ class StoreAgent:
                     continue
                 items.append(Claimed("job", key, name, due, blob, opts, attempt))
             if release:
-                cur.executemany(  # type: ignore[attr-defined]
-                    "UPDATE procworks_jobs SET state = 'due', host = NULL WHERE id = ?", release
-                )
+                cur.executemany("UPDATE procworks_jobs SET state = 'due', host = NULL WHERE id = ?", release)
         if items and self.core is not None:
             core = self.core
             with contextlib.suppress(RuntimeError):
