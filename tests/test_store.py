@@ -315,6 +315,25 @@ def test_a_run_longer_than_the_lease_runs_once(store_url: str, tmp_path: Path) -
     assert states == [("done",)]
 
 
+def test_a_postgresql_restart_loses_nothing(pg_database: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with workers.Pool(1, store=fast(pg_database), on_event=None) as pool:
+        s = pool.schedule(append_line, every=0.05, args=(str(out), "tick"), name="tick")
+        assert s.wait(3, 15)
+        # What a server restart does to its clients: every connection of the store's cut.
+        kill = (
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert query(pg_database, kill)
+        fut = pool.submit_after(0.2, append_line, str(out), "after")
+        assert fut.result(30) is None  # submitted while the store was away: not lost
+        n = len(lines(out))
+        wait_until(lambda: len(lines(out)) > n + 3, 30, "the schedule to run again")
+        s.cancel()
+    assert "after" in lines(out)
+
+
 def test_corrupt_and_unloadable_rows_are_reported_and_kept(store_url: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with workers.Pool(1, store=fast(store_url), on_event=None) as pool:

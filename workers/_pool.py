@@ -460,7 +460,8 @@ class Pool(concurrent.futures.Executor):
         """Stored schedules and jobs this host cannot run, kept in the store: (kind, name, reason)."""
         if self._store is None:
             return []
-        return [(kind, name, reason) for (kind, name), reason in sorted(self._store.problems.items())]
+        problems = self._store.problems.copy()  # the store's thread changes it
+        return [(kind, name, reason) for (kind, name), reason in sorted(problems.items())]
 
     def _submit_stored(
         self,

@@ -203,9 +203,6 @@ class StoreAgent:
         self.core = core
         self.thread.start()
 
-    def put(self, request: Any) -> None:
-        self.requests.put(request)
-
     def add_job(self, row: tuple[Any, ...]) -> None:
         """Insert a one-off job, group-committed with whatever else is queued: a loop of submits
         wakes the store's thread once, and its rows go in one statement."""
@@ -310,7 +307,8 @@ class StoreAgent:
         if self.conn.dialect.name != "postgresql":
             return
         with contextlib.suppress(Exception):
-            if not self.conn.raw.closed:
+            raw = self.conn.raw
+            if not raw.closed and not getattr(raw, "broken", False):
                 return
         with contextlib.suppress(Exception):
             fresh = Connection(self.conn.url)
@@ -341,10 +339,13 @@ class StoreAgent:
                             self._unstart(cur, w.items)
                     for start in starts:
                         replies.append(self._start(cur, start))
-            except BaseException:
+            except BaseException as exc:
                 self.backlog = writes
-                # Not started: the loop asks again shortly.
+                # Not started: the loop asks again shortly. A caller waiting is told at once.
                 self._send_replies([functools.partial(s.done, [], [], s.items) for s in starts])
+                for call in calls:
+                    if call.future.set_running_or_notify_cancel():
+                        call.future.set_exception(StoreError(f"the store {self.conn.shown} failed: {exc}"))
                 raise
             self._send_replies(replies)
         for call in calls:
