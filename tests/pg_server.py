@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from helpers import descendants
+
 SUPERUSER = "postgres"  # the cluster's superuser (initdb -U), whoever runs the server
 DATABASE = "procworks_test"  # the database running() makes and names in its URL
 RUN_AS = "postgres"  # the system user the server runs as when this process is root
@@ -233,22 +235,6 @@ def _log_since(log: Path, offset: int) -> str:
         return ""
 
 
-def _children(pid: int) -> list[int]:
-    """The live children of ``pid``, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat_line = f.read()
-        except OSError:
-            continue
-        if int(stat_line[stat_line.rfind(b")") + 2 :].split()[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop the server and reap it: a fast shutdown, else an immediate one, else SIGKILL, all bounded."""
     for sig, timeout in ((signal.SIGINT, FAST_STOP_TIMEOUT), (signal.SIGQUIT, IMMEDIATE_STOP_TIMEOUT)):
@@ -260,7 +246,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             pass
-    orphans = _children(proc.pid)  # before they lose their parent
+    orphans = descendants([proc.pid])  # before they lose their parent
     for pid in [proc.pid, *orphans]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -136,30 +136,22 @@ def test_a_stored_schedule_reports_its_runs_as_events(store_url: str) -> None:
 def test_a_schedule_catches_up_what_the_downtime_missed(store_url: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     start = time.time() + 0.5
+    opts: dict[str, Any] = {
+        "every": 0.2,
+        "start": start,
+        "args": (str(out),),
+        "name": "tick",
+        "coalesce": False,
+        "overlap": "queue",  # the backlog's runs one after the other, none skipped
+    }
     with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
-        s = pool.schedule(
-            fire_time_line,
-            every=0.2,
-            start=start,
-            args=(str(out),),
-            name="tick",
-            coalesce=False,
-            overlap="queue",  # the backlog's runs one after the other, none skipped
-        )
+        s = pool.schedule(fire_time_line, **opts)
         assert s.wait(2, 15)
     stopped = time.time()
     time.sleep(1.0)  # five fire times pass with no pool
     with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
         # Declared again, as a script does at each start: its next time and history are kept.
-        s = pool.schedule(
-            fire_time_line,
-            every=0.2,
-            start=start,
-            args=(str(out),),
-            name="tick",
-            coalesce=False,
-            overlap="queue",  # the backlog's runs one after the other, none skipped
-        )
+        s = pool.schedule(fire_time_line, **opts)
         wait_until(lambda: len(lines(out)) >= 9, 15, "the missed runs to be made up")
         s.cancel()
     ran = [float(x) for x in lines(out)]
