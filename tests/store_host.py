@@ -1,6 +1,7 @@
 """A host process sharing a store with others (tests/test_store.py starts, kills and restarts it).
 
     python store_host.py URL LOG START END INTERVAL [redeliver]
+    python store_host.py job URL LOG once|redeliver
 
 It declares the schedule ``tick`` (every INTERVAL seconds from START to END, never missed, each
 time run) and runs until killed; each run appends its fire time to LOG, so the test counts the
@@ -28,7 +29,27 @@ def record(log: str) -> None:
         os.close(fd)
 
 
+def slow_job(log: str) -> None:
+    """A job that takes a while: a line when it starts, one when it ends."""
+    with open(log, "a") as f:
+        f.write("start\n")
+    time.sleep(2.0)
+    with open(log, "a") as f:
+        f.write("end\n")
+
+
+def one_job(url: str, log: str, redeliver: bool) -> None:
+    """``store_host.py job URL LOG once|redeliver``: submit slow_job, then wait to be killed."""
+    with workers.Pool(1, store=workers.Store(url, poll=0.1, lease=3.0), on_event=None) as pool:
+        pool.submit_job(slow_job, (log,), after=0.1, redeliver=redeliver)
+        print("ready", flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+
+
 def main() -> None:
+    if sys.argv[1] == "job":
+        one_job(sys.argv[2], sys.argv[3], sys.argv[4] == "redeliver")
+        return
     url, log, start, end, interval = sys.argv[1:6]
     redeliver = sys.argv[6:] == ["redeliver"]
     store = workers.Store(url, poll=0.1, lease=3.0, history=100_000)  # the test reads every run

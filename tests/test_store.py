@@ -490,6 +490,33 @@ def explain(url: str, times: list[float]) -> str:
     return repr([r for r in rows if round(r[0], 3) in set(times)][:20])
 
 
+@pytest.mark.parametrize("redeliver", [False, True])
+def test_a_job_whose_host_died_while_it_ran(store_url: str, tmp_path: Path, redeliver: bool) -> None:
+    log = tmp_path / "log"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
+    argv = [sys.executable, str(HERE / "store_host.py"), "job", store_url, str(log)]
+    host = subprocess.Popen([*argv, "redeliver" if redeliver else "once"], stdout=subprocess.PIPE, env=env)
+    try:
+        assert host.stdout is not None and host.stdout.readline() == b"ready\n"
+        wait_until(lambda: lines(log) == ["start"], 15, "the job to start")
+        host.send_signal(signal.SIGKILL)  # the host and, with it, its worker
+    finally:
+        host.wait(30)
+        if host.stdout is not None:
+            host.stdout.close()
+    seen: list[workers.PoolEvent] = []
+    with workers.Pool(1, store=fast(store_url), on_event=seen.append) as pool:
+        states = "SELECT state, attempt FROM procworks_jobs"
+        final = ("done", 1) if redeliver else ("interrupted", 0)
+        wait_until(lambda: query(store_url, states) == [final], 30, f"the job to be {final[0]}")
+        assert pool.timed_jobs() == []
+    if redeliver:  # run again from the start: at least once
+        assert lines(log) == ["start", "start", "end"]
+    else:  # at most once: recorded, with an event, and not run again
+        assert lines(log) == ["start"]
+        assert [e.kind for e in seen if e.name == "slow_job"] == [workers.PoolEventKind.RUN_INTERRUPTED]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_hosts_killed_at_random_run_each_fire_time_once(
