@@ -490,6 +490,31 @@ def explain(url: str, times: list[float]) -> str:
     return repr([r for r in rows if round(r[0], 3) in set(times)][:20])
 
 
+def test_a_host_of_another_machine_is_released_by_its_lease(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        pool.schedule(append_line, every="1h", args=(str(out), "x"), name="s")
+    now = time.time()
+    # A host elsewhere (its process cannot be asked) whose lease ends in 1 s, holding a run it
+    # started and one it claimed.
+    query(store_url, "INSERT INTO procworks_hosts VALUES ('ghost', 'elsewhere 1 1 pool', ?)", (now + 1.0,))
+    insert = (
+        "INSERT INTO procworks_runs (schedule, fire_time, state, host, started)"
+        " VALUES ('s', ?, ?, 'ghost', ?)"
+    )
+    query(store_url, insert, (now - 5, "running", now - 5))
+    query(store_url, insert, (now - 4, "claimed", None))
+    states = "SELECT state FROM procworks_runs ORDER BY fire_time"
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        time.sleep(0.5)
+        assert query(store_url, states) == [("running",), ("claimed",)]  # its lease holds
+        wait_until(lambda: query(store_url, states) == [("interrupted",), ("done",)], 30, "the lease to end")
+        assert time.time() >= now + 1.0 + 2.0  # the lease, then the clock skew allowed
+        assert pool.get_schedule("s").interrupted == 1
+    assert lines(out) == ["x"]  # the claimed run ran; the started one is not run again
+    assert query(store_url, "SELECT id FROM procworks_hosts") == []
+
+
 @pytest.mark.parametrize("redeliver", [False, True])
 def test_a_job_whose_host_died_while_it_ran(store_url: str, tmp_path: Path, redeliver: bool) -> None:
     log = tmp_path / "log"
