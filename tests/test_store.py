@@ -453,8 +453,16 @@ def hosts() -> Iterator[list[Hosts]]:
 
 
 def run_shared(
-    url: str, tmp_path: Path, made: list[Hosts], n: int, seconds: float, redeliver: bool = False
+    url: str,
+    tmp_path: Path,
+    made: list[Hosts],
+    n: int,
+    seconds: float,
+    redeliver: bool = False,
+    suspend: float | None = None,
 ) -> tuple[collections.Counter[float], set[float], list[float], int]:
+    """``n`` hosts run a schedule every 50 ms for ``seconds``, SIGKILLed and restarted at random, or
+    with ``suspend``, the first one SIGSTOPped that long (its lease expires) and continued."""
     log = tmp_path / "runs.log"
     interval = 0.05
     start = round(time.time() + 3.0, 3)
@@ -463,7 +471,12 @@ def run_shared(
     made.append(h)
     h.start(n)
     rng = random.Random(n * 1000 + int(seconds))
-    while time.time() < end:
+    if suspend is not None:
+        time.sleep(max(0.0, start + 1.0 - time.time()))
+        h.procs[0].send_signal(signal.SIGSTOP)
+        time.sleep(suspend)
+        h.procs[0].send_signal(signal.SIGCONT)
+    while suspend is None and time.time() < end:
         time.sleep(rng.uniform(0.3, 1.2))
         h.kill_one(rng)
 
@@ -540,6 +553,19 @@ def test_a_job_whose_host_died_while_it_ran(store_url: str, tmp_path: Path, rede
     else:  # at most once: recorded, with an event, and not run again
         assert lines(log) == ["start"]
         assert [e.kind for e in seen if e.name == "slow_job"] == [workers.PoolEventKind.RUN_INTERRUPTED]
+
+
+@pytest.mark.slow
+def test_a_suspended_host_whose_lease_expired_starts_nothing_it_claimed(
+    store_url: str, tmp_path: Path, hosts: list[Hosts]
+) -> None:
+    # Stopped for longer than its lease (3 s) and the skew (2 s): the other host takes its claims
+    # over; continued, it must not start them too.
+    ran, interrupted, grid, _ = run_shared(store_url, tmp_path, hosts, 2, 9.0, suspend=6.5)
+    twice = [t for t, c in ran.items() if c > 1]
+    assert twice == [], explain(store_url, twice)
+    lost = [t for t in grid if t not in ran and t not in interrupted]
+    assert lost == [], explain(store_url, lost)
 
 
 @pytest.mark.slow
