@@ -85,6 +85,18 @@ FAULTS: list[tuple[str, str, list[str]]] = [
     ("address, no dask", POOL + 'address = "tcp://h:1"', ["[pool] address", 'with backend = "dask"']),
     ("dask address", POOL + 'backend = "dask"\naddress = "h:1"', ["[pool] address", "not a scheduler"]),
     ("backend ray", POOL + 'backend = "ray"', ["[pool] backend", "'ray'"]),
+    (
+        "store mysql",
+        '[store]\nurl = "mysql://h/db"\n' + JOB + "every = 1",
+        ["[store] url", "unknown scheme 'mysql'"],
+    ),
+    ("store no url", "[store]\npoll = 1\n" + JOB + "every = 1", ["[store] url", "is missing"]),
+    (
+        "store lease",
+        '[store]\nurl = "sqlite:///j.db"\nlease = 1\n' + JOB + "every = 1",
+        ["[store] lease", "at least"],
+    ),
+    ("store typo", '[store]\nurl = "sqlite:///j.db"\npol = 1\n' + JOB + "every = 1", ["[store] pol", "poll"]),
     ("int over 64 bits", JOB + "every = 1\nretries = 99999999999999999999", ["[jobs.j] retries", "64-bit"]),
     ("int of 5000 digits", JOB + "every = 1\nretries = " + "9" * 5000, ["line 5", "64-bit"]),
     ("env name with =", CMD + 'command = ["true"]\nenv = { "A=B" = "x" }', ["[daemons.d] env", "'A=B'"]),
