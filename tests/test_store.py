@@ -96,6 +96,30 @@ def test_a_timed_job_outlives_its_pool(store_url: str, tmp_path: Path) -> None:
     assert query(store_url, "SELECT name, state FROM procworks_jobs") == [("later", "done")]
 
 
+def test_cancel_futures_leaves_queued_stored_jobs_in_the_store(store_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        busy = pool.submit(time.sleep, 1.0)  # the one worker is busy: the timed job waits in the queue
+        fut = pool.submit_after(0.05, append_line, str(out), "kept")
+        time.sleep(0.4)
+        pool.shutdown(cancel_futures=True)
+    assert busy.done() and fut.cancelled()
+    with workers.Pool(1, store=fast(store_url), on_event=None):
+        wait_until(lambda: lines(out) == ["kept"], 15, "the job to run after the restart")
+
+
+def test_a_run_whose_host_left_no_lease_is_released(store_url: str) -> None:
+    with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
+        pool.schedule(os.getpid, every="1h", name="s")
+    insert = "INSERT INTO procworks_runs (schedule, fire_time, state, host) VALUES ('s', ?, ?, 'nohost')"
+    query(store_url, insert, (time.time() - 5, "running"))
+    states = "SELECT state FROM procworks_runs"
+    with workers.Pool(1, store=fast(store_url), on_event=None):
+        wait_until(
+            lambda: query(store_url, states) == [("interrupted",)], 15, "the orphan run to be released"
+        )
+
+
 def test_a_timed_job_due_soon_returns_its_result(store_url: str) -> None:
     with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
         assert pool.submit_after(0.05, pow, 2, 10).result(15) == 1024
@@ -192,10 +216,14 @@ def test_declared_again_after_its_end_a_schedule_still_runs_its_backlog(
 def test_misfire_grace_and_coalescing_after_downtime(store_url: str, tmp_path: Path) -> None:
     out = tmp_path / "out"
     seen: list[workers.PoolEvent] = []
+    start = time.time() + 0.5
     with workers.Pool(1, store=fast(store_url), on_event=None) as pool:
-        pool.schedule(fire_time_line, every=0.2, args=(str(out),), name="coalesced", misfire_grace=None)
-        pool.schedule(fire_time_line, every=0.2, args=(str(out),), name="graced", misfire_grace=0.1)
-    time.sleep(1.2)
+        for name, grace in (("coalesced", None), ("graced", 0.1)):
+            pool.schedule(
+                fire_time_line, every=0.2, start=start, args=(str(out),), name=name, misfire_grace=grace
+            )
+    time.sleep(start + 0.9 - time.time())  # five fire times pass with no pool
+    restarted = time.time()
     with workers.Pool(1, store=fast(store_url), on_event=seen.append) as pool:
         coalesced = pool.get_schedule("coalesced")
         graced = pool.get_schedule("graced")
@@ -203,7 +231,8 @@ def test_misfire_grace_and_coalescing_after_downtime(store_url: str, tmp_path: P
         wait_until(lambda: graced.missed >= 4, 15, "the late runs to be counted missed")
         coalesced.cancel()
         graced.cancel()
-    assert coalesced.runs == 1  # five times due at once: one run (coalesce=True)
+        backlog = [r for r in coalesced.history(100) if r.fire_time and r.fire_time.timestamp() < restarted]
+    assert [r.state for r in backlog] == ["done"]  # five times due at once: one run (coalesce=True)
     assert any(e.kind is workers.PoolEventKind.RUN_MISSED and e.name == "graced" for e in seen)
 
 

@@ -51,7 +51,9 @@ class Closing(DispatchState):
         if cancel_futures:
             while self.queue:
                 job = self.queue.popleft()
-                if job.future is not None:
+                if job.stored is not None and job.attempt == 0:
+                    self.stored_abandon(job)  # not started: the store keeps it for the next start
+                elif job.future is not None:
                     job.future.cancel()
                 self.counts["cancelled"] += 1
         # Queued and running jobs finish whether or not the caller waits (concurrent.futures):

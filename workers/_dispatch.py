@@ -252,6 +252,8 @@ class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
                         starting.append(item)  # the store marks it running first
                     elif item.future is None or not item.future.done():
                         self.queue.append(item)
+                    elif item.stored is not None:  # cancelled while it waited for its time
+                        self.stored_cancelled(item)
                 else:
                     sched, generation = item
                     if generation == sched.generation:
@@ -277,6 +279,8 @@ class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
                 if not job.handed:
                     if not fut._try_start():
                         self.counts["cancelled"] += 1
+                        if job.stored is not None:
+                            self.stored_cancelled(job)
                         continue
                     job.handed = True
                 elif fut.done():  # a retry or a re-queued job whose future was cancelled meanwhile

@@ -479,17 +479,21 @@ class StoreAgent:
 
     def _interrupt(self, cur: Cursor, kind: str, key: Any, name: str, redeliver: bool, why: str) -> None:
         table = "procworks_runs" if kind == "run" else "procworks_jobs"
+        # Only a run still recorded running: two hosts reaping one host count it once.
         if redeliver:
             cur.execute(
                 f"UPDATE {table} SET state = 'due', host = NULL, started = NULL, attempt = attempt + 1"
-                " WHERE id = ?",
+                " WHERE id = ? AND state = 'running'",
                 (key,),
             )
             return
         cur.execute(
-            f"UPDATE {table} SET state = 'interrupted', finished = ?, error = ? WHERE id = ?",
+            f"UPDATE {table} SET state = 'interrupted', finished = ?, error = ?"
+            " WHERE id = ? AND state = 'running'",
             (time.time(), why, key),
         )
+        if cur.rowcount != 1:
+            return
         if kind == "run":
             cur.execute(
                 "UPDATE procworks_schedules SET interrupted = interrupted + 1 WHERE name = ?", (name,)
@@ -572,12 +576,24 @@ class StoreAgent:
                 dead = pid > 0 and _process_start(pid) != parts[2]
             if dead:
                 self._reap_host(host, label)
+        # Claims of a host that is in no lease at all (a pool that closed while a run of its was
+        # still recorded running, a row edited by hand): released as a dead host's.
+        with self.conn.tx() as cur:
+            orphans: set[str] = set()
+            for table in ("procworks_runs", "procworks_jobs"):
+                cur.execute(
+                    f"SELECT DISTINCT host FROM {table} WHERE state IN ('claimed', 'running')"
+                    " AND host IS NOT NULL AND host NOT IN (SELECT id FROM procworks_hosts)"
+                )
+                orphans.update(r[0] for r in cur.fetchall())
+        for host in sorted(orphans):
+            self._reap_host(host, f"host {host}, gone", registered=False)
 
-    def _reap_host(self, host: str, label: str) -> None:
+    def _reap_host(self, host: str, label: str, *, registered: bool = True) -> None:
         why = f"its host ({label}) died while it ran"
         with self.conn.tx() as cur:
             cur.execute("DELETE FROM procworks_hosts WHERE id = ?", (host,))
-            if cur.rowcount != 1:
+            if registered and cur.rowcount != 1:
                 return  # another host reaped it first
             for table in ("procworks_runs", "procworks_jobs"):
                 cur.execute(

@@ -98,6 +98,12 @@ class StoredRuns(DispatchState):
                 it.record.notify()
         self.dispatch()
 
+    def stored_cancelled(self, job: Job) -> None:
+        """Its future was cancelled after the store recorded it running: recorded cancelled."""
+        if job.stored is not None and self.store is not None:
+            self.store.cancelled(job.stored)
+            self.stored_futures.pop(job.stored.key, None)
+
     def stored_abandon(self, job: Job) -> None:
         """The pool closes before ``job``'s time: the store keeps it (released when it closes)."""
         if job.marked and job.stored is not None and self.store is not None:
