@@ -6,12 +6,14 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -574,3 +576,43 @@ def test_sigterm_to_the_whole_process_group_is_a_graceful_stop(tmp_path: Path) -
         assert not any(pid_alive(pid) for pid in pids.values())
     finally:
         p.close()
+
+
+def test_a_store_keeps_the_jobs_across_procman_runs(procman_run: Any, tmp_path: Path) -> None:
+    at = datetime.fromtimestamp(time.time() + 3.0, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = f"""
+[store]
+url = "sqlite:///jobs.db"
+poll = 0.1
+
+[jobs.once]
+function = "cli_app:square"
+args = [4]
+at = {at}
+
+[jobs.often]
+function = "cli_app:square"
+args = [3]
+every = "0.2s"
+"""
+    first = procman_run(text)
+    first.wait_line(READY)
+    first.wait_line(r"once +\| run ok: 16", timeout=30)
+    first.wait_line(r"often +\| run ok.*: 9")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait_exit() == 0
+    assert (tmp_path / "jobs.db").exists()  # relative to the config file
+    second = procman_run(text)
+    second.wait_line(READY)
+    second.wait_line(r"once +\| its time has passed: not added to the store again")
+    second.wait_line(r"often +\| run ok.*: 9")
+    time.sleep(0.5)
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.wait_exit() == 0
+    assert not [x for x in second.lines if "run ok: 16" in x]  # the one-off job ran once, in all
+    con = sqlite3.connect(tmp_path / "jobs.db")
+    try:
+        [(state, runs)] = con.execute("SELECT state, runs FROM procworks_schedules").fetchall()
+        assert state == "active" and runs >= 2  # kept across the restart, not cancelled at exit
+    finally:
+        con.close()

@@ -317,9 +317,13 @@ class Runner:
         for job in self.cfg.jobs:
             opts: dict[str, Any] = {"name": job.name, "timeout": job.timeout, "retries": job.retries}
             stored = self.cfg.pool is not None and self.cfg.pool.store is not None
-            if job.at is not None and stored and pool.timed_jobs(job.name):  # from an earlier start
-                self.console.line(job.name, "already in the store: runs at its time")
-                continue
+            if job.at is not None and stored:  # an earlier start may have added it, or run it
+                if job.at.timestamp() <= time.time():
+                    self.console.line(job.name, "its time has passed: not added to the store again")
+                    continue
+                if pool.timed_jobs(job.name):
+                    self.console.line(job.name, "already in the store: runs at its time")
+                    continue
             if job.at is not None:
                 fut = pool.submit_job(job.function, job.args, job.kwargs, at=job.at, **opts)
                 fut.add_done_callback(lambda f, name=job.name: self._one_off_done(name, f))
