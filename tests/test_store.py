@@ -21,7 +21,7 @@ import pytest
 
 import workers
 from procman._child import pickling as _pickling
-from workers._store import MIGRATIONS
+from workers._store import MIGRATIONS, POSTGRES, SQLITE
 
 HERE = Path(__file__).parent
 tagged = _pickling.dumps  # the store's pickles carry the pool's tag (stdlib pickle or by value)
@@ -392,27 +392,26 @@ def test_corrupt_and_unloadable_rows_are_reported_and_kept(store_url: str, tmp_p
     assert kept == {*bad, "good"}  # reported, never dropped
 
 
-def test_a_store_of_the_previous_schema_is_upgraded(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    con = sqlite3.connect(path)
-    for statement in MIGRATIONS[0]:
-        con.execute(statement.format(blob="BLOB", real="REAL", serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
-    con.execute("INSERT INTO procworks_meta VALUES ('schema_version', '1')")
+def test_a_store_of_the_previous_schema_is_upgraded(store_url: str) -> None:
+    url = store_url
+    d = SQLITE if url.startswith("sqlite") else POSTGRES
+    for statement in MIGRATIONS[0]:  # a store as version 1 of the schema wrote it
+        query(url, statement.format(blob=d.blob, real=d.real, serial=d.serial))
+    query(url, "INSERT INTO procworks_meta VALUES ('schema_version', '1')")
     now = time.time()
-    con.execute(
+    query(
+        url,
         "INSERT INTO procworks_schedules"
         " (name, trig, func, args, options, state, next_time, created, updated)"
         " VALUES ('old', 'every 3600', 'os:getpid', ?, '{}', 'active', ?, ?, ?)",
         (tagged(((), {})), now + 3600, now, now),
     )
-    con.execute(
+    query(
+        url,
         "INSERT INTO procworks_jobs (id, name, due, func, args, options, state) VALUES"
         " ('j1', 'old-job', ?, 'os:getpid', ?, '{}', 'due')",
         (now, tagged(((), {}))),
     )
-    con.commit()
-    con.close()
-    url = f"sqlite:///{path}"
     with workers.Pool(1, store=fast(url), on_event=None) as pool:
         done = "SELECT state FROM procworks_jobs WHERE id = 'j1'"
         wait_until(lambda: query(url, done) == [("done",)], 15, "the old job to run")
