@@ -38,15 +38,21 @@ if TYPE_CHECKING:
         StateError,
     )
     from ._manager import AsyncManager, Manager
+    from ._metrics import ManagerCollector, UsageTracker, daemon_families
     from ._names import check_name
     from ._policy import Restart, RestartPolicy
     from ._proc.events import Event, EventHook, EventKind, log_event
+    from ._proc.metrics import openmetrics
     from ._signals import run_until_signal
     from ._states import DaemonState, DaemonStatus, ExitInfo, StopOutcome, StopReport
 
 # Each public name and the module it lives in, imported on first use (PEP 562): a child process
 # loads procman._child alone, never the parent side this package's names would pull in.
 _HOMES = {
+    "daemon_families": "_metrics",
+    "UsageTracker": "_metrics",
+    "openmetrics": "_proc.metrics",
+    "ManagerCollector": "_metrics",
     "heartbeat": "_child.boot",
     "in_child": "_child.boot",
     "ChildError": "_child.wire",
@@ -95,6 +101,7 @@ __all__ = (
     "ExitInfo",
     "Manager",
     "ManagerClosed",
+    "ManagerCollector",
     "OperationTimeout",
     "ProcmanError",
     "RemoteTraceback",
@@ -104,13 +111,16 @@ __all__ = (
     "StateError",
     "StopOutcome",
     "StopReport",
+    "UsageTracker",
     "check_daemon",
     "check_name",
+    "daemon_families",
     "dependency_cycle",
     "describe_exit",
     "heartbeat",
     "in_child",
     "log_event",
+    "openmetrics",
     "run_until_signal",
 )
 __version__ = "0.1.0"

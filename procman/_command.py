@@ -108,6 +108,12 @@ class CommandDaemon:
             signal.pthread_kill(threading.get_ident(), -code)
         os._exit(code if code >= 0 else 128 - code)
 
+    def send_signal(self, signum: int) -> None:
+        """Deliver ``signum`` to the program (``procman signal NAME SIG``); nothing once it ended."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signum)
+
     def stop(self) -> None:
         self._stopping = True
         proc = self._proc

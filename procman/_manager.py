@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import signal
 import weakref
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 from ._daemon import make_spec
-from ._errors import ManagerClosed
+from ._errors import DaemonError, ManagerClosed
 from ._policy import Restart, RestartPolicy
 from ._proc.events import EventDispatcher, EventHook, log_event
 from ._proc.loop import IOThread
@@ -126,6 +127,23 @@ def _spec_kwargs(
         "watchdog": watchdog,
         "depends_on": depends_on,
     }
+
+
+def _check_signal(signum: object) -> int:
+    """A signal number or name (``"HUP"``, ``"SIGHUP"``, ``signal.SIGHUP``, ``1``), as a number."""
+    if isinstance(signum, str):
+        name = signum.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        found = getattr(signal.Signals, name, None) if name.isidentifier() else None
+        if found is None:
+            raise DaemonError(f"unknown signal {signum!r}; give a name such as HUP, USR1, TERM or a number")
+        return int(found)
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise DaemonError(f"signal must be a name such as 'HUP' or a number, got {signum!r}")
+    try:
+        return int(signal.Signals(signum))
+    except ValueError:
+        raise DaemonError(f"{signum} is not a signal number on this system (see `kill -l`)") from None
 
 
 def _check_call_timeout(what: str, timeout: float) -> float:
@@ -246,6 +264,19 @@ class Manager(_Base):
         timeout = _check_call_timeout("stop_daemon", timeout)
         return self._settled(self._sup.stop_one(name, timeout), timeout + MARGIN, "stop_daemon()")
 
+    def signal(self, name: str, signum: int | str) -> int:
+        """Send a signal to daemon ``name``: to a Python daemon's own process, or to the program of
+        a command daemon (as ``supervisorctl signal``). Returns the daemon's pid as
+        :meth:`status` shows it.
+
+        Raises:
+            DaemonError: no such daemon, or not a signal (``"HUP"``, ``"SIGUSR1"``, ``15`` are).
+            StateError: the daemon has no running process.
+        """
+        self._check_open()
+        sig = _check_signal(signum)
+        return self._settled(self._sup.signal_daemon(name, sig), MARGIN, "signal()")
+
     def kill(self) -> None:
         """SIGKILL every daemon's process group now, without waiting (safe in a signal handler).
 
@@ -340,6 +371,19 @@ class AsyncManager(_Base):
         self._check_open()
         timeout = _check_call_timeout("stop_daemon", timeout)
         return await self._settled_async(self._sup.stop_one(name, timeout))
+
+    async def signal(self, name: str, signum: int | str) -> int:
+        """See :meth:`Manager.signal`."""
+        self._check_open()
+        sig = _check_signal(signum)
+        return await self._settled_async(self._sup.signal_daemon(name, sig))
+
+    async def kill_daemon(self, name: str, *, reason: str, why: str) -> bool:
+        """SIGKILL daemon ``name``'s process group; its restart policy applies as to a crash, the
+        restart counted under ``reason`` in :attr:`DaemonStatus.restarts_by_reason` (``why`` is the
+        event's text). False when it has no running process."""
+        self._check_open()
+        return await self._settled_async(self._sup.kill_daemon(name, reason, why))
 
     def kill(self) -> None:
         """See :meth:`Manager.kill`."""

@@ -59,12 +59,30 @@ class ExitInfo:
 
 @dataclass(frozen=True)
 class DaemonStatus:
+    """One daemon as the supervisor sees it now.
+
+    Attributes:
+        pid: its process (the guard's: the daemon's process group is named after it), or None.
+        restarts: restarts by the policy since it was registered.
+        uptime: seconds since it was ready, or None when it is not running.
+        last_exit: how its last process ended.
+        started: wall-clock time its current process was started, or None.
+        heartbeat_age: seconds since its last ``procman.heartbeat()`` (or since it was ready), or
+            None when it is not running.
+        restarts_by_reason: the policy's restarts and the requested ones, by the reason of each:
+            ``exit`` (a non-zero status), ``clean-exit``, ``signal``, ``error`` (it raised),
+            ``watchdog``, ``start-timeout``, ``memory`` (beyond its memory limit), ``requested``.
+    """
+
     name: str
     state: DaemonState
     pid: int | None
     restarts: int
     uptime: float | None
     last_exit: ExitInfo | None
+    started: float | None = None
+    heartbeat_age: float | None = None
+    restarts_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

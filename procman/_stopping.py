@@ -134,6 +134,7 @@ class Stopping:
             if not self.running:
                 raise StateError(f"the manager stopped while daemon {name!r} restarted; it stays stopped")
             failures = await self._start_slots([slot], deadline)
+            slot.count_restart("requested")
         if failures:
             raise StartError(failures)
         return outcome

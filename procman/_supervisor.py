@@ -68,7 +68,14 @@ class _Slot:
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.start_timer: asyncio.TimerHandle | None = None
         self.lock = asyncio.Lock()  # held by each request that changes the process (module docstring)
+        self.started_wall: float | None = None  # wall-clock start of the current process
+        self.heartbeat_at: float | None = None  # clock() of the last heartbeat (or of ready)
+        self.kill_reason: str | None = None  # why procman killed the current process, if it did
+        self.restart_reasons: dict[str, int] = {}  # DaemonStatus.restarts_by_reason
         self.log = logging.getLogger(f"procman.daemon.{spec.name}")
+
+    def count_restart(self, reason: str) -> None:
+        self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
 
 
 class Supervisor(Starting, Stopping):
@@ -163,6 +170,9 @@ class Supervisor(Starting, Stopping):
         """Start the daemon's process: STARTING (a call awaits it) or RESTARTING (the policy)."""
         slot.restart_timer = None
         slot.pending_error = None
+        slot.kill_reason = None
+        slot.heartbeat_at = None
+        slot.started_wall = time.time()
         slot.ready_fut = self.loop.create_future()
         slot.exit_fut = self.loop.create_future()
         self._to(slot, phase)
@@ -198,6 +208,7 @@ class Supervisor(Starting, Stopping):
             slot.pending_error = OperationTimeout(
                 f"daemon {slot.name!r} was not ready within start_timeout={slot.spec.start_timeout}s"
             )
+            slot.kill_reason = "start-timeout"
             self.emit(Event(EventKind.KILLED, slot.name, pid=child.pid, reason="start timed out"))
             child.kill()
 
@@ -209,11 +220,12 @@ class Supervisor(Starting, Stopping):
         msg = _wire.decode_json(body)
         kind = msg.get("t")
         if kind == "hb":
+            slot.heartbeat_at = self.clock()
             self._arm_watchdog(slot, child)
         elif kind == "ready":
             if slot.phase not in (Phase.STARTING, Phase.RESTARTING):
                 return
-            slot.ready_at = self.clock()
+            slot.ready_at = slot.heartbeat_at = self.clock()
             if slot.start_timer is not None:
                 slot.start_timer.cancel()
                 slot.start_timer = None
@@ -250,6 +262,7 @@ class Supervisor(Starting, Stopping):
         slot.pending_error = OperationTimeout(
             f"daemon {slot.name!r} sent no heartbeat for {slot.spec.watchdog}s (watchdog)"
         )
+        slot.kill_reason = "watchdog"
         if not child.signal_process(signal.SIGUSR1):  # faulthandler in the child dumps every stack
             return
         self.loop.call_later(WATCHDOG_DUMP_GRACE, self._kill_if_current, slot, child)
@@ -271,6 +284,8 @@ class Supervisor(Starting, Stopping):
         slot.last_exit = info
         uptime = self.clock() - slot.ready_at if slot.ready_at is not None else 0.0
         slot.ready_at = None
+        slot.heartbeat_at = None
+        slot.started_wall = None
         slot.child = None
         self.emit(
             Event(
@@ -306,6 +321,7 @@ class Supervisor(Starting, Stopping):
         """After a supervised run ended, or a restart could not even spawn: what the policy says."""
         decision = slot.tracker.on_exit(failed=failed, uptime=uptime)
         if decision.verdict is Verdict.RESTART:
+            slot.count_restart(self._restart_reason(slot, error))
             self._schedule_restart(slot, decision.delay)
         elif decision.verdict is Verdict.GIVE_UP:
             gave_up = Event(
@@ -318,6 +334,18 @@ class Supervisor(Starting, Stopping):
             self._to(slot, Phase.GAVE_UP, gave_up)
         else:
             self._to(slot, Phase.EXITED)
+
+    @staticmethod
+    def _restart_reason(slot: _Slot, error: BaseException | None) -> str:
+        """The label of a restart by the policy (DaemonStatus.restarts_by_reason)."""
+        if slot.kill_reason is not None:
+            return slot.kill_reason
+        last = slot.last_exit
+        if error is not None or last is None or last.code is None:
+            return "error"
+        if last.signal is not None:
+            return "signal"
+        return "exit" if last.code != 0 else "clean-exit"
 
     def _schedule_restart(self, slot: _Slot, delay: float) -> None:
         # Always a callback of its own, an immediate restart too (on the loop's next turn): called
@@ -361,12 +389,44 @@ class Supervisor(Starting, Stopping):
                 restarts=slot.tracker.restarts,
                 uptime=now - slot.ready_at if slot.ready_at is not None else None,
                 last_exit=slot.last_exit,
+                started=slot.started_wall if slot.child is not None else None,
+                heartbeat_age=now - slot.heartbeat_at if slot.heartbeat_at is not None else None,
+                restarts_by_reason=dict(slot.restart_reasons),
             )
             for name, slot in self.slots.items()
         }
 
     async def status_async(self) -> dict[str, DaemonStatus]:
         return self.status()
+
+    # -- requests on a running process --------------------------------------------------------------
+
+    async def signal_daemon(self, name: str, signum: int) -> int:
+        """Send ``signum`` to the daemon: a Python daemon's own process, a command's program.
+
+        Returns the pid procman knows the daemon by. Raises StateError when it has no process.
+        """
+        slot = self._slot(name)
+        child = slot.child
+        if child is None or not child.alive or slot.phase is Phase.STOPPING:
+            raise StateError(f"daemon {name!r} is {slot.phase.public.value}: it has no process to signal")
+        if not child.send(_wire.encode_json({"t": "signal", "sig": int(signum)})):
+            raise StateError(f"daemon {name!r} is exiting: it has no process to signal")
+        assert child.pid is not None
+        return child.pid
+
+    async def kill_daemon(self, name: str, reason: str, why: str) -> bool:
+        """SIGKILL the daemon's process group now; its restart policy then applies as to a crash,
+        its restart counted under ``reason``. False when it has no running process."""
+        slot = self._slot(name)
+        child = slot.child
+        if child is None or not child.alive or slot.phase is Phase.STOPPING:
+            return False
+        slot.kill_reason = reason
+        slot.pending_error = DaemonError(f"daemon {name!r} was killed: {why}")
+        self.emit(Event(EventKind.KILLED, name, pid=child.pid, reason=why))
+        child.kill()
+        return True
 
     def kill_all(self) -> None:
         """SIGKILL every child at once (the escalation of a second signal)."""

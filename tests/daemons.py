@@ -356,3 +356,44 @@ class ModulesReport:
 
     def stop(self) -> None:
         pass
+
+
+class SignalNoter:
+    """Writes the number of each SIGUSR1/SIGHUP it receives to ``path`` (one line each)."""
+
+    def __init__(self, path: str) -> None:
+        self.name = "noter"
+        self.path = path
+
+    def start(self) -> None:
+        def note(signum: int, frame: object) -> None:
+            with open(self.path, "a") as f:
+                f.write(f"{signum}\n")
+
+        for sig in (signal.SIGUSR1, signal.SIGHUP):
+            signal.signal(sig, note)
+
+    def stop(self) -> None:
+        pass
+
+
+class Hog:
+    """Holds ``mb`` megabytes of resident memory and burns CPU in a thread while it runs."""
+
+    def __init__(self, mb: int) -> None:
+        self.name = "hog"
+        self.mb = mb
+        self.data = b""
+
+    def start(self) -> None:
+        self.data = os.urandom(self.mb * 1024 * 1024)
+
+        def burn() -> None:
+            end = time.monotonic() + 0.5
+            while time.monotonic() < end:
+                pass
+
+        threading.Thread(target=burn, daemon=True).start()
+
+    def stop(self) -> None:
+        pass

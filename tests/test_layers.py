@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 PROCMAN_NAMES = {
+    "ManagerCollector", "UsageTracker", "daemon_families", "openmetrics",
     "AsyncManager", "ChildError", "CommandDaemon", "Daemon", "DaemonError", "DaemonExited", "DaemonState",
     "DaemonStatus", "Event", "EventHook", "EventKind", "ExitInfo", "Manager", "ManagerClosed",
     "OperationTimeout", "ProcmanError", "RemoteTraceback", "Restart", "RestartPolicy", "StartError",
@@ -27,6 +28,7 @@ PROCMAN_NAMES = {
     "describe_exit", "heartbeat", "in_child", "log_event", "run_until_signal",
 }  # fmt: skip
 WORKERS_NAMES = {
+    "JobRunStats", "PoolCollector", "pool_families",
     "Cron", "DaskBackend", "DaskBackendError", "Every", "JobFuture", "JobTimeout", "Plan", "Pool",
     "PoolBroken", "PoolClosed", "PoolEvent",
     "PoolEventKind", "PoolFull", "PoolStats", "RunRecord", "Schedule", "ScheduleError", "ScheduleState",

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from ._events import PoolEvent, PoolEventKind, log_pool_event
     from ._futures import JobFuture
     from ._manage import TimedJob
+    from ._metrics import PoolCollector, pool_families
     from ._pool import Pool
+    from ._runstats import JobRunStats
     from ._schedules import RunRecord, Schedule, ScheduleState
     from ._serialize import check_job
     from ._stats import PoolStats
@@ -47,6 +49,9 @@ if TYPE_CHECKING:
 # Each public name and the module it lives in, imported on first use (PEP 562): a child process
 # loads procman._child alone, never the parent side this package's names would pull in.
 _HOMES = {
+    "pool_families": "_metrics",
+    "JobRunStats": "_runstats",
+    "PoolCollector": "_metrics",
     "DaskBackend": "_dask",
     "DaskBackendError": "_errors",
     "JobTimeout": "_errors",
@@ -84,11 +89,13 @@ __all__ = (
     "DaskBackendError",
     "Every",
     "JobFuture",
+    "JobRunStats",
     "JobTimeout",
     "Plan",
     "Pool",
     "PoolBroken",
     "PoolClosed",
+    "PoolCollector",
     "PoolEvent",
     "PoolEventKind",
     "PoolFull",
@@ -107,6 +114,7 @@ __all__ = (
     "log_pool_event",
     "parse_duration",
     "plan",
+    "pool_families",
     "scheduled_time",
 )
 

@@ -61,14 +61,13 @@ from procman._proc.output import OutputRouter
 
 from ._backend import WorkerBackend, WorkerReports
 from ._closing import Closing
-from ._errors import (
-    PoolClosed,
-)
+from ._errors import JobTimeout, PoolClosed, WorkerCrashed
 from ._events import LazyEvent, PoolEvent, PoolEventKind, outcome_of
 from ._futures import Outcome
 from ._handahead import HandAhead
 from ._jobs import Job
 from ._lifecycle import Settings, Worker, WorkerLifecycle, WState
+from ._runstats import RunStats
 from ._schedules import ScheduleRecord, ScheduleRuns
 from ._serialize import loads
 from ._stored import StoredRuns
@@ -133,6 +132,7 @@ class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
             ("done", "failed", "crashed", "timed_out", "cancelled", "retried", "worker_restarts"), 0
         )
         self.lateness: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.run_stats = RunStats()  # per job name, for the metrics
         self.idle_waiters: list[asyncio.Future[None]] = []
         self.run_avg: float | None = None  # moving average of a job's run time in the worker
         recycling = settings.max_tasks_per_worker is not None or settings.max_memory_mb is not None
@@ -173,6 +173,7 @@ class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
         job.ran = ran = finished - started
         self.run_avg = ran if self.run_avg is None else self.run_avg + RUN_AVG_WEIGHT * (ran - self.run_avg)
         self.lateness.append(started - job.due)
+        self.run_stats.started(job.name, started - job.due)
         # The worker first (idle again, or topped up), the job's outcome last: a caller woken by
         # its result then finds the worker free and the I/O thread about to let go of the GIL.
         cfg = self.cfg
@@ -402,6 +403,7 @@ class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
 
     def job_done(self, job: Job, outcome: Outcome) -> None:
         self.counts["done"] += 1
+        self.run_stats.settled(job.name, "ok", job.ran)
         if job.future is not None:
             job.future._settle(outcome)
         self.finish_schedule_run(job, outcome)
@@ -428,6 +430,18 @@ class Core(WorkerLifecycle, ScheduleRuns, StoredRuns, HandAhead, Closing):
 
     def fail_final(self, job: Job, error: BaseException | Outcome) -> None:
         self.counts["failed"] += 1
+        self.run_stats.settled(
+            job.name,
+            "timed-out"
+            if isinstance(error, JobTimeout)
+            else "crashed"
+            if isinstance(error, WorkerCrashed)
+            # PoolClosed: it never ran; the run-level counters leave it out
+            else "cancelled"
+            if isinstance(error, PoolClosed)
+            else "error",
+            None if isinstance(error, BaseException) else job.ran,
+        )
         outcome = outcome_of(error)
         if job.future is not None:
             job.future._settle(outcome)

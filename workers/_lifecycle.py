@@ -227,6 +227,7 @@ class WorkerLifecycle(DispatchState):
         elif job is not None:
             if job.cancelled_running:
                 self.counts["cancelled"] += 1
+                self.run_stats.settled(job.name, "cancelled", None)
                 self.finish_schedule_run(job, Outcome.known())
             elif job.timed_out:
                 self.counts["timed_out"] += 1

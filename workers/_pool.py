@@ -44,6 +44,7 @@ from ._lifetime import live_pools, release, release_dropped
 from ._local import LocalBackend
 from ._manage import TimedJob, upsert_schedule
 from ._persist import dump_options, encode_call, load_options, parse_trigger
+from ._runstats import JobRunStats
 from ._schedules import (
     DEFAULT_MISFIRE_GRACE,
     RunRecord,
@@ -657,6 +658,11 @@ class Pool(concurrent.futures.Executor):
     def stats(self) -> PoolStats:
         """Counters and dispatch-lateness percentiles."""
         return self._call(self._core.stats)
+
+    def run_stats(self) -> list[JobRunStats]:
+        """Per job name (a schedule's runs under its name): final outcomes, and histograms of run
+        time and lateness, since the pool started (what :class:`workers.PoolCollector` exports)."""
+        return self._core.run_stats.snapshot()
 
     @property
     def broken(self) -> bool:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._futures import JobFuture, Outcome
     from ._jobs import Job
     from ._lifecycle import Settings, Worker
+    from ._runstats import RunStats
     from ._schedules import ScheduleRecord
     from ._timed import TimedQueue
 
@@ -47,6 +48,7 @@ class DispatchState:
         timed: TimedQueue[Job | tuple[ScheduleRecord, int]]
         counts: dict[str, int]
         lateness: deque[float]
+        run_stats: RunStats
         idle_waiters: list[asyncio.Future[None]]
         init_failures: int
         outside_kills: int

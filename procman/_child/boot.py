@@ -67,6 +67,8 @@ class Channel:
         self.wfd = wfd
         self._lock = threading.Lock()
         self.on_stop: Callable[[], None] = lambda: None
+        # `procman signal NAME SIG`: this process by default; a command daemon's program instead
+        self.on_signal: Callable[[int], None] = lambda sig: os.kill(os.getpid(), sig)
         self.stop_requested = threading.Event()
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -186,9 +188,17 @@ def _control_reader(chan: Channel) -> None:
         if body is None:
             _kill_group_and_exit()
             return
-        if body[0] == wire.KIND_JSON and wire.decode_json(body).get("t") == "stop":
+        if body[0] != wire.KIND_JSON:
+            continue
+        msg = wire.decode_json(body)
+        if msg.get("t") == "stop":
             chan.stop_requested.set()
             chan.on_stop()
+        elif msg.get("t") == "signal" and isinstance(msg.get("sig"), int):
+            try:
+                chan.on_signal(msg["sig"])
+            except OSError as exc:
+                print(f"procman: could not deliver signal {msg['sig']}: {exc}", file=sys.stderr)
 
 
 def child_main(

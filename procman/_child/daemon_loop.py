@@ -16,6 +16,9 @@ from .linux import flush_and_exit
 def run_daemon(blob: bytes, chan: Channel) -> int:
     """Unpickle the daemon, start it, report ready, wait for a stop request, stop it."""
     daemon = loads_daemon(blob)
+    forward = getattr(daemon, "send_signal", None)
+    if callable(forward):  # a command daemon: `procman signal` is for its program
+        chan.on_signal = forward
     if _is_async(daemon.start) or _is_async(daemon.stop):
         import uvloop
 
