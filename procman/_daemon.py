@@ -45,6 +45,7 @@ class DaemonSpec:
     term_timeout: float
     watchdog: float | None
     depends_on: tuple[str, ...] = ()
+    autostart: bool = True  # started by start(); else only by start_daemon() / restart()
 
 
 def check_timeout(what: str, value: object, *, allow_none: bool = False) -> float | None:
@@ -72,6 +73,7 @@ def make_spec(
     term_timeout: float,
     watchdog: float | None,
     depends_on: Iterable[str] = (),
+    autostart: bool = True,
 ) -> DaemonSpec:
     """Validate ``daemon`` and its options and serialize it for its child, or raise DaemonError."""
     if isinstance(daemon, type):
@@ -100,7 +102,10 @@ def make_spec(
     except Exception as exc:
         raise DaemonError(explain(daemon, f"daemon {name!r}", exc)) from exc
     assert start_t is not None and stop_t is not None and term_t is not None
-    return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog, check_depends_on(name, depends_on))
+    if not isinstance(autostart, bool):
+        raise DaemonError(f"autostart={autostart!r} must be True or False")
+    deps = check_depends_on(name, depends_on)
+    return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog, deps, autostart)
 
 
 def check_daemon(
@@ -112,6 +117,7 @@ def check_daemon(
     term_timeout: float = 5.0,
     watchdog: float | None = None,
     depends_on: Iterable[str] = (),
+    autostart: bool = True,
 ) -> None:
     """Check what :meth:`Manager.register` would refuse, without a manager; raise DaemonError if any.
 
@@ -128,6 +134,7 @@ def check_daemon(
         term_timeout=term_timeout,
         watchdog=watchdog,
         depends_on=depends_on,
+        autostart=autostart,
     )
 
 

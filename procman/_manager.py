@@ -118,8 +118,10 @@ def _spec_kwargs(
     term_timeout: float,
     watchdog: float | None,
     depends_on: Iterable[str],
+    autostart: bool = True,
 ) -> dict[str, Any]:
     return {
+        "autostart": autostart,
         "restart": restart,
         "start_timeout": start_timeout,
         "stop_timeout": stop_timeout,
@@ -192,6 +194,7 @@ class Manager(_Base):
         term_timeout: float = 5.0,
         watchdog: float | None = None,
         depends_on: Iterable[str] = (),
+        autostart: bool = True,
     ) -> None:
         """Add a daemon. While the manager runs, the daemon starts at once and this waits for it.
 
@@ -205,6 +208,8 @@ class Manager(_Base):
                 are dumped to the log and it is killed (then restarted under its policy).
             depends_on: names of daemons this one starts after (once they are ready) and stops
                 before. A crash of a dependency does not restart its dependents.
+            autostart: False to leave it stopped until :meth:`start_daemon` (or :meth:`restart`):
+                :meth:`start` and a register() while running then do not start it.
 
         Raises:
             DaemonError: invalid daemon or option, duplicate name, or not picklable.
@@ -212,7 +217,10 @@ class Manager(_Base):
         """
         self._check_open()
         spec = make_spec(
-            daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on)
+            daemon,
+            **_spec_kwargs(
+                restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on, autostart
+            ),
         )
         if self.start_method == "forkserver":
             preload_module(type(daemon).__module__)
@@ -257,6 +265,18 @@ class Manager(_Base):
         self._check_open()
         timeout = _check_call_timeout("restart", timeout)
         return self._settled(self._sup.restart(name, timeout), timeout + MARGIN, "restart()")
+
+    def start_daemon(self, name: str, *, timeout: float = DEFAULT_START_TIMEOUT) -> bool:
+        """Start daemon ``name`` if it is not running (stopped, exited, gave up, backing off, or
+        never started: ``autostart=False``) and wait until it is ready; its dependencies must be
+        running. Returns False when it was running already.
+
+        Raises:
+            StartError: it failed to start.
+        """
+        self._check_open()
+        timeout = _check_call_timeout("start_daemon", timeout)
+        return self._settled(self._sup.start_one(name, timeout), timeout + MARGIN, "start_daemon()")
 
     def stop_daemon(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
         """Stop one daemon gracefully; it stays registered and stopped until :meth:`restart`."""
@@ -332,11 +352,15 @@ class AsyncManager(_Base):
         term_timeout: float = 5.0,
         watchdog: float | None = None,
         depends_on: Iterable[str] = (),
+        autostart: bool = True,
     ) -> None:
         """See :meth:`Manager.register`."""
         self._check_open()
         spec = make_spec(
-            daemon, **_spec_kwargs(restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on)
+            daemon,
+            **_spec_kwargs(
+                restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on, autostart
+            ),
         )
         if self.start_method == "forkserver":
             preload_module(type(daemon).__module__)
@@ -365,6 +389,12 @@ class AsyncManager(_Base):
         self._check_open()
         timeout = _check_call_timeout("restart", timeout)
         return await self._settled_async(self._sup.restart(name, timeout))
+
+    async def start_daemon(self, name: str, *, timeout: float = DEFAULT_START_TIMEOUT) -> bool:
+        """See :meth:`Manager.start_daemon`."""
+        self._check_open()
+        timeout = _check_call_timeout("start_daemon", timeout)
+        return await self._settled_async(self._sup.start_one(name, timeout))
 
     async def stop_daemon(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
         """See :meth:`Manager.stop_daemon`."""

@@ -53,7 +53,7 @@ class Starting:
         self.check_dependencies()
         self.running = True
         deadline = self.loop.time() + timeout
-        slots = [s for s in self.slots.values() if s.child is None]
+        slots = [s for s in self.slots.values() if s.child is None and s.spec.autostart]
         try:
             async with self._exclusive(slots, deadline, "start()"):
                 # A stop_daemon() or remove() that held a lock may have changed the registry.
@@ -75,6 +75,13 @@ class Starting:
                 f"daemon {name!r} depends on {dep!r}, which is not registered "
                 f"(registered: {known}); register it or drop it from depends_on"
             )
+        for name, slot in self.slots.items():
+            for dep in slot.spec.depends_on:
+                if slot.spec.autostart and not self.slots[dep].spec.autostart:
+                    raise DaemonError(
+                        f"daemon {name!r} starts with the manager but depends on {dep!r}, which does "
+                        "not (autostart=False); give both the same autostart"
+                    )
         cycle = _deps.dependency_cycle(graph)
         if cycle:
             raise DaemonError(f"depends_on forms a cycle: {' -> '.join(cycle)}; no daemon could start first")

@@ -121,6 +121,25 @@ class Stopping:
                 del self.slots[name]
         return first if first is not None and outcome is StopOutcome.NOT_RUNNING else outcome
 
+    async def start_one(self, name: str, timeout: float) -> bool:
+        """Start ``name`` unless it runs (or is starting); False if it did."""
+        if not self.running:
+            raise StateError("the manager is not running; start() it first")
+        slot = self._slot(name)
+        deadline = self.loop.time() + timeout
+        async with self._exclusive([slot], deadline, "start_daemon()"):
+            if self.slots.get(name) is not slot:
+                raise DaemonError(f"daemon {name!r} was removed while this start waited")
+            if slot.child is not None and slot.phase in (Phase.RUNNING, Phase.STARTING, Phase.RESTARTING):
+                return False
+            await self._stop_slot(slot, deadline)  # a backoff's pending restart, a process on its way out
+            if not self.running:
+                raise StateError(f"the manager stopped while daemon {name!r} started; it stays stopped")
+            failures = await self._start_slots([slot], deadline)
+        if failures:
+            raise StartError(failures)
+        return True
+
     async def restart(self, name: str, timeout: float) -> StopOutcome:
         """Stop ``name`` gracefully (if it runs), start it again and wait until it is ready."""
         if not self.running:

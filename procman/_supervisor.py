@@ -122,7 +122,7 @@ class Supervisor(Starting, Stopping):
         # Held before the slot is visible: a restart() of the new name waits for this start.
         async with self._exclusive([slot], self.loop.time() + spec.start_timeout, "register()"):
             self.slots[spec.name] = slot
-            if not self.running:
+            if not self.running or not spec.autostart:
                 return
             failures = await self._start_slots([slot], self.loop.time() + spec.start_timeout)
             if failures:

@@ -128,6 +128,7 @@ class _Loader:
             cfg.stop_timeout = section.seconds("stop_timeout", 30.0, positive=True) or 30.0
             cfg.start_method = section.choice("start_method", "forkserver", START_METHODS)
             cfg.socket = self.socket(section)
+            cfg.metrics = self.metrics(section)
             section.check_unknown()
         cfg.daemons = [self.daemon(name, t) for name, t in top.tables("daemons")]
         pool = top.table("pool")
@@ -219,6 +220,65 @@ class _Loader:
             raise t.error_at("socket", sock, f"the path of a socket file ({path} is a directory)")
         return path
 
+    def metrics(self, t: Table) -> tuple[str, int] | None:
+        """``[procman] metrics``: a port (on 127.0.0.1) or "HOST:PORT" for GET /metrics."""
+        value = t.get("metrics")
+        if value is None:
+            return None
+        expected = 'a port such as 9464 (on 127.0.0.1) or "HOST:PORT" such as "0.0.0.0:9464"'
+        host, port = "127.0.0.1", value
+        if isinstance(value, str):
+            host, sep, port_text = value.rpartition(":")
+            host = host.strip("[]")
+            if not sep or not host or not port_text.isdigit():
+                raise t.error_at("metrics", value, expected)
+            port = int(port_text)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise t.error_at("metrics", value, expected + " (ports are 1-65535)")
+        return host, port
+
+    def fingerprint(self, t: Table, *extra: bytes) -> str:
+        """What `procman reload` compares: the table as written (and the files it names)."""
+        import hashlib
+
+        import orjson
+
+        digest = hashlib.sha256(orjson.dumps(t.data, option=orjson.OPT_SORT_KEYS, default=str))
+        for part in extra:
+            digest.update(part)
+        return digest.hexdigest()
+
+    def env_file(self, t: Table) -> tuple[dict[str, str], bytes]:
+        """``env_file = ".env"``: NAME=value lines (``#`` comments, ``export`` and quotes allowed),
+        relative to the config file. Returns the variables and the file's bytes."""
+        ref = t.string("env_file")
+        if ref is None:
+            return {}, b""
+        path = self.base / ref
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise t.error_at("env_file", ref, f"a readable file ({path}: {exc.strerror or exc})") from None
+        env: dict[str, str] = {}
+        for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            text = text.removeprefix("export ").lstrip()
+            key, sep, value = text.partition("=")
+            key = key.strip()
+            if not sep or not key or not key.replace("_", "a").isalnum() or key[0].isdigit():
+                raise t.fail("env_file", f"{path} line {number}: expected NAME=value, found {show(line)}")
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            elif " #" in value:
+                value = value.split(" #", 1)[0].rstrip()
+            if "\0" in value:
+                raise t.fail("env_file", f"{path} line {number}: {key} holds a NUL character")
+            env[key] = value
+        return env, raw
+
     def claim(self, t: Table, kind: str, name: str) -> None:
         try:
             check_name(name)
@@ -236,7 +296,8 @@ class _Loader:
 
     def daemon(self, name: str, t: Table) -> DaemonConfig:
         self.claim(t, "daemons", name)
-        env = self.env(t)
+        from_file, env_bytes = self.env_file(t)
+        env = {**from_file, **self.env(t)}  # the table's env wins over the file's
         cwd = self.cwd(t)
         module: str | None = None
         if t.has("factory") == t.has("command"):
@@ -245,6 +306,8 @@ class _Loader:
             from procman import CommandDaemon
 
             argv = self.command(t)
+            # a Python program's prints show as they happen, not when its buffer fills
+            env.setdefault("PYTHONUNBUFFERED", "1")
             for key in ("args", "kwargs"):
                 if t.has(key):
                     raise t.fail(key, "applies to factory daemons only; put a command's arguments in command")
@@ -308,6 +371,9 @@ class _Loader:
             term_timeout=t.seconds("term_timeout", 5.0) or 0.0,
             watchdog=t.seconds("watchdog", None, positive=True),
             depends_on=tuple(deps),
+            autostart=self.boolean(t, "autostart", True),
+            max_memory_mb=t.optional_number("max_memory_mb", above=True, maximum=MAX_MEMORY_MB),
+            fingerprint=self.fingerprint(t, env_bytes),
         )
         t.check_unknown()
         try:  # what register() will check: that it pickles, among the rest
@@ -315,6 +381,13 @@ class _Loader:
         except DaemonError as exc:
             raise t.fail(None, str(exc)) from None
         return cfg
+
+    @staticmethod
+    def boolean(t: Table, key: str, default: bool) -> bool:
+        value = t.get(key, default)
+        if not isinstance(value, bool):
+            raise t.error_at(key, value, "true or false")
+        return value
 
     def command(self, t: Table) -> list[str]:
         value = t.get("command")
@@ -418,6 +491,7 @@ class _Loader:
             retries=t.integer("retries", 0, minimum=0) or 0,
             overlap=t.choice("overlap", "skip", ("skip", "queue")),
             max_instances=t.integer("max_instances", 1, minimum=1) or 1,
+            fingerprint=self.fingerprint(t),
         )
         t.check_unknown()
         self.check_call(t, fn, ref, args, kwargs)
@@ -473,6 +547,14 @@ class _Loader:
                     raise ConfigError(
                         f"{self.path}: [daemons.{d.name}] depends_on: found {dep!r}, expected the name of a "
                         f"daemon in this file" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    )
+        autostart = {d.name: d.autostart for d in cfg.daemons}
+        for d in cfg.daemons:
+            for dep in d.depends_on:
+                if d.autostart and not autostart[dep]:
+                    raise ConfigError(
+                        f"{self.path}: [daemons.{d.name}] depends_on: {dep!r} has autostart = false, "
+                        f"so {d.name!r} could not start with the others; give it autostart = false too"
                     )
         cycle = dependency_cycle({d.name: d.depends_on for d in cfg.daemons})
         if cycle:

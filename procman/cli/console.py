@@ -17,6 +17,7 @@ import reprlib
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -51,6 +52,8 @@ class Console:
         self.colors[ME] = "1"
         self.recent: dict[str, deque[str]] = {}
         self._recent_lock = threading.Lock()
+        # `procman logs -f`: (names or None for all, callback(name, line)) called as lines come
+        self._followers: list[tuple[frozenset[str] | None, Callable[[str, str], None]]] = []
         self._cond = threading.Condition()  # guards the queue and the counts below
         self._pending: deque[str] = deque()
         self._pending_bytes = 0
@@ -75,7 +78,12 @@ class Console:
             if ring is None:
                 ring = self.recent[name] = deque(maxlen=KEEP_LINES)
             kept = text if len(text) <= KEEP_CHARS else text[:KEEP_CHARS] + f"... ({len(text)} chars)"
-            ring.append(f"{now.isoformat(timespec='milliseconds')} {kept}")
+            entry = f"{now.isoformat(timespec='milliseconds')} {kept}"
+            ring.append(entry)
+            followers = self._followers
+        for names, callback in followers:
+            if names is None or name in names:
+                callback(name, entry)
         self._put(self._format(now, name, text, level))
 
     def _format(self, now: datetime, name: str, text: str, level: str) -> str:
@@ -101,6 +109,26 @@ class Console:
 
     def error(self, text: str) -> None:
         self.line(ME, text, "error")
+
+    def follow(
+        self, names: frozenset[str] | None, callback: Callable[[str, str], None]
+    ) -> Callable[[], None]:
+        """Call ``callback(name, line)`` for each new line of ``names`` (None: every source), from
+        whichever thread wrote it; returns the function that stops it. The callback must not block."""
+        entry = (names, callback)
+        with self._recent_lock:
+            self._followers = [*self._followers, entry]
+
+        def unfollow() -> None:
+            with self._recent_lock:
+                self._followers = [f for f in self._followers if f is not entry]
+
+        return unfollow
+
+    def add_names(self, names: list[str]) -> None:
+        """Sources added by `procman reload`: a colour each (the column keeps its width)."""
+        for name in names:
+            self.colors.setdefault(name, COLORS[len(self.colors) % len(COLORS)])
 
     def lines_of(self, name: str, count: int) -> list[str] | None:
         with self._recent_lock:

@@ -26,7 +26,7 @@ import re
 import socket
 import stat
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ READ_CHUNK = 65536
 TOO_LARGE = f"request too large (limit {MAX_REQUEST >> 20} MiB); a request is one JSON object on one line"
 ELSEWHERE = "give another socket path with --socket PATH or [procman] socket = ..."
 
+STREAM = "_stream"  # a handler's answer may carry an async iterator of further answers (logs -f)
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -288,7 +289,12 @@ class ControlServer:
                     elif len(line) > MAX_REQUEST:
                         await self._answer(writer, {"ok": False, "error": TOO_LARGE})
                     else:
-                        await self._answer(writer, await self._respond(line))
+                        response = await self._respond(line)
+                        stream = response.pop(STREAM, None)
+                        await self._answer(writer, response)
+                        if stream is not None:  # `logs -f`: lines until the client leaves
+                            await self._stream(reader, writer, stream)
+                            return
                     continue
                 scanned = len(buf)
                 if len(buf) > MAX_REQUEST:  # answer now; the client may wait to send the rest
@@ -315,6 +321,30 @@ class ControlServer:
         finally:
             self._clients.discard(task)
             writer.close()
+
+    async def _stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, items: AsyncIterator[dict[str, Any]]
+    ) -> None:
+        """Answer each of ``items`` as it comes, until they end or the client closes its end."""
+        gone = asyncio.ensure_future(reader.read(1))  # the client sends nothing more: EOF = it left
+        try:
+            while True:
+                nxt = asyncio.ensure_future(anext(items))
+                await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    nxt.cancel()
+                    return
+                try:
+                    item = nxt.result()
+                except StopAsyncIteration:
+                    return
+                await self._answer(writer, item)
+        finally:
+            gone.cancel()
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
 
     async def _respond(self, line: bytes) -> dict[str, Any]:
         """The answer to one request line: the handler's, or an error saying what was wrong."""
@@ -393,6 +423,56 @@ def request(path: Path, message: dict[str, Any], timeout: float) -> dict[str, An
     if not isinstance(response, dict):
         raise ControlError(f"unexpected answer from {path}: {bytes(buf[:200])!r}")
     return response
+
+
+def request_stream(path: Path, message: dict[str, Any], timeout: float) -> Iterator[dict[str, Any]]:
+    """Send one request; yield its answer, then each further answer as procman sends it, until
+    procman ends the stream or exits. Only the connection and the first answer are bounded by
+    ``timeout`` (a follow waits for lines as long as the caller wants: Ctrl-C ends it)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError(
+                f"no procman is running with the control socket {path} "
+                "(start one with `procman run FILE.toml`)"
+            ) from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}: it belongs to another user") from None
+        except (OSError, ValueError) as exc:
+            raise ControlError(f"cannot connect to {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        s.sendall(orjson.dumps(message) + b"\n")
+        buf = bytearray()
+        first = True
+        while True:
+            end = buf.find(b"\n")
+            if end >= 0:
+                line = bytes(buf[:end])
+                del buf[: end + 1]
+                try:
+                    item = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    raise ControlError(f"unexpected answer from {path}: {line[:200]!r}") from None
+                yield item
+                if first:
+                    first = False
+                    s.settimeout(None)
+                continue
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                raise ControlError(f"procman on {path} did not answer within {timeout:g}s") from None
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                if first:
+                    raise ControlError(f"procman closed the connection on {path} before it answered")
+                return
+            buf += chunk
+    finally:
+        s.close()
 
 
 def find_socket() -> Path:

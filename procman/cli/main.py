@@ -5,9 +5,16 @@
     procman run FILE.toml          run the file's daemons and jobs until Ctrl-C / SIGTERM
     procman check FILE.toml        check the file, start nothing
     procman status [NAME] [--json] daemons and jobs of a running procman (exit 3: a daemon is down)
-    procman restart NAME           restart one daemon (gracefully)
+    procman start NAME             start a stopped daemon (or one with autostart = false)
+    procman restart NAME [--rolling] restart one daemon (gracefully)
     procman stop [NAME]            stop one daemon, or everything (procman then exits)
-    procman logs NAME [-n N]       the last lines of a daemon or job
+    procman signal NAME SIG        send a signal to a daemon (its program, for a command)
+    procman reload                 re-read the file: add, remove, restart what changed
+    procman logs [NAME...] [-n N] [-f]  the last lines of a daemon or job; -f follows them
+    procman jobs [--json]          the timed jobs: trigger, next run, last outcome
+    procman run-now|pause|resume JOB
+    procman metrics                the metrics, as OpenMetrics text
+    procman top                    a live view: daemons, jobs, the pool; keys act on a daemon
     procman --version
 
 The control commands find the running procman by ``--socket PATH``, by ``-c FILE.toml`` (the
@@ -28,7 +35,15 @@ from typing import Any
 import orjson
 
 from .config import load
-from .control import ControlError, config_key, default_socket, find_socket, request, runtime_dir_text
+from .control import (
+    ControlError,
+    config_key,
+    default_socket,
+    find_socket,
+    request,
+    request_stream,
+    runtime_dir_text,
+)
 from .tables import ConfigError
 from .toml import parse_toml
 
@@ -207,6 +222,121 @@ def _parser() -> argparse.ArgumentParser:
     )
     stop.add_argument("name", metavar="NAME", nargs="?", help="the daemon to stop (default: everything)")
 
+    start = sub.add_parser(
+        "start",
+        parents=[where],
+        help="start a daemon that is not running",
+        description=_text(
+            "Start a daemon that is not running (stopped with `procman stop NAME`, exited, gave up, "
+            "or never started: autostart = false) and wait until it is ready. A running daemon is "
+            "left as it is.",
+            sockets,
+        ),
+        epilog=CONTROL_CODES,
+        formatter_class=fmt,
+    )
+    start.add_argument("name", metavar="NAME", help="the daemon to start")
+
+    sig = sub.add_parser(
+        "signal",
+        parents=[where],
+        help="send a signal to a daemon",
+        description=_text(
+            "Send a signal to a daemon: to a Python daemon's own process, to the program of a "
+            "command daemon (e.g. HUP to make it reopen its logs). What follows is the daemon's "
+            "business: one that dies of it is restarted under its policy.",
+            sockets,
+        ),
+        epilog=CONTROL_CODES,
+        formatter_class=fmt,
+    )
+    sig.add_argument("name", metavar="NAME", help="the daemon")
+    sig.add_argument("signal", metavar="SIG", help="a signal name (HUP, SIGUSR1, ...) or number")
+
+    sub.add_parser(
+        "reload",
+        parents=[where],
+        help="re-read the config file and apply what changed",
+        description=_text(
+            "Re-read the config file of a running procman and apply it: daemons added are started, "
+            "removed ones stopped, changed ones (any key of their table, or their env_file) "
+            "restarted; the others keep running untouched, with their pids. Jobs likewise. A file "
+            "with a mistake changes nothing: the mistake is printed and the exit status is 1. "
+            "Changes to [procman] and [pool] need a restart of procman; reload says so.",
+            sockets,
+        ),
+        epilog=CONTROL_CODES,
+        formatter_class=fmt,
+    )
+
+    jobs = sub.add_parser(
+        "jobs",
+        parents=[where],
+        help="list the timed jobs: trigger, next run, last outcome",
+        description=_text(
+            "List the schedules and waiting timed jobs of a running procman (with a [store], "
+            "every host's): trigger, state, next run, runs and failures, last outcome.",
+            sockets,
+        ),
+        epilog=CONTROL_CODES,
+        formatter_class=fmt,
+    )
+    jobs.add_argument("--json", action="store_true", help="print them as JSON")
+    for verb, text in (
+        ("run-now", "run a job now, once (its schedule goes on as before)"),
+        ("pause", "pause a schedule: no run until it is resumed"),
+        ("resume", "resume a paused schedule"),
+    ):
+        job_cmd = sub.add_parser(
+            verb,
+            parents=[where],
+            help=text,
+            description=_text(text[0].upper() + text[1:] + ".", sockets),
+            epilog=CONTROL_CODES,
+            formatter_class=fmt,
+        )
+        job_cmd.add_argument("name", metavar="JOB", help="the job's name")
+
+    sub.add_parser(
+        "metrics",
+        parents=[where],
+        help="print the metrics (OpenMetrics text)",
+        description=_text(
+            "Print the metrics of a running procman as OpenMetrics text: per daemon up, state, "
+            "restarts by reason, last exit, start time, memory and CPU of its process group, "
+            "heartbeat age; per job runs by outcome, run time and lateness histograms, next run; the "
+            "pool's workers, queue and worker restarts. [procman] metrics = PORT serves the same "
+            "over HTTP for Prometheus.",
+            sockets,
+        ),
+        epilog=CONTROL_CODES,
+        formatter_class=fmt,
+    )
+
+    top = sub.add_parser(
+        "top",
+        parents=[where],
+        help="a live view of the daemons, jobs and pool",
+        description=_text(
+            "A live view of a running procman, refreshed every --interval seconds: daemons (state, "
+            "pid, uptime, restarts, last exit, CPU %, memory), jobs (next run, last outcome, runs, "
+            "lateness) and the pool. On a terminal: up/down (or j/k) choose a daemon, r restarts "
+            "it, s stops it, S starts it, l follows its log (any key returns), q quits. Not on a "
+            "terminal, it prints the table every --interval seconds (--count times).",
+            sockets,
+        ),
+        epilog=CONTROL_CODES,
+        formatter_class=fmt,
+    )
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh period (1)")
+    top.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N refreshes (default: until q/Ctrl-C)",
+    )
+
     logs = sub.add_parser(
         "logs",
         parents=[where],
@@ -220,9 +350,21 @@ def _parser() -> argparse.ArgumentParser:
         epilog=CONTROL_CODES,
         formatter_class=fmt,
     )
-    logs.add_argument("name", metavar="NAME", help="a daemon, a job, `pool` or `procman`")
     logs.add_argument(
-        "-n", "--lines", type=int, default=100, metavar="N", help="how many lines (default: 100)"
+        "names",
+        metavar="NAME",
+        nargs="*",
+        help="a daemon, a job, `pool` or `procman`; with -f, any number of them (default: all)",
+    )
+    logs.add_argument(
+        "-n", "--lines", type=int, default=None, metavar="N", help="how many lines (default: 100; 10 with -f)"
+    )
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="then print new lines as they come, each prefixed with its source, until Ctrl-C or "
+        "procman exits",
     )
     return p
 
@@ -278,13 +420,32 @@ def _socket(args: argparse.Namespace) -> Path:
 
 def _control(args: argparse.Namespace) -> int:
     path = _socket(args)
-    command = {"status": _status, "restart": _restart, "stop": _stop, "logs": _logs}[args.command]
+    command = {
+        "status": _status,
+        "restart": _restart,
+        "stop": _stop,
+        "logs": _logs,
+        "start": _start,
+        "signal": _signal,
+        "reload": _reload,
+        "jobs": _jobs,
+        "run-now": _job_action,
+        "pause": _job_action,
+        "resume": _job_action,
+        "metrics": _metrics,
+        "top": _top,
+    }[args.command]
     return command(args, path)
 
 
 def not_running(resp: dict[str, Any]) -> list[str]:
     """The daemons of a status answer that are not running, as ``name (state)``."""
-    return [f"{d['name']} ({d['state']})" for d in resp.get("daemons", []) if d.get("state") != "running"]
+    return [
+        f"{d['name']} ({d['state']})"
+        for d in resp.get("daemons", [])
+        # one with autostart = false is stopped until asked: that is not a failure
+        if d.get("state") != "running" and not (d.get("autostart") is False and d.get("state") == "stopped")
+    ]
 
 
 def _status(args: argparse.Namespace, path: Path) -> int:
@@ -332,12 +493,143 @@ def _stop(args: argparse.Namespace, path: Path) -> int:
 
 
 def _logs(args: argparse.Namespace, path: Path) -> int:
-    resp = request(path, {"cmd": "logs", "name": args.name, "lines": args.lines}, args.timeout)
+    if not args.follow:
+        if len(args.names) != 1:
+            print("procman: logs: give one NAME (or follow several with -f)", file=sys.stderr)
+            return EXIT_USAGE
+        lines = 100 if args.lines is None else args.lines
+        resp = request(path, {"cmd": "logs", "name": args.names[0], "lines": lines}, args.timeout)
+        if not resp.get("ok"):
+            return _fail(resp)
+        for line in resp["lines"]:
+            print(line)
+        return EXIT_OK
+    message = {
+        "cmd": "logs",
+        "follow": True,
+        "names": args.names or None,
+        "lines": 10 if args.lines is None else args.lines,
+    }
+    stream = request_stream(path, message, args.timeout)
+    head = next(stream)
+    if not head.get("ok"):
+        return _fail(head)
+    width = max([len(n) for n in args.names] + [7])
+    try:
+        for item in stream:
+            print(f"{item.get('name', '?'):<{width}} | {item.get('line', '')}", flush=True)
+    except BrokenPipeError:  # `procman logs -f | head`
+        return EXIT_OK
+    return EXIT_OK
+
+
+def _start(args: argparse.Namespace, path: Path) -> int:
+    resp = request(path, {"cmd": "start", "name": args.name}, args.timeout)
     if not resp.get("ok"):
         return _fail(resp)
-    for line in resp["lines"]:
-        print(line)
+    if resp["started"]:
+        print(f"{resp['name']}: started (pid {resp['pid']})")
+    else:
+        print(f"{resp['name']}: already {resp['state']} (pid {resp['pid']})")
     return EXIT_OK
+
+
+def _signal(args: argparse.Namespace, path: Path) -> int:
+    sig: str | int = int(args.signal) if args.signal.isdigit() else args.signal
+    resp = request(path, {"cmd": "signal", "name": args.name, "signal": sig}, args.timeout)
+    if not resp.get("ok"):
+        return _fail(resp)
+    print(f"{resp['name']}: sent {args.signal} (pid {resp['pid']})")
+    return EXIT_OK
+
+
+def _reload(args: argparse.Namespace, path: Path) -> int:
+    resp = request(path, {"cmd": "reload"}, args.timeout)
+    if "added" not in resp:  # refused: the file has a mistake, nothing changed
+        return _fail(resp)
+    for what in ("added", "removed", "changed", "unchanged"):
+        if resp[what]:
+            print(f"daemons {what}: {', '.join(resp[what])}")
+    for what, names in resp["jobs"].items():
+        if names:
+            print(f"jobs {what}: {', '.join(names)}")
+    if not (resp["added"] or resp["removed"] or resp["changed"] or any(resp["jobs"].values())):
+        print("nothing changed")
+    for text in resp.get("not_applied", []):
+        print(f"not applied: {text}", file=sys.stderr)
+    return EXIT_OK if resp.get("ok") else _fail(resp)
+
+
+def _jobs(args: argparse.Namespace, path: Path) -> int:
+    resp = request(path, {"cmd": "jobs"}, args.timeout)
+    if not resp.get("ok"):
+        return _fail(resp)
+    if args.json:
+        sys.stdout.write(orjson.dumps(resp["jobs"], option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    sys.stdout.write(format_jobs(resp["jobs"]))
+    return EXIT_OK
+
+
+def format_jobs(jobs: list[dict[str, Any]]) -> str:
+    rows = [("JOB", "TRIGGER", "STATE", "NEXT RUN", "RUNS", "FAILED", "LAST OUTCOME")]
+    for j in jobs:
+        last = j.get("last_outcome") or "-"
+        rows.append(
+            (
+                j["name"],
+                j["trigger"],
+                j["state"],
+                _when(j.get("next_run")),
+                str(j["runs"]),
+                str(j["failures"]),
+                last if len(last) <= 50 else last[:47] + "...",
+            )
+        )
+    return _table(rows)
+
+
+def _when(iso: str | None) -> str:
+    from datetime import datetime
+
+    if not iso:
+        return "-"
+    t = datetime.fromisoformat(iso)
+    delta = (t if t.tzinfo else t.astimezone()) - datetime.now().astimezone()
+    return f"in {_ago(max(0.0, delta.total_seconds()))}"
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows
+    )
+
+
+def _job_action(args: argparse.Namespace, path: Path) -> int:
+    resp = request(path, {"cmd": args.command, "name": args.name}, args.timeout)
+    if not resp.get("ok"):
+        return _fail(resp)
+    state = f" ({resp['state']})" if resp.get("state") else ""
+    print(f"{resp['name']}: {args.command} done{state}")
+    return EXIT_OK
+
+
+def _metrics(args: argparse.Namespace, path: Path) -> int:
+    resp = request(path, {"cmd": "metrics"}, args.timeout)
+    if not resp.get("ok"):
+        return _fail(resp)
+    sys.stdout.write(resp["text"])
+    return EXIT_OK
+
+
+def _top(args: argparse.Namespace, path: Path) -> int:
+    from .top import top
+
+    if args.interval <= 0:
+        print("procman: top: --interval must be > 0", file=sys.stderr)
+        return EXIT_USAGE
+    return top(path, interval=args.interval, count=args.count, timeout=args.timeout)
 
 
 def _fail(resp: dict[str, Any]) -> int:

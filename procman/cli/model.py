@@ -22,6 +22,9 @@ class DaemonConfig:
     term_timeout: float
     watchdog: float | None
     depends_on: tuple[str, ...]
+    autostart: bool = True
+    max_memory_mb: float | None = None  # killed (then restarted by its policy) beyond this RSS
+    fingerprint: str = ""  # of its table (and env_file): `procman reload` restarts it when it changes
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of Manager.register() for this daemon."""
@@ -32,6 +35,7 @@ class DaemonConfig:
             "term_timeout": self.term_timeout,
             "watchdog": self.watchdog,
             "depends_on": self.depends_on,
+            "autostart": self.autostart,
         }
 
 
@@ -49,6 +53,7 @@ class JobConfig:
     retries: int
     overlap: str
     max_instances: int
+    fingerprint: str = ""  # of its table: `procman reload` schedules it anew when it changes
 
     @property
     def trigger(self) -> str:
@@ -78,6 +83,7 @@ class Config:
     stop_timeout: float = 30.0
     start_method: str = "forkserver"
     socket: Path | None = None
+    metrics: tuple[str, int] | None = None  # [procman] metrics: the HTTP endpoint's address
     daemons: list[DaemonConfig] = field(default_factory=list)
     pool: PoolConfig | None = None
     jobs: list[JobConfig] = field(default_factory=list)

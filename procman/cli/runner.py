@@ -17,20 +17,37 @@ import logging
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from procman import AsyncManager, DaemonError, DaemonStatus, ProcmanError, StartError
+from procman import (
+    AsyncManager,
+    DaemonError,
+    DaemonStatus,
+    ProcmanError,
+    StartError,
+    UsageTracker,
+    daemon_families,
+    dependency_cycle,
+    openmetrics,
+)
 
+from .config import load
 from .console import Console, ConsoleHandler, short_repr
-from .control import ControlError, ControlServer, config_key, passed_over, runtime_dir, sd_notify
-from .model import Config, JobConfig
+from .control import STREAM, ControlError, ControlServer, config_key, passed_over, runtime_dir, sd_notify
+from .http import MetricsServer
+from .model import Config, DaemonConfig, JobConfig
+from .tables import ConfigError
 
 EXIT_OK = 0
 EXIT_UNCLEAN = 1
 EXIT_USAGE = 2
 LOG_LINES = 100  # default for `procman logs`
+SAMPLE_EVERY = 1.0  # seconds between two looks at the daemons' memory and CPU
+FOLLOW_BACKLOG = 10_000  # lines a slow `logs -f` client may fall behind before some are dropped
+COMMANDS = "status, start, stop, restart, signal, logs, metrics, jobs, run-now, pause, resume, reload"
 
 
 class _JobHandle:
@@ -84,14 +101,21 @@ class _JobHandle:
         self.handle.cancel()
 
 
-def _daemon_row(st: DaemonStatus) -> dict[str, Any]:
+def _daemon_row(st: DaemonStatus, usage: UsageTracker, autostart: bool) -> dict[str, Any]:
     last = st.last_exit
+    rss = usage.rss.get(st.name)
     return {
         "name": st.name,
         "kind": "daemon",
         "state": st.state.value,
         "pid": st.pid,
         "uptime": round(st.uptime, 3) if st.uptime is not None else None,
+        "started": datetime.fromtimestamp(st.started).isoformat(timespec="seconds") if st.started else None,
+        "autostart": autostart,
+        "cpu_percent": usage.cpu_percent.get(st.name),
+        "rss_bytes": rss,
+        "heartbeat_age": round(st.heartbeat_age, 3) if st.heartbeat_age is not None else None,
+        "restarts_by_reason": dict(st.restarts_by_reason),
         "restarts": st.restarts,
         "last_exit": (
             {
@@ -106,6 +130,41 @@ def _daemon_row(st: DaemonStatus) -> dict[str, Any]:
     }
 
 
+def _trigger_text(trigger: Any) -> str:
+    """``every 30s`` or ``cron '0 2 * * *' (Europe/Berlin)``: a schedule's trigger as a user wrote it."""
+    interval = getattr(trigger, "interval", None)
+    if interval is not None:
+        return f"every {interval:g}s"
+    tz = getattr(trigger, "tz", None)
+    zone = f" ({getattr(tz, 'key', None) or tz})" if tz is not None else ""
+    return f"cron {getattr(trigger, 'expr', trigger)!r}{zone}"
+
+
+def _pool_key(cfg: Config) -> tuple[Any, ...]:
+    p = cfg.pool
+    if p is None:
+        return ()
+    store = p.store.url if p.store is not None else None
+    return (p.workers, p.start_method, p.max_tasks_per_worker, p.max_memory_mb, p.backend, p.address, store)
+
+
+def _dependencies_first(daemons: list[DaemonConfig]) -> list[str]:
+    """The names of ``daemons``, each after those of them it depends on."""
+    names = {d.name for d in daemons}
+    graph = {d.name: tuple(x for x in d.depends_on if x in names) for d in daemons}
+    assert not dependency_cycle(graph)  # the file was checked
+    done: list[str] = []
+    while len(done) < len(graph):
+        for name, deps in graph.items():
+            if name not in done and all(x in done for x in deps):
+                done.append(name)
+    return done
+
+
+def _dependents_first(daemons: list[DaemonConfig]) -> list[str]:
+    return list(reversed(_dependencies_first(daemons)))
+
+
 class Runner:
     def __init__(self, cfg: Config, console: Console, socket_path: Path) -> None:
         self.cfg = cfg
@@ -118,6 +177,8 @@ class Runner:
         self.signals = 0
         self.killed = False
         self.started_at = time.time()
+        self.usage = UsageTracker()
+        self.reloading = asyncio.Lock()
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -143,23 +204,73 @@ class Runner:
         name = req.get("name")
         if name is not None and not isinstance(name, str):
             return {"ok": False, "error": f"name must be a string, got {name!r}"}
+
+        async def status() -> dict[str, Any]:
+            return {"ok": True, **(await self.status())}
+
+        async def logs() -> dict[str, Any]:
+            return self.logs(req)
+
+        async def metrics() -> dict[str, Any]:
+            return {"ok": True, "text": await self.metrics_text()}
+
+        async def jobs() -> dict[str, Any]:
+            return {"ok": True, "jobs": await asyncio.to_thread(self.job_rows)}
+
+        async def job_action() -> dict[str, Any]:
+            return await asyncio.to_thread(self.job_action, str(cmd), name)
+
+        actions: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+            "status": status,
+            "logs": logs,
+            "metrics": metrics,
+            "jobs": jobs,
+            "run-now": job_action,
+            "pause": job_action,
+            "resume": job_action,
+            "reload": self.reload,
+            "signal": lambda: self.signal(name, req.get("signal")),
+            "start": lambda: self.start(name),
+            "stop": lambda: self.stop(name),
+            "restart": lambda: self.restart(name),
+        }
         try:
-            if cmd == "status":
-                return {"ok": True, **(await self.status())}
-            if cmd == "logs":
-                return self.logs(name, req.get("lines", LOG_LINES))
-            action = {"restart": self.restart, "stop": self.stop}.get(str(cmd))
+            action = actions.get(str(cmd))
             if action is not None:
-                return await action(name)
+                return await action()
         except (ProcmanError, ValueError) as exc:
             return {"ok": False, "error": str(exc)}
-        return {"ok": False, "error": f"unknown command {cmd!r}; known: status, restart, stop, logs"}
+        except Exception as exc:
+            if type(exc).__module__.startswith("workers"):
+                return {"ok": False, "error": str(exc)}
+            raise
+        return {"ok": False, "error": f"unknown command {cmd!r}; known: {COMMANDS}"}
 
     async def status(self) -> dict[str, Any]:
         daemons = []
         if self.manager is not None and not self.manager._closed:
             statuses = await self.manager.status()
-            daemons = [_daemon_row(statuses[d.name]) for d in self.cfg.daemons if d.name in statuses]
+            daemons = [
+                _daemon_row(statuses[d.name], self.usage, d.autostart)
+                for d in self.cfg.daemons
+                if d.name in statuses
+            ]
+        pool = None
+        if self.pool is not None:
+            with contextlib.suppress(Exception):
+                st = await asyncio.to_thread(self.pool.stats)
+                pool = {
+                    "workers": st.workers,
+                    "idle_workers": st.idle_workers,
+                    "queued": st.queued,
+                    "scheduled": st.scheduled,
+                    "running": st.running,
+                    "done": st.done,
+                    "failed": st.failed,
+                    "worker_restarts": st.worker_restarts,
+                    "lateness_p50": st.lateness_p50,
+                    "lateness_p99": st.lateness_p99,
+                }
         return {
             "pid": os.getpid(),
             "config": str(config_key(self.cfg.path)),
@@ -168,6 +279,7 @@ class Runner:
             "stopping": self.stop_requested.is_set(),
             "daemons": daemons,
             "jobs": [h.status() for h in self.jobs.values()],
+            "pool": pool,
             # what waits for a slow terminal or pipe, and what it lost (procman logs still has it)
             "output": {
                 "queued_bytes": self.console.queued_bytes,
@@ -212,15 +324,313 @@ class Runner:
         outcome = await self.manager.stop_daemon(name, timeout=d.stop_timeout + d.term_timeout + 5)
         return {"ok": True, "name": name, "outcome": outcome.value}
 
-    def logs(self, name: str | None, lines: object) -> dict[str, Any]:
-        if name is None:
+    def logs(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The last lines of one source, or (``follow``) of several or all, then each new one."""
+        lines = req.get("lines", LOG_LINES)
+        if isinstance(lines, bool) or not isinstance(lines, int) or lines < 0:
+            raise ValueError(f"lines must be a whole number >= 0, got {lines!r}")
+        names = req.get("names")
+        if names is None:
+            names = [req["name"]] if req.get("name") is not None else None
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            raise ValueError(f"names must be a list of names, got {names!r}")
+        if not req.get("follow") and (not names or len(names) != 1):
             raise ValueError("give the name of a daemon or job")
-        if isinstance(lines, bool) or not isinstance(lines, int) or lines < 1:
-            raise ValueError(f"lines must be a whole number >= 1, got {lines!r}")
         known = [d.name for d in self.cfg.daemons] + [j.name for j in self.cfg.jobs] + ["pool", "procman"]
-        if name not in known:
-            raise ValueError(f"no daemon or job named {name!r} (known: {', '.join(known)})")
-        return {"ok": True, "name": name, "lines": self.console.lines_of(name, lines) or []}
+        for n in names or []:
+            if n not in known:
+                raise ValueError(f"no daemon or job named {n!r} (known: {', '.join(known)})")
+        if not req.get("follow"):
+            assert names is not None
+            return {"ok": True, "name": names[0], "lines": self.console.lines_of(names[0], lines) or []}
+        chosen = frozenset(names) if names else None
+        backlog: list[tuple[str, str]] = []
+        if lines:
+            for n in sorted(chosen) if chosen else known:
+                backlog += [(n, line) for line in self.console.lines_of(n, lines) or []]
+            backlog.sort(key=lambda item: item[1][:23])  # by their ISO time stamps
+            backlog = backlog[-lines:]
+        return {
+            "ok": True,
+            "names": sorted(chosen) if chosen else None,
+            STREAM: self._follow(chosen, backlog),
+        }
+
+    async def _follow(
+        self, names: frozenset[str] | None, backlog: list[tuple[str, str]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, str] | None] = asyncio.Queue(FOLLOW_BACKLOG)
+        dropped = 0
+
+        def put(item: tuple[str, str] | None) -> None:
+            nonlocal dropped
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:
+                dropped += 1
+
+        def on_line(name: str, line: str) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: procman is exiting
+                loop.call_soon_threadsafe(put, (name, line))
+
+        stop_wait = asyncio.ensure_future(self.stop_requested.wait())
+        stop_wait.add_done_callback(lambda _f: put(None))
+        unfollow = self.console.follow(names, on_line)
+        try:
+            for name, line in backlog:
+                yield {"name": name, "line": line}
+            while True:
+                item = await queue.get()
+                if dropped:
+                    yield {
+                        "name": "procman",
+                        "line": f"... {dropped} line(s) dropped: this follower fell behind",
+                    }
+                    dropped = 0
+                if item is None:  # procman is stopping: say so and end
+                    yield {"name": "procman", "line": "procman is stopping; end of the log"}
+                    return
+                yield {"name": item[0], "line": item[1]}
+        finally:
+            unfollow()
+            stop_wait.cancel()
+
+    # -- more commands ---------------------------------------------------------------------------
+
+    async def start(self, name: str | None) -> dict[str, Any]:
+        name = self._check_daemon(name)
+        if self.manager is None or self.stop_requested.is_set():
+            raise ValueError("procman is stopping; nothing starts now")
+        d = next(d for d in self.cfg.daemons if d.name == name)
+        self.console.info(f"start of {name} requested over the control socket")
+        try:
+            started = await self.manager.start_daemon(
+                name, timeout=d.stop_timeout + d.term_timeout + d.start_timeout
+            )
+        except StartError as exc:
+            return {"ok": False, "error": str(exc)}
+        st = (await self.manager.status())[name]
+        return {"ok": True, "name": name, "started": started, "pid": st.pid, "state": st.state.value}
+
+    async def signal(self, name: str | None, sig: object) -> dict[str, Any]:
+        name = self._check_daemon(name)
+        assert self.manager is not None
+        if not isinstance(sig, (str, int)) or isinstance(sig, bool):
+            raise ValueError(f"give a signal such as HUP, USR1 or 15, got {sig!r}")
+        pid = await self.manager.signal(name, sig)
+        self.console.info(f"signal {sig} sent to {name} over the control socket")
+        return {"ok": True, "name": name, "pid": pid, "signal": sig}
+
+    async def metrics_text(self) -> str:
+        families = []
+        if self.manager is not None and not self.manager._closed:
+            statuses = await self.manager.status()
+            families += daemon_families(statuses, self.usage)
+        if self.pool is not None:
+            import workers
+
+            with contextlib.suppress(workers.PoolClosed):
+                families += await asyncio.to_thread(workers.pool_families, self.pool)
+        return openmetrics(families)
+
+    def _pool(self) -> Any:
+        if self.pool is None:
+            raise ValueError("this procman runs no jobs (the file has no [jobs] or [pool])")
+        return self.pool
+
+    def job_rows(self) -> list[dict[str, Any]]:
+        """Every schedule and waiting timed job of the pool (a store's too), with their counts."""
+        pool = self._pool()
+        rows = []
+        for s in pool.schedules():
+            nxt = s.next_run_time
+            err = s.last_error
+            rows.append(
+                {
+                    "name": s.name,
+                    "kind": "schedule",
+                    "trigger": _trigger_text(s.trigger),
+                    "state": s.state.value,
+                    "next_run": nxt.isoformat() if nxt is not None else None,
+                    "runs": s.runs,
+                    "failures": s.failures,
+                    "skipped": s.skipped,
+                    "missed": s.missed,
+                    "last_outcome": (f"{type(err).__name__}: {err}" if err is not None else "ok")
+                    if s.runs
+                    else None,
+                }
+            )
+        for t in pool.timed_jobs():
+            rows.append(
+                {
+                    "name": t.name,
+                    "kind": "timed job",
+                    "trigger": f"at {t.due.isoformat()}",
+                    "state": t.state,
+                    "next_run": t.due.isoformat(),
+                    "runs": 0,
+                    "failures": 0,
+                    "skipped": 0,
+                    "missed": 0,
+                    "last_outcome": None,
+                }
+            )
+        return rows
+
+    def job_action(self, cmd: str, name: str | None) -> dict[str, Any]:
+        """run-now, pause, resume of a schedule (run-now of a waiting timed job too)."""
+        pool = self._pool()
+        if name is None:
+            raise ValueError("give the name of a job")
+        import workers
+
+        try:
+            sched = pool.get_schedule(name)
+        except workers.ScheduleError:
+            sched = None
+        if sched is None or sched.state.value == "cancelled":
+            timed = pool.timed_jobs(name)
+            if cmd == "run-now" and timed:
+                timed[0].run_now()
+                self.console.line(name, "run now, as asked over the control socket")
+                return {"ok": True, "name": name, "action": cmd}
+            known = sorted({r["name"] for r in self.job_rows()})
+            if name in {d.name for d in self.cfg.daemons}:
+                raise ValueError(f"{name!r} is a daemon, not a job")
+            raise ValueError(f"no job named {name!r} (jobs: {', '.join(known) or 'none'})")
+        if cmd == "run-now":
+            sched.run_now()
+        elif cmd == "pause":
+            sched.pause()
+        else:
+            sched.resume()
+        self.console.line(name, f"{cmd} asked over the control socket")
+        return {"ok": True, "name": name, "action": cmd, "state": sched.state.value}
+
+    # -- reload ----------------------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the file: start added daemons, stop removed ones, restart changed ones, leave
+        the rest as they are; the same for jobs. A bad file changes nothing."""
+        if self.manager is None or self.stop_requested.is_set():
+            raise ValueError("procman is stopping; nothing reloads now")
+        async with self.reloading:
+            try:
+                new = await asyncio.to_thread(load, self.cfg.path)
+            except ConfigError as exc:
+                self.console.error(f"reload refused, nothing changed: {exc}")
+                return {"ok": False, "error": f"nothing changed: {exc}"}
+            return await self._apply(new)
+
+    async def _apply(self, new: Config) -> dict[str, Any]:
+        old = self.cfg
+        manager = self.manager
+        assert manager is not None
+        was = {d.name: d for d in old.daemons}
+        now = {d.name: d for d in new.daemons}
+        removed = [n for n in was if n not in now]
+        added = [n for n in now if n not in was]
+        changed = [n for n in now if n in was and was[n].fingerprint != now[n].fingerprint]
+        unchanged = [n for n in now if n in was and n not in changed]
+        not_applied = [
+            f"[{key}] changed: restart procman to apply it"
+            for key, before, after in (
+                (
+                    "procman",
+                    (old.start_timeout, old.stop_timeout, old.start_method, old.socket, old.metrics),
+                    (new.start_timeout, new.stop_timeout, new.start_method, new.socket, new.metrics),
+                ),
+                ("pool", _pool_key(old), _pool_key(new)),
+            )
+            if before != after
+        ]
+        self.console.add_names(added + [j.name for j in new.jobs])
+        self.console.info(
+            "reload: "
+            + "; ".join(
+                f"{what} {', '.join(names)}"
+                for what, names in (("adding", added), ("removing", removed), ("restarting", changed))
+                if names
+            )
+            if added or removed or changed
+            else "reload: no daemon changed"
+        )
+        failures: dict[str, str] = {}
+        # Stop what goes away or changes, dependents first.
+        for name in _dependents_first([was[n] for n in removed + changed]):
+            d = was[name]
+            await manager.remove(name, timeout=d.stop_timeout + d.term_timeout + 5)
+        # Jobs: what is removed or changed is cancelled, what is added or changed scheduled anew.
+        jobs_was = {j.name: j for j in old.jobs}
+        jobs_now = {j.name: j for j in new.jobs}
+        jobs_gone = [
+            n for n in jobs_was if n not in jobs_now or jobs_was[n].fingerprint != jobs_now[n].fingerprint
+        ]
+        jobs_new = [
+            n for n in jobs_now if n not in jobs_was or jobs_was[n].fingerprint != jobs_now[n].fingerprint
+        ]
+        for name in jobs_gone:
+            handle = self.jobs.pop(name, None)
+            if handle is not None:
+                handle.cancel()
+        new.pool, new.socket, new.metrics = old.pool, old.socket, old.metrics  # kept until a restart
+        self.cfg = new
+        # Start what is new or changed, dependencies first (each waits for what it depends on).
+        for name in _dependencies_first([now[n] for n in added + changed]):
+            d = now[name]
+            try:
+                await manager.register(d.daemon, **d.options())
+            except StartError as exc:
+                failures[name] = "; ".join(f"{type(e).__name__}: {e}" for e in exc.failures.values())
+            except ProcmanError as exc:
+                failures[name] = str(exc)
+        if jobs_new and self.pool is not None:
+            await asyncio.to_thread(self.schedule_jobs, [jobs_now[n] for n in jobs_new])
+        answer: dict[str, Any] = {
+            "ok": not failures,
+            "added": added,
+            "removed": removed,
+            "changed": changed,
+            "unchanged": unchanged,
+            "jobs": {
+                "added": [n for n in jobs_new if n not in jobs_was],
+                "removed": [n for n in jobs_gone if n not in jobs_now],
+                "changed": [n for n in jobs_new if n in jobs_was],
+            },
+            "not_applied": not_applied,
+        }
+        for text in not_applied:
+            self.console.warning(f"reload: {text}")
+        if failures:
+            answer["error"] = "reloaded, but these did not start: " + "; ".join(
+                f"{n}: {why}" for n, why in failures.items()
+            )
+            answer["failed"] = failures
+        return answer
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    async def sample_forever(self) -> None:
+        """Every SAMPLE_EVERY: the daemons' memory and CPU; a daemon over its max_memory_mb is
+        killed (its restart policy then applies, the restart counted as ``memory``)."""
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY)
+            manager = self.manager
+            if manager is None or manager._closed or self.stop_requested.is_set():
+                continue
+            try:
+                statuses = await manager.status()
+                await asyncio.to_thread(self.usage.sample, statuses)
+                for d in self.cfg.daemons:
+                    rss = self.usage.rss.get(d.name)
+                    if d.max_memory_mb is None or rss is None or rss <= d.max_memory_mb * 1024 * 1024:
+                        continue
+                    why = f"its memory ({rss / 1048576:.0f} MB) is over max_memory_mb = {d.max_memory_mb:g}"
+                    await manager.kill_daemon(d.name, reason="memory", why=why)
+            except ProcmanError:
+                continue
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -229,19 +639,31 @@ class Runner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.on_signal, sig)
         server = ControlServer(self.socket_path, self.handle)
+        http: MetricsServer | None = None
+        if self.cfg.metrics is not None:
+            http = MetricsServer(*self.cfg.metrics, self.metrics_text, self.status)
         try:
             await server.start()
+            if http is not None:
+                await http.start()
         except ControlError as exc:
             self.console.error(str(exc))
+            await server.close()
             return EXIT_USAGE
         with contextlib.suppress(ControlError):  # a default socket: say which places were unsafe
             if self.socket_path.parent == runtime_dir():
                 for why in passed_over():
                     self.console.warning(f"not using an unsafe socket directory: {why}")
+        if http is not None:
+            self.console.info(f"metrics on {http.address}/metrics and {http.address}/status.json (read-only)")
+        sampler = asyncio.ensure_future(self.sample_forever())
         code = EXIT_OK
         try:
             code = await self._run()
         finally:
+            sampler.cancel()
+            if http is not None:
+                await http.close()
             await server.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -312,9 +734,9 @@ class Runner:
             code = max(code, await self.shutdown())
         return code
 
-    def schedule_jobs(self) -> None:
+    def schedule_jobs(self, jobs: list[JobConfig] | None = None) -> None:
         pool = self.pool
-        for job in self.cfg.jobs:
+        for job in self.cfg.jobs if jobs is None else jobs:
             opts: dict[str, Any] = {"name": job.name, "timeout": job.timeout, "retries": job.retries}
             stored = self.cfg.pool is not None and self.cfg.pool.store is not None
             if job.at is not None and stored:  # an earlier start may have added it, or run it
