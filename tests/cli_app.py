@@ -88,3 +88,37 @@ class Crasher(Quick):
 class FailsToStart(Quick):
     def start(self) -> None:
         raise ConnectionRefusedError("database at db:5432 refused the connection")
+
+
+class Ticker(Quick):
+    """Prints ``tick N`` every ``every`` seconds; notes each SIGUSR1/SIGHUP it gets as a line."""
+
+    def __init__(self, every: float = 0.05, tag: str = "tick") -> None:
+        super().__init__("ticker-up")
+        self.every = every
+        self.tag = tag
+
+    def start(self) -> None:
+        import signal
+
+        def note(signum: int, frame: object) -> None:
+            print(f"got signal {signal.Signals(signum).name}", flush=True)
+
+        for sig in (signal.SIGUSR1, signal.SIGHUP):
+            signal.signal(sig, note)
+        super().start()
+        threading.Thread(target=self._tick, daemon=True).start()
+
+    def _tick(self) -> None:
+        n = 0
+        while not self._stop.wait(self.every):
+            n += 1
+            print(f"{self.tag} {n}", flush=True)
+
+
+def note_run(path: str) -> int:
+    """Appends a line to ``path``; returns how many lines it now has."""
+    with open(path, "a") as f:
+        f.write("run\n")
+    with open(path) as f:
+        return len(f.readlines())

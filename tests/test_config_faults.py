@@ -110,6 +110,16 @@ FAULTS: list[tuple[str, str, list[str]]] = [
     ("socket NUL", '[procman]\nsocket = "a\\u0000b"\n' + FACTORY, ["[procman] socket", "without NUL"]),
     ("socket too long", f'[procman]\nsocket = "{"s" * 120}"\n' + FACTORY, ["[procman] socket", "107 bytes"]),
     ("socket a directory", '[procman]\nsocket = "."\n' + FACTORY, ["[procman] socket", "is a directory"]),
+    ("metrics port 0", "[procman]\nmetrics = 0\n" + FACTORY, ["[procman] metrics", "ports are 1-65535"]),
+    ("metrics no port", '[procman]\nmetrics = "localhost"\n' + FACTORY, ["[procman] metrics", '"HOST:PORT"']),
+    ("autostart a string", FACTORY + 'autostart = "no"', ["[daemons.d] autostart", "true or false"]),
+    ("env_file missing", FACTORY + 'env_file = "nope.env"', ["[daemons.d] env_file", "a readable file"]),
+    ("max_memory_mb negative", FACTORY + "max_memory_mb = -5", ["[daemons.d] max_memory_mb"]),
+    (
+        "depends on a daemon not started",
+        FACTORY + 'depends_on = ["e"]\n[daemons.e]\ncommand = ["true"]\nautostart = false',
+        ["[daemons.d] depends_on", "'e' has autostart = false"],
+    ),
     (
         "kwargs not taken",
         JOB + "every = 1\nkwargs = { y = 1 }",
@@ -149,11 +159,12 @@ WRONG: list[object] = [
 DATES = ["2026-01-01", "12:00:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
 KEYS = {
     '[procman]\n{kv}\n[daemons.d]\nfactory = "cli_app:Quick"': [
-        "start_timeout", "stop_timeout", "start_method", "socket",
+        "start_timeout", "stop_timeout", "start_method", "socket", "metrics",
     ],
     '[daemons.d]\nfactory = "cli_app:Quick"\n{kv}': [
         "factory", "args", "kwargs", "env", "cwd", "restart", "max_restarts", "within", "reset_after",
         "start_timeout", "stop_timeout", "term_timeout", "watchdog", "depends_on", "backoff",
+        "autostart", "env_file", "max_memory_mb",
     ],
     '[daemons.d]\n{kv}': ["command"],
     '[daemons.d]\ncommand = ["true"]\n{kv}': ["env", "cwd"],
@@ -613,3 +624,13 @@ def test_a_flood_into_a_pipe_nobody_reads_stays_bounded(tmp_path: Path) -> None:
         reader.join(10)
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_a_bad_env_file_line_is_named_with_its_number(tmp_path: Path) -> None:
+    (tmp_path / "app.env").write_text("# ok\nGOOD=1\nthis line has no equals sign\n")
+    config = tmp_path / "app.toml"
+    config.write_text(FACTORY + 'env_file = "app.env"\n')
+    out = run_procman("check", str(config))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "[daemons.d] env_file" in out.stderr and "app.env line 3: expected NAME=value" in out.stderr

@@ -158,10 +158,10 @@ class _Live:
             while self.count is None or frames < self.count:
                 self.draw()
                 frames += 1
-                key = self.key(fd)
-                if key == "q":
+                keys = self.keys(fd)
+                if "q" in keys:
                     break
-                if key:
+                for key in keys:
                     self.act(key)
         except ControlError as exc:
             self.message = str(exc)
@@ -176,13 +176,15 @@ class _Live:
                 print(f"procman: {self.message}", file=sys.stderr)
         return 0
 
-    def key(self, fd: int) -> str:
+    def keys(self, fd: int) -> list[str]:
+        """The keys typed within the interval (several may come in one read), arrows as j/k."""
         ready, _, _ = select.select([fd], [], [], self.interval)
         if not ready:
-            return ""
-        data = os.read(fd, 16).decode(errors="replace")
-        arrows = {"\x1b[A": "k", "\x1b[B": "j", "\x1bOA": "k", "\x1bOB": "j"}
-        return arrows.get(data, data[:1])
+            return []
+        data = os.read(fd, 64).decode(errors="replace")
+        for arrow, key in (("\x1b[A", "k"), ("\x1b[B", "j"), ("\x1bOA", "k"), ("\x1bOB", "j")):
+            data = data.replace(arrow, key)
+        return [c for c in data if c != "\x1b"]
 
     def act(self, key: str) -> None:
         if self.log_of is not None:  # any key leaves the log
