@@ -242,6 +242,10 @@ def _store_output(run: Sample) -> None:
     ], run.output()
 
 
+def _metrics_output(run: Sample) -> None:
+    assert run.stdout == ["49", "['procman_daemon_up{daemon=\"sleeper\"} 1.0']"], run.output()
+
+
 @dataclass(frozen=True)
 class Check:
     output: Callable[[Sample], None]  # after a clean exit
@@ -254,6 +258,7 @@ CHECKS = {
     "Scripts without a main guard": Check(output=_guardless_output),
     "On a Dask cluster": Check(output=_dask_output),
     "Durable timed jobs and schedules": Check(output=_store_output),
+    "The procman command": Check(output=_metrics_output),  # the prometheus_client collectors
 }
 
 
@@ -383,6 +388,9 @@ def {name}(*args, **kwargs):
 def write_myapp(config: dict[str, Any], root: Path) -> None:
     """The README's config names the user's own package, ``myapp``: write a stand-in next to it
     providing each factory and function the config names there."""
+    for d in config.get("daemons", {}).values():  # the user's own env files, likewise
+        if "env_file" in d:
+            root.joinpath(d["env_file"]).write_text("# a stand-in for the user's file\nLOG_LEVEL=info\n")
     refs = [(d["factory"], STAND_IN_DAEMON) for d in config.get("daemons", {}).values() if "factory" in d]
     refs += [(j["function"], STAND_IN_FUNCTION) for j in config.get("jobs", {}).values() if "function" in j]
     for ref, template in refs:
