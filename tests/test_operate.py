@@ -469,3 +469,35 @@ def test_env_file_unbuffered_output_and_max_memory(start: Start, tmp_path: Path)
         ),
         what="a restart counted as memory",
     )
+
+
+# -- log files -------------------------------------------------------------------------------------
+
+LOGGED = """
+[daemons.chatty]
+factory = "cli_app:Ticker"
+kwargs = { every = 0.002, tag = "line" }
+log_file = "logs/chatty.log"
+log_size = "2KB"
+log_count = 3
+"""
+
+
+def test_log_files_rotate_within_size_times_count_and_lose_no_line(start: Start, tmp_path: Path) -> None:
+    p = start(LOGGED)
+    p.wait_line(r"chatty +\| line 400$")
+    assert p.ctl("stop").returncode == 0
+    assert p.wait_exit() == 0
+    logs = tmp_path / "logs"
+    files = sorted(logs.iterdir())
+    assert [f.name for f in files] == ["chatty.log", "chatty.log.1", "chatty.log.2"]
+    assert all(f.stat().st_size <= 2048 for f in files)  # so at most 3 x 2 KB on disk
+    ordered = [logs / "chatty.log.2", logs / "chatty.log.1", logs / "chatty.log"]
+    lines = [line for f in ordered for line in f.read_text().splitlines()]
+    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} ", line) for line in lines)
+    ticks = [int(m.group(1)) for line in lines if (m := re.search(r" line (\d+)$", line))]
+    assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))  # consecutive across the rotations
+    assert ticks[0] > 1  # the oldest went with the files beyond log_count
+    assert lines[-1].endswith("exited EXIT(0)") or lines[-1].endswith(
+        "stopped (stopped)"
+    )  # it outlives procman

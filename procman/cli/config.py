@@ -372,6 +372,9 @@ class _Loader:
             watchdog=t.seconds("watchdog", None, positive=True),
             depends_on=tuple(deps),
             autostart=self.boolean(t, "autostart", True),
+            log_file=self.log_file(t),
+            log_size=self.byte_size(t, "log_size", 10 * 1024 * 1024),
+            log_count=t.integer("log_count", 5, minimum=1, maximum=1000) or 5,
             max_memory_mb=t.optional_number("max_memory_mb", above=True, maximum=MAX_MEMORY_MB),
             fingerprint=self.fingerprint(t, env_bytes),
         )
@@ -381,6 +384,39 @@ class _Loader:
         except DaemonError as exc:
             raise t.fail(None, str(exc)) from None
         return cfg
+
+    def log_file(self, t: Table) -> Path | None:
+        ref = t.string("log_file")
+        if ref is None:
+            return None
+        path = self.base / ref
+        # os.path: False for any OSError (a name too long, a NUL), where pathlib may raise
+        if os.path.isdir(path) or not ref or ref.endswith("/"):
+            raise t.error_at("log_file", ref, f"the path of a file ({path} is a directory)")
+        if any(len(os.fsencode(part)) > 255 for part in path.parts) or "\0" in ref:
+            raise t.error_at("log_file", ref, "a path whose names have at most 255 bytes and no NUL")
+        parent = next((p for p in path.parents if os.path.exists(p)), None)
+        if parent is None or not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise t.error_at("log_file", ref, f"a path procman may write ({path.parent} is not writable)")
+        return path
+
+    @staticmethod
+    def byte_size(t: Table, key: str, default: int) -> int:
+        """A size in bytes: 1048576, "512KB", "10MB", "1GB" (powers of 1024), at least 1 KB."""
+        value = t.get(key, default)
+        units = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+        size: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        elif isinstance(value, str):
+            text = value.strip().upper().replace(" ", "")
+            number = text.rstrip("KMGB")
+            unit = text[len(number) :]
+            if number.isdigit() and unit in units:
+                size = int(number) * units[unit]
+        if size is None or not 1024 <= size <= 1024**4:
+            raise t.error_at(key, value, 'a size from 1KB to 1TB, e.g. 10485760 or "10MB"')
+        return size
 
     @staticmethod
     def boolean(t: Table, key: str, default: bool) -> bool:

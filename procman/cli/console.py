@@ -23,6 +23,8 @@ from typing import Any, TextIO
 
 from procman import Event, EventKind, RemoteTraceback
 
+from .logfiles import RotatingFile
+
 COLORS = ("36", "33", "32", "35", "34", "96", "93", "92", "95", "94")  # ANSI foreground colours
 RESET = "\033[0m"
 KEEP_LINES = 1000  # per name, for `procman logs`
@@ -54,6 +56,7 @@ class Console:
         self._recent_lock = threading.Lock()
         # `procman logs -f`: (names or None for all, callback(name, line)) called as lines come
         self._followers: list[tuple[frozenset[str] | None, Callable[[str, str], None]]] = []
+        self.log_files: dict[str, RotatingFile] = {}  # a daemon's log_file (see procman.cli.logfiles)
         self._cond = threading.Condition()  # guards the queue and the counts below
         self._pending: deque[str] = deque()
         self._pending_bytes = 0
@@ -81,6 +84,11 @@ class Console:
             entry = f"{now.isoformat(timespec='milliseconds')} {kept}"
             ring.append(entry)
             followers = self._followers
+            log_file = self.log_files.get(name)
+        if log_file is not None:  # the whole line, as it was printed
+            problem = log_file.write(f"{now.isoformat(timespec='milliseconds')} {text}")
+            if problem is not None:
+                self.warning(f"{name}: {problem}; its lines go on to this output and `procman logs`")
         for names, callback in followers:
             if names is None or name in names:
                 callback(name, entry)
@@ -124,6 +132,14 @@ class Console:
                 self._followers = [f for f in self._followers if f is not entry]
 
         return unfollow
+
+    def set_log_files(self, files: dict[str, RotatingFile]) -> None:
+        """The daemons' log files from now on (at start, and at each reload)."""
+        with self._recent_lock:
+            old, self.log_files = self.log_files, dict(files)
+        for name, f in old.items():
+            if self.log_files.get(name) is not f:
+                f.close()
 
     def add_names(self, names: list[str]) -> None:
         """Sources added by `procman reload`: a colour each (the column keeps its width)."""
@@ -183,6 +199,7 @@ class Console:
             self._closing = True
             self._cond.notify()
         self._writer.join(timeout)
+        self.set_log_files({})
 
     def run_failed(self, name: str, error: BaseException | None, took: str = "", reason: str = "") -> None:
         """A failed job run: one line with the error, then the worker's traceback, under the job's name."""

@@ -25,6 +25,9 @@ class DaemonConfig:
     autostart: bool = True
     max_memory_mb: float | None = None  # killed (then restarted by its policy) beyond this RSS
     fingerprint: str = ""  # of its table (and env_file): `procman reload` restarts it when it changes
+    log_file: Path | None = None  # its lines also go there, rotated at log_size bytes, log_count files
+    log_size: int = 10 * 1024 * 1024
+    log_count: int = 5
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of Manager.register() for this daemon."""

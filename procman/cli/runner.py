@@ -38,6 +38,7 @@ from .config import load
 from .console import Console, ConsoleHandler, short_repr
 from .control import STREAM, ControlError, ControlServer, config_key, passed_over, runtime_dir, sd_notify
 from .http import MetricsServer
+from .logfiles import RotatingFile
 from .model import Config, DaemonConfig, JobConfig
 from .tables import ConfigError
 
@@ -577,6 +578,7 @@ class Runner:
                 handle.cancel()
         new.pool, new.socket, new.metrics = old.pool, old.socket, old.metrics  # kept until a restart
         self.cfg = new
+        self.open_log_files()
         # Start what is new or changed, dependencies first (each waits for what it depends on).
         for name in _dependencies_first([now[n] for n in added + changed]):
             d = now[name]
@@ -669,8 +671,22 @@ class Runner:
                 loop.remove_signal_handler(sig)
         return code
 
+    def open_log_files(self) -> None:
+        """The daemons' log_file writers, kept across a reload for a daemon whose file is the same."""
+        old = self.console.log_files
+        files = {}
+        for d in self.cfg.daemons:
+            if d.log_file is None:
+                continue
+            f = old.get(d.name)
+            if f is None or (f.path, f.size, f.count) != (d.log_file, d.log_size, d.log_count):
+                f = RotatingFile(d.log_file, d.log_size, d.log_count)
+            files[d.name] = f
+        self.console.set_log_files(files)
+
     async def _run(self) -> int:
         cfg = self.cfg
+        self.open_log_files()
         code = EXIT_OK
         manager = self.manager = AsyncManager(
             start_method=cfg.start_method,
