@@ -116,6 +116,13 @@ FAULTS: list[tuple[str, str, list[str]]] = [
     ("log_size bad unit", FACTORY + 'log_size = "10 parsecs"', ["[daemons.d] log_size", '"10MB"']),
     ("log_count zero", FACTORY + "log_count = 0", ["[daemons.d] log_count", ">= 1"]),
     ("log_file a directory", FACTORY + 'log_file = "."', ["[daemons.d] log_file", "is a directory"]),
+    ("instances zero", FACTORY + "instances = 0", ["[daemons.d] instances", ">= 1"]),
+    ("instances too many", FACTORY + "instances = 100000", ["[daemons.d] instances"]),
+    (
+        "instance name taken",
+        FACTORY + 'instances = 2\n[daemons.d-1]\ncommand = ["true"]',
+        ["[daemons.d-1]", "'d-1' is already used"],
+    ),
     ("autostart a string", FACTORY + 'autostart = "no"', ["[daemons.d] autostart", "true or false"]),
     ("env_file missing", FACTORY + 'env_file = "nope.env"', ["[daemons.d] env_file", "a readable file"]),
     ("max_memory_mb negative", FACTORY + "max_memory_mb = -5", ["[daemons.d] max_memory_mb"]),
@@ -168,7 +175,7 @@ KEYS = {
     '[daemons.d]\nfactory = "cli_app:Quick"\n{kv}': [
         "factory", "args", "kwargs", "env", "cwd", "restart", "max_restarts", "within", "reset_after",
         "start_timeout", "stop_timeout", "term_timeout", "watchdog", "depends_on", "backoff",
-        "autostart", "env_file", "max_memory_mb", "log_file", "log_size", "log_count",
+        "autostart", "env_file", "max_memory_mb", "log_file", "log_size", "log_count", "instances",
     ],
     '[daemons.d]\n{kv}': ["command"],
     '[daemons.d]\ncommand = ["true"]\n{kv}': ["env", "cwd"],

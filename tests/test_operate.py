@@ -501,3 +501,62 @@ def test_log_files_rotate_within_size_times_count_and_lose_no_line(start: Start,
     assert lines[-1].endswith("exited EXIT(0)") or lines[-1].endswith(
         "stopped (stopped)"
     )  # it outlives procman
+
+
+# -- instances, rolling restart --------------------------------------------------------------------
+
+INSTANCES = """
+[daemons.web]
+factory = "cli_app:SlowReady"
+kwargs = { delay = 0.3 }
+instances = 3
+
+[daemons.greeter]
+factory = "cli_app:Quick"
+kwargs = { greeting = "hello from {instance}" }
+instances = 2
+depends_on = ["web"]
+"""
+
+
+def test_instances_and_a_rolling_restart_never_has_two_down(start: Start) -> None:
+    import threading
+
+    from procman.cli.control import request
+
+    p = start(INSTANCES)
+    before = _pids(p)
+    assert sorted(before) == ["greeter-0", "greeter-1", "web-0", "web-1", "web-2"]
+    p.wait_line(r"greeter-0 +\| hello from 0 ")
+    p.wait_line(r"greeter-1 +\| hello from 1 ")
+    assert p.sock is not None
+    sock = p.sock
+    down_counts: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            st = request(sock, {"cmd": "status"}, 10)
+            web = [d for d in st["daemons"] if d["name"].startswith("web-")]
+            down_counts.append(sum(d["state"] != "running" for d in web))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        out = p.ctl("restart", "web", "--rolling")
+    finally:
+        done.set()
+        watcher.join(30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("restarted (pid") == 3
+    after = _pids(p)
+    assert all(after[f"web-{i}"] not in (None, before[f"web-{i}"]) for i in range(3))
+    assert after["greeter-0"] == before["greeter-0"]  # only the group asked for
+    assert max(down_counts) == 1, down_counts  # one at a time
+    assert 1 in down_counts  # and the watcher did see each one down (0.3 s to be ready)
+    # the group's name works for the other commands too
+    out = p.ctl("stop", "greeter")
+    assert out.returncode == 0 and "greeter-0 stopped" in out.stdout and "greeter-1 stopped" in out.stdout
+    out = p.ctl("start", "greeter")
+    assert out.returncode == 0 and "started" in out.stdout

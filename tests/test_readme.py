@@ -414,7 +414,8 @@ def test_toml_config_passes_procman_check(block: Block, tmp_path: Path) -> None:
     run = Sample([str(PROCMAN), "check", "app.toml"], tmp_path)
     try:
         assert run.wait() == 0, run.output()
-        daemons, jobs = len(config.get("daemons", {})), len(config.get("jobs", {}))
+        daemons = sum(d.get("instances", 1) for d in config.get("daemons", {}).values())
+        jobs = len(config.get("jobs", {}))
         assert run.stdout == [f"app.toml: ok: {daemons} daemon(s), {jobs} job(s)"], run.output()
         run.assert_nothing_left()
     finally:

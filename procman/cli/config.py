@@ -82,10 +82,22 @@ from .toml import beyond_limits, parse_toml
 
 START_METHODS = ("forkserver", "fork", "spawn")  # what Manager and Pool take (their docstrings)
 MAX_WORKERS = 1024  # a [pool] larger than this runs out of processes or file descriptors
+MAX_INSTANCES = 256  # instances = N of one daemon
 MAX_MEMORY_MB = float(1 << 30)  # 1 PiB: [pool] max_memory_mb beyond it is a typo
 
 
 # -- loading ----------------------------------------------------------------------------------------
+
+
+def _with_instance(value: Any, instance: int) -> Any:
+    """``value`` with ``{instance}`` replaced by the number in every string of it."""
+    if isinstance(value, str):
+        return value.replace("{instance}", str(instance))
+    if isinstance(value, list):
+        return [_with_instance(v, instance) for v in value]
+    if isinstance(value, dict):
+        return {k: _with_instance(v, instance) for k, v in value.items()}
+    return value
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -130,7 +142,8 @@ class _Loader:
             cfg.socket = self.socket(section)
             cfg.metrics = self.metrics(section)
             section.check_unknown()
-        cfg.daemons = [self.daemon(name, t) for name, t in top.tables("daemons")]
+        cfg.daemons = [d for name, t in top.tables("daemons") for d in self.instances(name, t)]
+        self.expand_groups(cfg)
         pool = top.table("pool")
         if pool is not None:
             cfg.pool = PoolConfig(
@@ -294,7 +307,36 @@ class _Loader:
             )
         self.names[name] = kind
 
-    def daemon(self, name: str, t: Table) -> DaemonConfig:
+    def instances(self, name: str, t: Table) -> list[DaemonConfig]:
+        """``instances = N``: N daemons NAME-0 ... NAME-(N-1), ``{instance}`` in their strings
+        replaced by the number (and PROCMAN_INSTANCE set to it); else the one daemon NAME."""
+        count = t.integer("instances", None, minimum=1, maximum=MAX_INSTANCES)
+        if count is None:
+            return [self.daemon(name, t)]
+        self.claim(t, "daemons", name)
+        made = []
+        for i in range(count):
+            data = _with_instance({k: v for k, v in t.data.items() if k != "instances"}, i)
+            env = data.get("env", {})
+            if isinstance(env, dict):
+                data["env"] = {"PROCMAN_INSTANCE": str(i), **env}
+            one = Table(t.file, t.name, data)
+            made.append(self.daemon(f"{name}-{i}", one, group=name))
+        t.known |= set(t.data)  # each key was read (and checked) on every instance's table
+        return made
+
+    def expand_groups(self, cfg: Config) -> None:
+        """``depends_on = ["web"]`` of a group means every instance of it."""
+        groups: dict[str, list[str]] = {}
+        for d in cfg.daemons:
+            if d.group is not None:
+                groups.setdefault(d.group, []).append(d.name)
+        for d in cfg.daemons:
+            if any(dep in groups for dep in d.depends_on):
+                deps = [x for dep in d.depends_on for x in groups.get(dep, [dep])]
+                d.depends_on = tuple(x for x in dict.fromkeys(deps) if x != d.name)
+
+    def daemon(self, name: str, t: Table, group: str | None = None) -> DaemonConfig:
         self.claim(t, "daemons", name)
         from_file, env_bytes = self.env_file(t)
         env = {**from_file, **self.env(t)}  # the table's env wins over the file's
@@ -377,6 +419,7 @@ class _Loader:
             log_count=t.integer("log_count", 5, minimum=1, maximum=1000) or 5,
             max_memory_mb=t.optional_number("max_memory_mb", above=True, maximum=MAX_MEMORY_MB),
             fingerprint=self.fingerprint(t, env_bytes),
+            group=group,
         )
         t.check_unknown()
         try:  # what register() will check: that it pickles, among the rest

@@ -206,7 +206,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=CONTROL_CODES,
         formatter_class=fmt,
     )
-    restart.add_argument("name", metavar="NAME", help="the daemon to restart")
+    restart.add_argument("name", metavar="NAME", help="the daemon to restart, or all instances of one")
+    restart.add_argument(
+        "--rolling",
+        action="store_true",
+        help="with instances = N: one instance at a time, each ready before the next stops",
+    )
 
     stop = sub.add_parser(
         "stop",
@@ -467,10 +472,11 @@ def _status(args: argparse.Namespace, path: Path) -> int:
 
 
 def _restart(args: argparse.Namespace, path: Path) -> int:
-    resp = request(path, {"cmd": "restart", "name": args.name}, args.timeout)
+    resp = request(path, {"cmd": "restart", "name": args.name, "rolling": args.rolling}, args.timeout)
     if not resp.get("ok"):
         return _fail(resp)
-    print(f"{resp['name']}: restarted (pid {resp['pid']}; the old process {resp['previous']})")
+    for r in resp.get("instances", [resp]):
+        print(f"{r['name']}: restarted (pid {r['pid']}; the old process {r['previous']})")
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ class DaemonConfig:
     log_file: Path | None = None  # its lines also go there, rotated at log_size bytes, log_count files
     log_size: int = 10 * 1024 * 1024
     log_count: int = 5
+    group: str | None = None  # `instances = N`: the table's name, shared by its N instances
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of Manager.register() for this daemon."""

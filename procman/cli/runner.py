@@ -233,7 +233,7 @@ class Runner:
             "signal": lambda: self.signal(name, req.get("signal")),
             "start": lambda: self.start(name),
             "stop": lambda: self.stop(name),
-            "restart": lambda: self.restart(name),
+            "restart": lambda: self.restart(name, rolling=bool(req.get("rolling"))),
         }
         try:
             action = actions.get(str(cmd))
@@ -293,25 +293,44 @@ class Runner:
             raise ValueError("give the name of a daemon")
         if name in self.jobs or any(j.name == name for j in self.cfg.jobs):
             raise ValueError(f"{name!r} is a timed job, not a daemon; it runs on its own schedule")
-        if all(d.name != name for d in self.cfg.daemons):
+        if all(name not in (d.name, d.group) for d in self.cfg.daemons):
             known = ", ".join(d.name for d in self.cfg.daemons) or "none"
             raise ValueError(f"no daemon named {name!r} (daemons: {known})")
         return name
 
-    async def restart(self, name: str | None) -> dict[str, Any]:
+    def _members(self, name: str) -> list[DaemonConfig]:
+        """The daemon ``name``, or the instances of the group ``name`` (``instances = N``)."""
+        return [d for d in self.cfg.daemons if name in (d.name, d.group)]
+
+    async def restart(self, name: str | None, rolling: bool = False) -> dict[str, Any]:
         name = self._check_daemon(name)
         if self.manager is None or self.stop_requested.is_set():
             raise ValueError("procman is stopping; nothing restarts now")
-        d = next(d for d in self.cfg.daemons if d.name == name)
-        self.console.info(f"restart of {name} requested over the control socket")
-        try:
-            previous = await self.manager.restart(
-                name, timeout=d.stop_timeout + d.term_timeout + d.start_timeout
+        manager = self.manager
+        members = self._members(name)
+        how = " (rolling: one instance at a time)" if rolling and len(members) > 1 else ""
+        self.console.info(f"restart of {name} requested over the control socket{how}")
+
+        async def one(d: DaemonConfig) -> dict[str, Any]:
+            previous = await manager.restart(
+                d.name, timeout=d.stop_timeout + d.term_timeout + d.start_timeout
             )
+            st = (await manager.status())[d.name]
+            return {"name": d.name, "previous": previous.value, "pid": st.pid, "state": st.state.value}
+
+        done: list[dict[str, Any]] = []
+        try:
+            if rolling:  # each one ready before the next goes down: never two down at once
+                for d in members:
+                    done.append(await one(d))
+            else:
+                done = list(await asyncio.gather(*(one(d) for d in members)))
         except StartError as exc:
-            return {"ok": False, "error": str(exc)}
-        st = (await self.manager.status())[name]
-        return {"ok": True, "name": name, "previous": previous.value, "pid": st.pid, "state": st.state.value}
+            restarted = f" (restarted before it: {', '.join(r['name'] for r in done)})" if done else ""
+            return {"ok": False, "error": f"{exc}{restarted}"}
+        if len(members) == 1 and members[0].name == name:
+            return {"ok": True, **done[0]}
+        return {"ok": True, "name": name, "instances": done, "rolling": rolling}
 
     async def stop(self, name: str | None) -> dict[str, Any]:
         if name is None:
@@ -319,11 +338,18 @@ class Runner:
             self.stop_requested.set()
             return {"ok": True, "stopping": "all"}
         name = self._check_daemon(name)
-        assert self.manager is not None
-        d = next(d for d in self.cfg.daemons if d.name == name)
+        manager = self.manager
+        assert manager is not None
         self.console.info(f"stop of {name} requested over the control socket")
-        outcome = await self.manager.stop_daemon(name, timeout=d.stop_timeout + d.term_timeout + 5)
-        return {"ok": True, "name": name, "outcome": outcome.value}
+        members = self._members(name)
+        outcomes = await asyncio.gather(
+            *(manager.stop_daemon(d.name, timeout=d.stop_timeout + d.term_timeout + 5) for d in members)
+        )
+        text = ", ".join(
+            o.value if len(members) == 1 else f"{d.name} {o.value}"
+            for d, o in zip(members, outcomes, strict=True)
+        )
+        return {"ok": True, "name": name, "outcome": text}
 
     def logs(self, req: dict[str, Any]) -> dict[str, Any]:
         """The last lines of one source, or (``follow``) of several or all, then each new one."""
@@ -403,24 +429,33 @@ class Runner:
         name = self._check_daemon(name)
         if self.manager is None or self.stop_requested.is_set():
             raise ValueError("procman is stopping; nothing starts now")
-        d = next(d for d in self.cfg.daemons if d.name == name)
+        manager = self.manager
         self.console.info(f"start of {name} requested over the control socket")
+        members = self._members(name)
         try:
-            started = await self.manager.start_daemon(
-                name, timeout=d.stop_timeout + d.term_timeout + d.start_timeout
+            started = await asyncio.gather(
+                *(
+                    manager.start_daemon(d.name, timeout=d.stop_timeout + d.term_timeout + d.start_timeout)
+                    for d in members
+                )
             )
         except StartError as exc:
             return {"ok": False, "error": str(exc)}
-        st = (await self.manager.status())[name]
-        return {"ok": True, "name": name, "started": started, "pid": st.pid, "state": st.state.value}
+        statuses = await manager.status()
+        pids = [statuses[d.name].pid for d in members]
+        pid = pids[0] if len(pids) == 1 else ", ".join(str(p) for p in pids)
+        state = statuses[members[0].name].state.value
+        return {"ok": True, "name": name, "started": any(started), "pid": pid, "state": state}
 
     async def signal(self, name: str | None, sig: object) -> dict[str, Any]:
         name = self._check_daemon(name)
         assert self.manager is not None
         if not isinstance(sig, (str, int)) or isinstance(sig, bool):
             raise ValueError(f"give a signal such as HUP, USR1 or 15, got {sig!r}")
-        pid = await self.manager.signal(name, sig)
+        manager = self.manager
+        pids = [await manager.signal(d.name, sig) for d in self._members(name)]
         self.console.info(f"signal {sig} sent to {name} over the control socket")
+        pid = pids[0] if len(pids) == 1 else ", ".join(str(p) for p in pids)
         return {"ok": True, "name": name, "pid": pid, "signal": sig}
 
     async def metrics_text(self) -> str:
