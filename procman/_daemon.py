@@ -46,6 +46,7 @@ class DaemonSpec:
     watchdog: float | None
     depends_on: tuple[str, ...] = ()
     autostart: bool = True  # started by start(); else only by start_daemon() / restart()
+    start_retries: int = 0  # failed starts retried (with the policy's backoff) before the start fails
 
 
 def check_timeout(what: str, value: object, *, allow_none: bool = False) -> float | None:
@@ -74,6 +75,7 @@ def make_spec(
     watchdog: float | None,
     depends_on: Iterable[str] = (),
     autostart: bool = True,
+    start_retries: int = 0,
 ) -> DaemonSpec:
     """Validate ``daemon`` and its options and serialize it for its child, or raise DaemonError."""
     if isinstance(daemon, type):
@@ -104,8 +106,10 @@ def make_spec(
     assert start_t is not None and stop_t is not None and term_t is not None
     if not isinstance(autostart, bool):
         raise DaemonError(f"autostart={autostart!r} must be True or False")
+    if isinstance(start_retries, bool) or not isinstance(start_retries, int) or start_retries < 0:
+        raise DaemonError(f"start_retries={start_retries!r} must be a whole number >= 0")
     deps = check_depends_on(name, depends_on)
-    return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog, deps, autostart)
+    return DaemonSpec(name, blob, policy, start_t, stop_t, term_t, dog, deps, autostart, start_retries)
 
 
 def check_daemon(
@@ -118,6 +122,7 @@ def check_daemon(
     watchdog: float | None = None,
     depends_on: Iterable[str] = (),
     autostart: bool = True,
+    start_retries: int = 0,
 ) -> None:
     """Check what :meth:`Manager.register` would refuse, without a manager; raise DaemonError if any.
 
@@ -135,6 +140,7 @@ def check_daemon(
         watchdog=watchdog,
         depends_on=depends_on,
         autostart=autostart,
+        start_retries=start_retries,
     )
 
 

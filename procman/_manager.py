@@ -119,9 +119,11 @@ def _spec_kwargs(
     watchdog: float | None,
     depends_on: Iterable[str],
     autostart: bool = True,
+    start_retries: int = 0,
 ) -> dict[str, Any]:
     return {
         "autostart": autostart,
+        "start_retries": start_retries,
         "restart": restart,
         "start_timeout": start_timeout,
         "stop_timeout": stop_timeout,
@@ -195,6 +197,7 @@ class Manager(_Base):
         watchdog: float | None = None,
         depends_on: Iterable[str] = (),
         autostart: bool = True,
+        start_retries: int = 0,
     ) -> None:
         """Add a daemon. While the manager runs, the daemon starts at once and this waits for it.
 
@@ -210,6 +213,9 @@ class Manager(_Base):
                 before. A crash of a dependency does not restart its dependents.
             autostart: False to leave it stopped until :meth:`start_daemon` (or :meth:`restart`):
                 :meth:`start` and a register() while running then do not start it.
+            start_retries: how many times a failed start (start() raised, or the process exited
+                before it was ready) is tried again, after the policy's backoff, before the start
+                fails; all within the start's timeout.
 
         Raises:
             DaemonError: invalid daemon or option, duplicate name, or not picklable.
@@ -219,7 +225,14 @@ class Manager(_Base):
         spec = make_spec(
             daemon,
             **_spec_kwargs(
-                restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on, autostart
+                restart,
+                start_timeout,
+                stop_timeout,
+                term_timeout,
+                watchdog,
+                depends_on,
+                autostart,
+                start_retries,
             ),
         )
         if self.start_method == "forkserver":
@@ -353,13 +366,21 @@ class AsyncManager(_Base):
         watchdog: float | None = None,
         depends_on: Iterable[str] = (),
         autostart: bool = True,
+        start_retries: int = 0,
     ) -> None:
         """See :meth:`Manager.register`."""
         self._check_open()
         spec = make_spec(
             daemon,
             **_spec_kwargs(
-                restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on, autostart
+                restart,
+                start_timeout,
+                stop_timeout,
+                term_timeout,
+                watchdog,
+                depends_on,
+                autostart,
+                start_retries,
             ),
         )
         if self.start_method == "forkserver":

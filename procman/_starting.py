@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from . import _deps
 from ._errors import DaemonError, OperationTimeout, StartError, StateError
+from ._proc.events import Event, EventKind
 from ._states import Phase, StopOutcome
 from ._stopping import REAP_BOUND
 
 if TYPE_CHECKING:
-    from ._proc.events import Event
     from ._supervisor import _Slot
 
 
@@ -30,6 +30,7 @@ class Starting:
     slots: dict[str, _Slot]
     running: bool
     closed: bool
+    emit: Callable[[Event], None]
 
     if TYPE_CHECKING:  # implemented by the other bases of Supervisor; declared for the type checker
 
@@ -100,11 +101,19 @@ class Starting:
         ready: set[str] = set()
         waiting = list(slots)
         starting: dict[asyncio.Future[None], _Slot] = {}
+        retry_at: dict[str, float] = {}  # start_retries: when a failed start is tried again
+        tried: dict[str, BaseException] = {}  # the last failure of each slot that is retried
         for slot in slots:
             slot.tracker.streak = 0
+            slot.start_attempts = 0
         while not failures:
             still = []
+            now = self.loop.time()
             for slot in waiting:
+                if retry_at.get(slot.name, now) > now:  # backing off before its next attempt
+                    still.append(slot)
+                    continue
+                retry_at.pop(slot.name, None)
                 blocked = False
                 for dep in slot.spec.depends_on:
                     if dep in ready:
@@ -137,17 +146,24 @@ class Starting:
                 assert slot.ready_fut is not None
                 starting[slot.ready_fut] = slot
             waiting = still
-            if failures or not starting:
+            if failures or not (starting or retry_at):
                 break
-            done, _ = await asyncio.wait(
-                starting, timeout=max(0.0, deadline - self.loop.time()), return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
+            until = min([deadline, *retry_at.values()])
+            if starting:
+                done, _ = await asyncio.wait(
+                    starting, timeout=max(0.0, until - self.loop.time()), return_when=asyncio.FIRST_COMPLETED
+                )
+            else:
+                await asyncio.sleep(max(0.0, until - self.loop.time()))
+                done = set()
+            if not done and self.loop.time() >= deadline:
                 break
             for fut in done:
                 slot = starting.pop(fut)
                 error = fut.exception()
-                if error is not None:
+                if error is not None and self._retry_start(slot, error, tried, retry_at):
+                    waiting.append(slot)
+                elif error is not None:
                     failures[slot.name] = error
                 else:
                     # Supervised from its READY on (RUNNING), not from the whole batch's: a
@@ -161,6 +177,9 @@ class Starting:
                     "or task), or raise start_timeout/start(timeout=...)"
                 )
             for slot in waiting:
+                if slot.name in tried:  # still backing off between attempts at the deadline
+                    failures[slot.name] = tried[slot.name]
+                    continue
                 deps = ", ".join(d for d in slot.spec.depends_on if d not in ready)
                 failures[slot.name] = OperationTimeout(
                     f"daemon {slot.name!r} did not start: its dependencies ({deps}) were not ready "
@@ -186,6 +205,24 @@ class Starting:
             if slot.ready_fut is not None and slot.ready_fut.done() and not slot.ready_fut.cancelled():
                 slot.ready_fut.exception()  # mark retrieved
         return failures
+
+    def _retry_start(
+        self, slot: _Slot, error: BaseException, tried: dict[str, BaseException], retry_at: dict[str, float]
+    ) -> bool:
+        """A start that failed: plan another attempt, after the policy's backoff, if the daemon's
+        ``start_retries`` allow one; False when none is left."""
+        attempt = slot.start_attempts = slot.start_attempts + 1
+        if attempt > slot.spec.start_retries or not self.running:
+            return False
+        tried[slot.name] = error
+        delay = slot.tracker.delay(attempt + 1)  # the backoff's first step, then its growth
+        retry_at[slot.name] = self.loop.time() + delay
+        reason = (
+            f"start failed ({type(error).__name__}: {error}); "
+            f"attempt {attempt + 1} of {slot.spec.start_retries + 1}"
+        )
+        self.emit(Event(EventKind.BACKING_OFF, slot.name, delay=delay, reason=reason))
+        return True
 
     async def _abort_start(self, slot: _Slot, deadline: float, not_ready: bool) -> None:
         child = slot.child

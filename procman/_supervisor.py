@@ -72,6 +72,7 @@ class _Slot:
         self.heartbeat_at: float | None = None  # clock() of the last heartbeat (or of ready)
         self.kill_reason: str | None = None  # why procman killed the current process, if it did
         self.restart_reasons: dict[str, int] = {}  # DaemonStatus.restarts_by_reason
+        self.start_attempts = 0  # failed attempts of the current start (start_retries)
         self.log = logging.getLogger(f"procman.daemon.{spec.name}")
 
     def count_restart(self, reason: str) -> None:

@@ -397,3 +397,23 @@ class Hog:
 
     def stop(self) -> None:
         pass
+
+
+class FlakyStart:
+    """Its start() raises the first ``failures`` times (counted in the file ``path``), then works."""
+
+    def __init__(self, path: str, failures: int) -> None:
+        self.name = "flaky"
+        self.path = path
+        self.failures = failures
+
+    def start(self) -> None:
+        with open(self.path, "a") as f:
+            f.write("attempt\n")
+        with open(self.path) as f:
+            attempts = len(f.readlines())
+        if attempts <= self.failures:
+            raise ConnectionError(f"the broker is not up yet (attempt {attempts})")
+
+    def stop(self) -> None:
+        pass

@@ -116,6 +116,7 @@ FAULTS: list[tuple[str, str, list[str]]] = [
     ("log_size bad unit", FACTORY + 'log_size = "10 parsecs"', ["[daemons.d] log_size", '"10MB"']),
     ("log_count zero", FACTORY + "log_count = 0", ["[daemons.d] log_count", ">= 1"]),
     ("log_file a directory", FACTORY + 'log_file = "."', ["[daemons.d] log_file", "is a directory"]),
+    ("start_retries negative", FACTORY + "start_retries = -1", ["[daemons.d] start_retries", ">= 0"]),
     ("instances zero", FACTORY + "instances = 0", ["[daemons.d] instances", ">= 1"]),
     ("instances too many", FACTORY + "instances = 100000", ["[daemons.d] instances"]),
     (
@@ -176,6 +177,7 @@ KEYS = {
         "factory", "args", "kwargs", "env", "cwd", "restart", "max_restarts", "within", "reset_after",
         "start_timeout", "stop_timeout", "term_timeout", "watchdog", "depends_on", "backoff",
         "autostart", "env_file", "max_memory_mb", "log_file", "log_size", "log_count", "instances",
+        "start_retries",
     ],
     '[daemons.d]\n{kv}': ["command"],
     '[daemons.d]\ncommand = ["true"]\n{kv}': ["env", "cwd"],

@@ -133,3 +133,27 @@ def test_openmetrics_text_escapes_labels() -> None:
     text = procman.openmetrics([fam])
     assert text.endswith("# EOF\n")
     assert value(samples(text), "x_up", daemon='we"ird\\name\n') == 1
+
+
+def test_start_retries_retry_a_failed_first_start_with_backoff(tmp_path: Path) -> None:
+    from daemons import FlakyStart
+
+    events: list[procman.Event] = []
+    fast = procman.RestartPolicy(backoff_initial=0.05, backoff_factor=2.0, jitter=0.0)
+    with procman.Manager(on_event=events.append) as m:
+        m.register(FlakyStart(str(tmp_path / "a"), failures=2), start_retries=2, restart=fast)
+        m.start(timeout=30)
+        assert m.status()["flaky"].state is procman.DaemonState.RUNNING
+    backoffs = [e for e in events if e.kind is procman.EventKind.BACKING_OFF]
+    assert [e.delay for e in backoffs] == [0.05, 0.1]  # the policy's backoff, growing
+    assert "attempt 2 of 3" in backoffs[0].reason and "ConnectionError" in backoffs[0].reason
+    assert (tmp_path / "a").read_text().count("attempt") == 3
+
+    # one retry is not enough for two failures: the start fails with the last error, nothing runs
+    with procman.Manager() as m:
+        m.register(FlakyStart(str(tmp_path / "b"), failures=2), start_retries=1, restart=fast)
+        with pytest.raises(procman.StartError, match="attempt 2"):
+            m.start(timeout=30)
+        assert m.status()["flaky"].pid is None
+    with pytest.raises(procman.DaemonError, match="start_retries=-1"):
+        procman.check_daemon(FlakyStart("x", 0), start_retries=-1)

@@ -414,6 +414,7 @@ class _Loader:
             watchdog=t.seconds("watchdog", None, positive=True),
             depends_on=tuple(deps),
             autostart=self.boolean(t, "autostart", True),
+            start_retries=t.integer("start_retries", 0, minimum=0, maximum=1000) or 0,
             log_file=self.log_file(t),
             log_size=self.byte_size(t, "log_size", 10 * 1024 * 1024),
             log_count=t.integer("log_count", 5, minimum=1, maximum=1000) or 5,

@@ -23,6 +23,7 @@ class DaemonConfig:
     watchdog: float | None
     depends_on: tuple[str, ...]
     autostart: bool = True
+    start_retries: int = 0
     max_memory_mb: float | None = None  # killed (then restarted by its policy) beyond this RSS
     fingerprint: str = ""  # of its table (and env_file): `procman reload` restarts it when it changes
     log_file: Path | None = None  # its lines also go there, rotated at log_size bytes, log_count files
@@ -40,6 +41,7 @@ class DaemonConfig:
             "watchdog": self.watchdog,
             "depends_on": self.depends_on,
             "autostart": self.autostart,
+            "start_retries": self.start_retries,
         }
 
 
