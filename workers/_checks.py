@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -49,4 +50,12 @@ def check_seconds(what: str, value: object, *, allow_none: bool = True) -> float
 
 
 def job_name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    """A job's default name: its function's qualified name (a partial's: the function it wraps), else
+    its class's; never the repr of its arguments (a partial over 1 MiB of bytes would be 1 MiB long,
+    and the name is kept for the metrics)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if isinstance(name, str) and name:
+        return name[:200]
+    return type(fn).__qualname__
