@@ -370,33 +370,47 @@ class ControlServer:
 
     async def close(self) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for task in list(self._clients):
-            task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        await close_server(server, self._clients)
+        if server is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+
+async def close_server(server: asyncio.AbstractServer | None, clients: set[asyncio.Task[None]]) -> None:
+    """Stop listening, end the connections, wait (bounded) until the server is closed."""
+    if server is None:
+        return
+    server.close()
+    for task in list(clients):
+        task.cancel()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.wait_closed(), 2.0)
+
+
+def _connect(path: Path, timeout: float) -> socket.socket:
+    """A connection to the control socket, or a ControlError saying why there is none."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        s.close()
+        raise ControlError(
+            f"no procman is running with the control socket {path} (start one with `procman run FILE.toml`)"
+        ) from None
+    except PermissionError:
+        s.close()
+        raise ControlError(f"permission denied on {path}: it belongs to another user") from None
+    except (OSError, ValueError) as exc:  # not a socket, a NUL in the path, ...
+        s.close()
+        raise ControlError(f"cannot connect to {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return s
 
 
 def request(path: Path, message: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Send one request and return the response (blocking, bounded by ``timeout``)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    s = _connect(path, timeout)
     try:
-        try:
-            s.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(
-                f"no procman is running with the control socket {path} "
-                "(start one with `procman run FILE.toml`)"
-            ) from None
-        except PermissionError:
-            raise ControlError(f"permission denied on {path}: it belongs to another user") from None
-        except (OSError, ValueError) as exc:  # not a socket, a NUL in the path, ...
-            raise ControlError(f"cannot connect to {path}: {getattr(exc, 'strerror', None) or exc}") from None
         try:
             s.sendall(orjson.dumps(message) + b"\n")
         except (BrokenPipeError, ConnectionResetError):
@@ -429,20 +443,8 @@ def request_stream(path: Path, message: dict[str, Any], timeout: float) -> Itera
     """Send one request; yield its answer, then each further answer as procman sends it, until
     procman ends the stream or exits. Only the connection and the first answer are bounded by
     ``timeout`` (a follow waits for lines as long as the caller wants: Ctrl-C ends it)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+    s = _connect(path, timeout)
     try:
-        try:
-            s.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(
-                f"no procman is running with the control socket {path} "
-                "(start one with `procman run FILE.toml`)"
-            ) from None
-        except PermissionError:
-            raise ControlError(f"permission denied on {path}: it belongs to another user") from None
-        except (OSError, ValueError) as exc:
-            raise ControlError(f"cannot connect to {path}: {getattr(exc, 'strerror', None) or exc}") from None
         s.sendall(orjson.dumps(message) + b"\n")
         buf = bytearray()
         first = True

@@ -9,13 +9,12 @@ address. Each connection answers one request and closes; a client that sends not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from .control import ControlError
+from .control import ControlError, close_server
 
 IDLE = 10.0
 MAX_HEAD = 16 * 1024
@@ -55,13 +54,7 @@ class MetricsServer:
 
     async def close(self) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        for task in list(self._clients):
-            task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), 2.0)
+        await close_server(server, self._clients)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -25,16 +25,9 @@ KEYS = "up/down choose  r restart  s stop  S start  l log  q quit"
 
 
 def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    from .main import _ago as ago
+
+    return ago(seconds) if seconds is not None else "-"
 
 
 def _mb(value: int | None) -> str:
