@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -180,6 +181,14 @@ def test_start_signal_and_the_job_commands(start: Start, tmp_path: Path) -> None
     assert "counted" in table and "every 3600s" in table and "in 59m" in table
     assert p.ctl("run-now", "counted").returncode == 0
     wait_until(lambda: runs.exists() and runs.read_text().count("run") == 1, what="the run-now run")
+
+    def counted() -> dict[str, Any]:
+        row: dict[str, Any] = orjson.loads(p.ctl("jobs", "--json").stdout)[0]
+        return row
+
+    wait_until(lambda: counted()["runs"] == 1, what="the run counted")  # its result reached procman
+    ran = counted()
+    assert ran["last_outcome"] == "ok" and ran["lateness_mean"] >= 0
     out = p.ctl("pause", "counted")
     assert out.returncode == 0 and "(paused)" in out.stdout
     assert orjson.loads(p.ctl("jobs", "--json").stdout)[0]["state"] == "paused"
@@ -375,6 +384,7 @@ def test_top_prints_a_plain_table_when_not_on_a_terminal(start: Start) -> None:
     assert len(re.findall(r"^DAEMON +STATE +PID", out.stdout, re.M)) == 2
     assert "alpha" in out.stdout and "beta" in out.stdout and "squares" in out.stdout
     assert "pool: " in out.stdout
+    assert "LATE (MEAN)" in out.stdout  # each job's lateness column
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")

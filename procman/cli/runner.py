@@ -478,6 +478,9 @@ class Runner:
     def job_rows(self) -> list[dict[str, Any]]:
         """Every schedule and waiting timed job of the pool (a store's too), with their counts."""
         pool = self._pool()
+        late = {
+            r.name: r.lateness.sum / r.lateness.count for r in pool.run_stats() if r.lateness.count
+        }  # mean seconds from due to start, this procman's runs
         rows = []
         for s in pool.schedules():
             nxt = s.next_run_time
@@ -496,6 +499,7 @@ class Runner:
                     "last_outcome": (f"{type(err).__name__}: {err}" if err is not None else "ok")
                     if s.runs
                     else None,
+                    "lateness_mean": late.get(s.name),
                 }
             )
         for t in pool.timed_jobs():
@@ -511,6 +515,7 @@ class Runner:
                     "skipped": 0,
                     "missed": 0,
                     "last_outcome": None,
+                    "lateness_mean": None,
                 }
             )
         return rows

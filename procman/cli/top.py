@@ -67,7 +67,7 @@ def render(status: dict[str, Any], jobs: list[dict[str, Any]] | None) -> tuple[l
     lines += _cols(rows)
     if jobs:
         now = datetime.now().astimezone()
-        jrows = [("JOB", "TRIGGER", "STATE", "NEXT RUN", "RUNS", "FAILED", "LAST OUTCOME")]
+        jrows = [("JOB", "TRIGGER", "STATE", "NEXT RUN", "RUNS", "FAILED", "LATE (MEAN)", "LAST OUTCOME")]
         for j in jobs:
             when = "-"
             if j.get("next_run"):
@@ -82,6 +82,7 @@ def render(status: dict[str, Any], jobs: list[dict[str, Any]] | None) -> tuple[l
                     when,
                     str(j["runs"]),
                     str(j["failures"]),
+                    f"{j['lateness_mean'] * 1000:.2f} ms" if j.get("lateness_mean") is not None else "-",
                     last if len(last) <= 40 else last[:37] + "...",
                 )
             )
