@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -269,12 +270,43 @@ term_timeout = 60
     pid = _daemon(p.status(), "stubborn")["pid"]
     p.proc.send_signal(signal.SIGINT)
     p.wait_line(r"not stopping")
+    time.sleep(0.1)  # a second Ctrl-C comes from a hand: one within 50 ms is the same signal again
     t = time.monotonic()
     p.proc.send_signal(signal.SIGINT)
     assert p.wait_exit(timeout=20) == 1  # not a clean stop
     assert time.monotonic() - t < 15  # far below the 60 s graceful deadline
     assert any("killing every daemon" in line for line in p.lines)
     assert not pid_alive(pid)
+
+
+def test_one_signal_delivered_twice_is_one_graceful_stop(procman_run: Any) -> None:
+    """What `timeout` does (the process, then its group): SIGINT twice, 5 ms apart, is one stop."""
+    p = procman_run('[daemons.web]\nfactory = "cli_app:Quick"\n')
+    p.wait_line(READY)
+    p.proc.send_signal(signal.SIGINT)
+    time.sleep(0.005)
+    p.proc.send_signal(signal.SIGINT)
+    assert p.wait_exit() == 0, "\n".join(p.lines)
+    assert not any("killing every daemon" in line for line in p.lines), p.lines
+    assert any(re.search(r"web +\| stopped \(stopped\)", line) for line in p.lines), p.lines
+
+
+@pytest.mark.skipif(shutil.which("timeout") is None, reason="coreutils timeout is not installed")
+def test_timeout_stops_procman_gracefully(tmp_path: Path) -> None:
+    """`timeout -s INT 4 procman run ...` (a cron line, a CI step): timeout signals procman and then
+    its whole process group, so procman gets SIGINT twice within a millisecond. That is one stop,
+    a graceful one, not the "second Ctrl-C" that kills everything."""
+    config = tmp_path / "app.toml"
+    config.write_text('[daemons.web]\nfactory = "cli_app:Quick"\n')
+    done = subprocess.run(
+        ["timeout", "-s", "INT", "4", sys.executable, "-m", "procman", "run", str(config),
+         "--socket", str(tmp_path / "s.sock")],
+        capture_output=True, text=True, env=_env(), timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 124, done.stdout  # timeout's own status: it had to send the signal
+    assert "all stopped cleanly" in done.stdout, done.stdout
+    assert "killing every daemon" not in done.stdout
+    assert re.search(r"web +\| stopped \(stopped\)", done.stdout), done.stdout  # its stop() ran
 
 
 def test_systemd_ready_notification(procman_run: Any, tmp_path: Path) -> None:

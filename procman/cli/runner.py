@@ -46,6 +46,7 @@ EXIT_OK = 0
 EXIT_UNCLEAN = 1
 EXIT_USAGE = 2
 LOG_LINES = 100  # default for `procman logs`
+SAME_SIGNAL = 0.05  # seconds: a stop signal again within this is the same one, delivered twice
 SAMPLE_EVERY = 1.0  # seconds between two looks at the daemons' memory and CPU
 FOLLOW_BACKLOG = 10_000  # lines a slow `logs -f` client may fall behind before some are dropped
 COMMANDS = "status, start, stop, restart, signal, logs, metrics, jobs, run-now, pause, resume, reload"
@@ -176,6 +177,7 @@ class Runner:
         self.jobs: dict[str, _JobHandle] = {}
         self.stop_requested = asyncio.Event()
         self.signals = 0
+        self.first_signal = 0.0  # monotonic time of the first stop signal
         self.killed = False
         self.started_at = time.time()
         self.usage = UsageTracker()
@@ -184,9 +186,16 @@ class Runner:
     # -- signals -------------------------------------------------------------------------------
 
     def on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        if self.signals and now - self.first_signal < SAME_SIGNAL:
+            # One event delivered twice: `timeout` (and `kill -- -PGID` from a script run under it)
+            # signals procman and then its whole group. Not a second Ctrl-C, which no hand types
+            # this fast.
+            return
         self.signals += 1
         name = signal.Signals(signum).name
         if self.signals == 1:
+            self.first_signal = now
             self.console.warning(f"{name}: stopping everything gracefully (send it again to kill at once)")
             self.stop_requested.set()
             return
@@ -709,6 +718,9 @@ class Runner:
             await server.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+                # Everything is stopped: a signal from now on (the same one delivered twice, a
+                # late Ctrl-C) must not kill procman before it reports its exit status.
+                signal.signal(sig, signal.SIG_IGN)
         return code
 
     def open_log_files(self) -> None:
@@ -887,6 +899,12 @@ def run(cfg: Config, *, socket_path: Path, color: bool) -> int:
         lg.addHandler(handler)
         lg.propagate = False
         lg.setLevel(logging.INFO)
+    # Ignored, not Python's KeyboardInterrupt: so asyncio.Runner leaves SIGINT alone (it would put
+    # the KeyboardInterrupt back as it closes, while a signal delivered twice may still come), and
+    # the run's own handlers take over as soon as the loop runs (Runner.run). SIG_IGN rather than a
+    # Python function: the interpreter puts the defaults back for those as it exits.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(Runner(cfg, console, socket_path).run())
@@ -894,6 +912,9 @@ def run(cfg: Config, *, socket_path: Path, color: bool) -> int:
         console.error(str(exc))
         return EXIT_USAGE
     finally:
+        # Everything is stopped: the stop signals stay ignored (SIG_IGN) until the process exits,
+        # so one delivered twice (`timeout` signals procman, then its group) or a late Ctrl-C
+        # cannot turn the exit status into a traceback.
         for lg, propagate, level in saved:
             lg.removeHandler(handler)
             lg.propagate = propagate
