@@ -50,7 +50,11 @@ def sleep(seconds: float) -> float:
 
 
 def write_pid_then_sleep(path: str, seconds: float) -> int:
-    Path(path).write_text(str(os.getpid()))
+    # Whole or not at all (a rename): a test that waits for the file to exist then reads the pid
+    # never finds it empty (it did once in CI, under load).
+    tmp = Path(f"{path}.{os.getpid()}.tmp")
+    tmp.write_text(str(os.getpid()))
+    os.replace(tmp, path)
     time.sleep(seconds)
     return os.getpid()
 
