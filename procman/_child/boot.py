@@ -67,8 +67,11 @@ class Channel:
         self.wfd = wfd
         self._lock = threading.Lock()
         self.on_stop: Callable[[], None] = lambda: None
-        # `procman signal NAME SIG`: this process by default; a command daemon's program instead
-        self.on_signal: Callable[[int], None] = lambda sig: os.kill(os.getpid(), sig)
+        # `procman signal NAME SIG`: this process's main thread by default (a command daemon's
+        # program instead). Directed at the main thread: sent to the process, the kernel may give
+        # it to this reader thread, and the main thread, asleep in a wait, would run the daemon's
+        # handler only when it wakes up.
+        self.on_signal: Callable[[int], None] = _to_main_thread
         self.stop_requested = threading.Event()
 
     def send(self, msg: dict[str, Any]) -> None:
@@ -79,6 +82,12 @@ class Channel:
     def send_raw(self, frame: bytes) -> None:
         with self._lock:
             wire.write_all(self.wfd, frame)
+
+
+def _to_main_thread(signum: int) -> None:
+    main = threading.main_thread().ident
+    assert main is not None
+    signal.pthread_kill(main, signum)
 
 
 def heartbeat() -> None:
