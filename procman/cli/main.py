@@ -586,7 +586,7 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
                 j["name"],
                 j["trigger"],
                 j["state"],
-                _when(j.get("next_run")),
+                when(j.get("next_run")),
                 str(j["runs"]),
                 str(j["failures"]),
                 last if len(last) <= 50 else last[:47] + "...",
@@ -595,7 +595,7 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
     return _table(rows)
 
 
-def _when(iso: str | None) -> str:
+def when(iso: str | None) -> str:
     from datetime import datetime
 
     if not iso:
@@ -605,11 +605,14 @@ def _when(iso: str | None) -> str:
     return f"in {_ago(max(0.0, delta.total_seconds()))}"
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> str:
+def table_lines(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """``rows`` (the first one the header) in columns two spaces apart (status, jobs, top)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n" for r in rows
-    )
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
+    return "".join(line + "\n" for line in table_lines(rows))
 
 
 def _job_action(args: argparse.Namespace, path: Path) -> int:
@@ -656,8 +659,6 @@ def _ago(seconds: float) -> str:
 
 def format_status(resp: dict[str, Any]) -> str:
     """The status as a table: one row per daemon, then one per job."""
-    from datetime import datetime
-
     rows = [("NAME", "KIND", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT / LAST RESULT", "NEXT RUN")]
     for d in resp.get("daemons", []):
         last = d.get("last_exit")
@@ -673,14 +674,7 @@ def format_status(resp: dict[str, Any]) -> str:
                 "-",
             )
         )
-    now = datetime.now().astimezone()
     for j in resp.get("jobs", []):
-        nxt = j.get("next_run")
-        when = "-"
-        if nxt:
-            t = datetime.fromisoformat(nxt)
-            delta = (t if t.tzinfo else t.astimezone()) - now
-            when = f"in {_ago(max(0.0, delta.total_seconds()))}"
         result = j.get("last_error") or j.get("last_result") or "-"
         rows.append(
             (
@@ -691,19 +685,16 @@ def format_status(resp: dict[str, Any]) -> str:
                 "-",
                 f"runs {j['runs']}, failed {j['failures']}",
                 result if len(result) <= 40 else result[:37] + "...",
-                when,
+                when(j.get("next_run")),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     head = [f"procman pid {resp.get('pid')} since {resp.get('started')}"]
     if resp.get("stopping"):
         head[0] += " (stopping)"
     head.append(f"config {resp.get('config')}")
     if resp.get("socket"):
         head.append(f"socket {resp.get('socket')}")
-    lines = head + [
-        "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    ]
+    lines = head + table_lines(rows)
     down = not_running(resp)
     if down:
         lines.append(f"not running: {', '.join(down)}")

@@ -251,7 +251,9 @@ class Runner:
         except (ProcmanError, ValueError) as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
-            if type(exc).__module__.startswith("workers"):
+            import workers
+
+            if isinstance(exc, (workers.WorkersError, workers.StoreError)):  # ScheduleError, PoolClosed...
                 return {"ok": False, "error": str(exc)}
             raise
         return {"ok": False, "error": f"unknown command {cmd!r}; known: {COMMANDS}"}
@@ -615,12 +617,9 @@ class Runner:
         # Jobs: what is removed or changed is cancelled, what is added or changed scheduled anew.
         jobs_was = {j.name: j for j in old.jobs}
         jobs_now = {j.name: j for j in new.jobs}
-        jobs_gone = [
-            n for n in jobs_was if n not in jobs_now or jobs_was[n].fingerprint != jobs_now[n].fingerprint
-        ]
-        jobs_new = [
-            n for n in jobs_now if n not in jobs_was or jobs_was[n].fingerprint != jobs_now[n].fingerprint
-        ]
+        differ = {n for n in jobs_now if n in jobs_was and jobs_was[n].fingerprint != jobs_now[n].fingerprint}
+        jobs_gone = [n for n in jobs_was if n not in jobs_now or n in differ]
+        jobs_new = [n for n in jobs_now if n not in jobs_was or n in differ]
         for name in jobs_gone:
             handle = self.jobs.pop(name, None)
             if handle is not None:

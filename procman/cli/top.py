@@ -15,18 +15,18 @@ import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .control import ControlError, request
+from .main import _ago as ago
+from .main import table_lines, when
 
 KEYS = "up/down choose  r restart  s stop  S start  l log  q quit"
 
 
 def _ago(seconds: float | None) -> str:
-    from .main import _ago as ago
-
     return ago(seconds) if seconds is not None else "-"
 
 
@@ -34,15 +34,8 @@ def _mb(value: int | None) -> str:
     return f"{value / 1048576:.1f}M" if value is not None else "-"
 
 
-def _cols(rows: Sequence[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-
-
 def render(status: dict[str, Any], jobs: list[dict[str, Any]] | None) -> tuple[list[str], list[str]]:
     """The screen's lines, and the daemons' names in the order of their rows."""
-    from datetime import datetime
-
     lines = [
         f"procman pid {status.get('pid')} since {status.get('started')}  {status.get('config')}"
         + ("  (stopping)" if status.get("stopping") else "")
@@ -64,29 +57,24 @@ def render(status: dict[str, Any], jobs: list[dict[str, Any]] | None) -> tuple[l
                 _mb(d.get("rss_bytes")),
             )
         )
-    lines += _cols(rows)
+    lines += table_lines(rows)
     if jobs:
-        now = datetime.now().astimezone()
         jrows = [("JOB", "TRIGGER", "STATE", "NEXT RUN", "RUNS", "FAILED", "LATE (MEAN)", "LAST OUTCOME")]
         for j in jobs:
-            when = "-"
-            if j.get("next_run"):
-                t = datetime.fromisoformat(j["next_run"])
-                when = f"in {_ago(max(0.0, ((t if t.tzinfo else t.astimezone()) - now).total_seconds()))}"
             last = j.get("last_outcome") or "-"
             jrows.append(
                 (
                     j["name"],
                     j["trigger"],
                     j["state"],
-                    when,
+                    when(j.get("next_run")),
                     str(j["runs"]),
                     str(j["failures"]),
                     f"{j['lateness_mean'] * 1000:.2f} ms" if j.get("lateness_mean") is not None else "-",
                     last if len(last) <= 40 else last[:37] + "...",
                 )
             )
-        lines += ["", *_cols(jrows)]
+        lines += ["", *table_lines(jrows)]
     pool = status.get("pool")
     if pool:
         p50 = pool.get("lateness_p50")
