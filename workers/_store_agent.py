@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from procman._child.linux import proc_stat
 from procman._proc.events import EventDispatcher
 
 from ._errors import PoolClosed
@@ -155,11 +156,9 @@ class _Call:
 
 
 def _process_start(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
+    """The process's start time (clock ticks since boot): with the pid, who it is."""
+    stat = proc_stat(pid)
+    return stat[1][19].decode() if stat is not None and len(stat[1]) > 19 else None
 
 
 class StoreAgent:

@@ -23,7 +23,7 @@ import time
 import traceback
 from typing import NoReturn
 
-from .linux import PR_SET_CHILD_SUBREAPER, alive, prctl, set_pdeathsig, set_title
+from .linux import PR_SET_CHILD_SUBREAPER, alive, prctl, proc_stat, set_pdeathsig, set_title
 
 SWEEP_BOUND = 5.0  # seconds the reaper guard keeps killing and reaping leftovers before it gives up
 
@@ -242,20 +242,15 @@ def _descendants(root: int) -> dict[int, str]:
     children: dict[int, list[int]] = {}
     names: dict[int, str] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        stat = proc_stat(entry) if entry.isdigit() else None
+        if stat is None:
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        head, _, rest = stat.rpartition(b")")
-        fields = rest.split()
+        name, fields = stat
         if len(fields) < 2 or fields[0] == b"Z":
             continue
         pid = int(entry)
         children.setdefault(int(fields[1]), []).append(pid)
-        names[pid] = head.partition(b"(")[2].decode(errors="replace")
+        names[pid] = name
     found: dict[int, str] = {}
     todo = [root]
     while todo:

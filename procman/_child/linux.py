@@ -25,6 +25,19 @@ def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     prctl(PR_SET_PDEATHSIG, sig)  # not Linux: the pipe-EOF watcher still guards
 
 
+def proc_stat(pid: int | str) -> tuple[str, list[bytes]] | None:
+    """``/proc/PID/stat`` as (command name, the fields after it: state, ppid, pgrp, ...), or None
+    when the process is gone or unreadable. The name may hold spaces and parentheses: the fields
+    start after the last ``)``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    head, _, rest = raw.rpartition(b")")
+    return head.partition(b"(")[2].decode(errors="replace"), rest.split()
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

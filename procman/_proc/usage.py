@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .._child.linux import proc_stat
+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -26,14 +28,10 @@ class GroupUsage:
 
 def _stat(pid: str) -> tuple[int, float, int] | None:
     """(pgid, cpu seconds, rss bytes) of one process, or None if it is gone or unreadable."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
+    stat = proc_stat(pid)
+    if stat is None:
         return None
-    # The command name (field 2) may hold spaces and parentheses: the fields after it start at
-    # the last ")".
-    fields = raw[raw.rfind(b")") + 2 :].split()
+    fields = stat[1]
     try:
         pgid = int(fields[2])
         cpu = (int(fields[11]) + int(fields[12])) / _TICKS
