@@ -1,4 +1,4 @@
-"""Metrics as plain data, written as OpenMetrics text or handed to ``prometheus_client``.
+"""The daemons' metrics (the model and the text format are procman._proc.metrics).
 
 The parent holds every daemon's state, so the metrics are read there, at scrape time: no files
 shared between processes, nothing for the daemons to do. Names are labels (``daemon="web"``),
@@ -96,8 +96,7 @@ def daemon_families(statuses: Mapping[str, DaemonStatus], usage: UsageTracker | 
         up.add(labels, 1 if st.state is DaemonState.RUNNING else 0)
         for s in states:
             state.add({"daemon": name, "state": s}, 1 if st.state.value == s else 0)
-        reasons = st.restarts_by_reason or {}
-        for reason, count in sorted(reasons.items()):
+        for reason, count in sorted(st.restarts_by_reason.items()):
             restarts.add({"daemon": name, "reason": reason}, count)
         if st.last_exit is not None:
             if st.last_exit.code is not None:

@@ -8,6 +8,7 @@ say) the rest share the name ``OTHER``, so the metrics never grow without bound.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
 from dataclasses import dataclass
@@ -33,12 +34,8 @@ class Histogram:
         self.sum += value
 
     def snapshot(self) -> HistogramSnapshot:
-        counts = list(self.counts)
-        cumulative, total = [], 0
-        for c in counts:
-            total += c
-            cumulative.append(total)
-        return HistogramSnapshot(tuple(zip(self.bounds, cumulative, strict=True)), total, self.sum)
+        cumulative = list(itertools.accumulate(self.counts))
+        return HistogramSnapshot(tuple(zip(self.bounds, cumulative, strict=True)), cumulative[-1], self.sum)
 
 
 @dataclass(frozen=True)

@@ -76,17 +76,18 @@ class Console:
 
     def line(self, name: str, text: str, level: str = "info") -> None:
         now = datetime.now()
+        stamp = now.isoformat(timespec="milliseconds")
         with self._recent_lock:
             ring = self.recent.get(name)
             if ring is None:
                 ring = self.recent[name] = deque(maxlen=KEEP_LINES)
             kept = text if len(text) <= KEEP_CHARS else text[:KEEP_CHARS] + f"... ({len(text)} chars)"
-            entry = f"{now.isoformat(timespec='milliseconds')} {kept}"
+            entry = f"{stamp} {kept}"
             ring.append(entry)
             followers = self._followers
             log_file = self.log_files.get(name)
         if log_file is not None:  # the whole line, as it was printed
-            problem = log_file.write(f"{now.isoformat(timespec='milliseconds')} {text}")
+            problem = log_file.write(f"{stamp} {text}")
             if problem is not None:
                 self.warning(f"{name}: {problem}; its lines go on to this output and `procman logs`")
         for names, callback in followers:
