@@ -123,37 +123,35 @@ class Stopping:
 
     async def start_one(self, name: str, timeout: float) -> bool:
         """Start ``name`` unless it runs (or is starting); False if it did."""
-        if not self.running:
-            raise StateError("the manager is not running; start() it first")
-        slot = self._slot(name)
-        deadline = self.loop.time() + timeout
-        async with self._exclusive([slot], deadline, "start_daemon()"):
-            if self.slots.get(name) is not slot:
-                raise DaemonError(f"daemon {name!r} was removed while this start waited")
-            if slot.child is not None and slot.phase in (Phase.RUNNING, Phase.STARTING, Phase.RESTARTING):
-                return False
-            await self._stop_slot(slot, deadline)  # a backoff's pending restart, a process on its way out
-            if not self.running:
-                raise StateError(f"the manager stopped while daemon {name!r} started; it stays stopped")
-            failures = await self._start_slots([slot], deadline)
-        if failures:
-            raise StartError(failures)
-        return True
+        return await self._stop_start(name, timeout, restart=False) is not None
 
     async def restart(self, name: str, timeout: float) -> StopOutcome:
         """Stop ``name`` gracefully (if it runs), start it again and wait until it is ready."""
+        outcome = await self._stop_start(name, timeout, restart=True)
+        assert outcome is not None
+        return outcome
+
+    async def _stop_start(self, name: str, timeout: float, *, restart: bool) -> StopOutcome | None:
+        """Under the daemon's lifecycle lock: stop it if it runs (or its pending restart, or a
+        process on its way out), start it and wait until it is ready. Without ``restart``, a
+        daemon that runs (or is starting) is left alone: None."""
         if not self.running:
             raise StateError("the manager is not running; start() it first")
+        verb, what = ("restart", "restart()") if restart else ("start", "start_daemon()")
         slot = self._slot(name)
         deadline = self.loop.time() + timeout
-        async with self._exclusive([slot], deadline, "restart()"):
+        async with self._exclusive([slot], deadline, what):
             if self.slots.get(name) is not slot:
-                raise DaemonError(f"daemon {name!r} was removed while this restart waited")
+                raise DaemonError(f"daemon {name!r} was removed while this {verb} waited")
+            running = (Phase.RUNNING, Phase.STARTING, Phase.RESTARTING)
+            if not restart and slot.child is not None and slot.phase in running:
+                return None
             outcome = await self._stop_slot(slot, deadline)
             if not self.running:
-                raise StateError(f"the manager stopped while daemon {name!r} restarted; it stays stopped")
+                raise StateError(f"the manager stopped while daemon {name!r} {verb}ed; it stays stopped")
             failures = await self._start_slots([slot], deadline)
-            slot.count_restart("requested")
+            if restart:
+                slot.count_restart("requested")
         if failures:
             raise StartError(failures)
         return outcome
