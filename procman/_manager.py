@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from ._daemon import make_spec
+from ._daemon import DaemonSpec, make_spec
 from ._errors import DaemonError, ManagerClosed
 from ._policy import Restart, RestartPolicy
 from ._proc.events import EventDispatcher, EventHook, log_event
@@ -86,6 +86,15 @@ class _Base:
             return await self._io.call_async(coro)
         finally:
             await self._events.flush_async()
+
+    def _spec(self, daemon: object, *options: Any) -> DaemonSpec:
+        """register()'s daemon checked and pickled (options in _spec_kwargs's order), its module
+        preloaded in the forkserver."""
+        self._check_open()
+        spec = make_spec(daemon, **_spec_kwargs(*options))
+        if self.start_method == "forkserver":
+            preload_module(type(daemon).__module__)
+        return spec
 
     def _check_open(self) -> None:
         if self._closed:
@@ -221,22 +230,8 @@ class Manager(_Base):
             DaemonError: invalid daemon or option, duplicate name, or not picklable.
             StartError: the manager is running and the daemon failed to start.
         """
-        self._check_open()
-        spec = make_spec(
-            daemon,
-            **_spec_kwargs(
-                restart,
-                start_timeout,
-                stop_timeout,
-                term_timeout,
-                watchdog,
-                depends_on,
-                autostart,
-                start_retries,
-            ),
-        )
-        if self.start_method == "forkserver":
-            preload_module(type(daemon).__module__)
+        options = (restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on)
+        spec = self._spec(daemon, *options, autostart, start_retries)
         self._settled(self._sup.register(spec), spec.start_timeout + MARGIN, "register()")
 
     def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
@@ -369,22 +364,8 @@ class AsyncManager(_Base):
         start_retries: int = 0,
     ) -> None:
         """See :meth:`Manager.register`."""
-        self._check_open()
-        spec = make_spec(
-            daemon,
-            **_spec_kwargs(
-                restart,
-                start_timeout,
-                stop_timeout,
-                term_timeout,
-                watchdog,
-                depends_on,
-                autostart,
-                start_retries,
-            ),
-        )
-        if self.start_method == "forkserver":
-            preload_module(type(daemon).__module__)
+        options = (restart, start_timeout, stop_timeout, term_timeout, watchdog, depends_on)
+        spec = self._spec(daemon, *options, autostart, start_retries)
         await self._settled_async(self._sup.register(spec))
 
     async def remove(self, name: str, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopOutcome:
