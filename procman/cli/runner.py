@@ -716,9 +716,11 @@ class Runner:
                 await http.close()
             await server.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
                 # Everything is stopped: a signal from now on (the same one delivered twice, a
-                # late Ctrl-C) must not kill procman before it reports its exit status.
+                # late Ctrl-C) must not kill procman before it reports its exit status. Straight
+                # from the loop's handler to SIG_IGN: loop.remove_signal_handler would put back
+                # Python's KeyboardInterrupt (SIG_DFL for SIGTERM) for an instant, and a signal in
+                # that instant ended procman with 130. The loop, closed later, leaves it so.
                 signal.signal(sig, signal.SIG_IGN)
         return code
 
